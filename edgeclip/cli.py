@@ -1,0 +1,60 @@
+"""The ``edgeclip`` console entry point: one parser, one subcommand per module in ``edgeclip.commands``.
+
+Command modules import heavy dependencies (torch, onnx) inside their handlers, so ``edgeclip classify``
+never loads torch. Exit status: 0 success, 1 some inputs failed (reported per item), 2 usage or
+user-facing error, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import EdgeclipError
+
+#: Modules under ``edgeclip.commands`` that each define ``register(subparsers)``.
+COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "devices")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(prog="edgeclip", description="CLIP zero-shot classification on edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgeclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"edgeclip.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgeclip.commands.{name}":
+                continue  # a command not in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    # third-party libraries log at WARNING and above; edgeclip's own loggers at the chosen level
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("edgeclip").setLevel(level)
+    try:
+        return int(args.handler(args) or 0)
+    except EdgeclipError as exc:
+        print(f"edgeclip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``edgeclip export``: a CLIP checkpoint to a bundle."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import add_label_options, labels_from_args
+
+#: Labels used when none are given with a built-in proxy model: the classes it was trained on.
+PROXY_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a CLIP checkpoint to a bundle (ONNX towers + label embeddings)",
+                       description="Export both CLIP towers to ONNX, check them against torch, embed the labels "
+                                   "and write a bundle directory.")
+    p.add_argument("--model", default=None,
+                   help="built-in name (proxy-vit [default], proxy-rn, edgeclip-tiny-vit, edgeclip-tiny-rn), "
+                        "open_clip architecture (ViT-B-32), Hugging Face id or folder, or checkpoint file")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip pretrained tag (openai, laion2b_s34b_b79k), weights file, or 'none' for random")
+    p.add_argument("--config", default=None, help="open_clip model config JSON for a checkpoint file")
+    p.add_argument("--out", "-o", required=True, help="bundle directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--parity-atol", type=float, default=1e-4,
+                   help="max abs (or relative, for large models) difference allowed between ONNX and torch")
+    p.add_argument("--seed", type=int, default=0, help="seed for random-weight models")
+    add_label_options(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.models import PROXY_MODELS, DEFAULT_MODEL, load_model
+    from ..export.onnx_export import Tolerance
+    from ..export.pipeline import export_bundle
+
+    default = PROXY_LABELS if (args.model or DEFAULT_MODEL) in PROXY_MODELS else None
+    labels, tname, templates = labels_from_args(args, default)
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"[export] {m}", file=sys.stderr))
+    say(f"loading {args.model or DEFAULT_MODEL}")
+    loaded = load_model(args.model, args.pretrained, args.config, args.seed)
+    out = export_bundle(loaded, args.out, labels, tname, templates, overwrite=args.overwrite, opset=args.opset,
+                        tol=Tolerance(max_abs=args.parity_atol), step=say)
+    from ..bundle import load_bundle
+
+    b = load_bundle(out)
+    par = b.manifest["parity"]
+    print(f"wrote {out}: {loaded.model_id} ({loaded.architecture}), {len(labels)} labels; parity max abs diff "
+          f"image {par['image_encoder']['max_abs_diff']:.2e}, text {par['text_encoder']['max_abs_diff']:.2e}")
+    return 0

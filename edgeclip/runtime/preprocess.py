@@ -1,0 +1,424 @@
+"""Torch-free image preprocessing that reproduces open_clip's eval transform (numpy only).
+
+open_clip's ``image_transform(size, is_train=False, ...)`` runs torchvision transforms on PIL images:
+resize (Pillow, antialiased), centre crop or pad, ``ToTensor`` (RGB, /255) and ``Normalize``. A CLIP model
+was trained and evaluated with exactly that, so the runtime reproduces it on OpenCV's BGR arrays:
+
+* **Resampling** is Pillow's own algorithm, not ``cv2.resize``: Pillow widens the filter support by the
+  downscale factor (antialiasing), ``cv2.INTER_CUBIC`` does not, so the two differ a lot when shrinking.
+  The per-axis weights are computed the way Pillow's ``precompute_coeffs`` does (bicubic ``a = -0.5``,
+  bilinear triangle, support scaled by ``max(scale, 1)``, pixel centres at ``i + 0.5``, weights normalised
+  per output pixel), quantised to Pillow's 22-bit fixed point, and applied as float64 matrix products
+  (horizontal pass first, like Pillow), rounding and clipping to uint8 after each pass as Pillow does for
+  8-bit images. Every product and partial sum is an integer times 2**-22 well inside float64's 53-bit
+  mantissa, so the result is *bit-identical* to Pillow, not merely close. ``nearest`` reproduces Pillow's
+  affine nearest-neighbour scaling (its accumulated source coordinates included).
+* **Geometry** follows torchvision and open_clip exactly: ``Resize(int)`` sizes the long side with
+  ``int(size * long / short)``; open_clip's ``ResizeKeepRatio`` uses Python's ``round``; ``CenterCrop``
+  offsets are ``int(round((h - crop) / 2.0))``; padding puts ``(d // 2, (d + 1) // 2)`` before/after.
+  Only the output pixels that survive the crop are computed.
+* **Weights are cached** per input size (a small LRU), so frames of a fixed size pay only the matrix
+  products. The preprocessor is safe to share between threads.
+
+One open_clip quirk is reproduced on purpose: for ``resize_mode="shortest"`` with a *non-square* size,
+open_clip builds ``ResizeKeepRatio(image_size)`` without passing the interpolation, so it always resizes
+with bicubic. ``bilinear`` therefore also resizes with bicubic in that one case (``nearest`` does not
+exist in open_clip and is always honoured).
+
+This module must not import torch, torchvision, open_clip or PIL (a device installs numpy and OpenCV only).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, ImageReadError, OptionError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+_PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2
+_FIXED_SCALE = float(1 << _PRECISION_BITS)
+_CACHE_SIZE = 16  # input sizes whose resampling plans are kept (cameras have one, photo folders many)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _parse(values: dict[str, Any], fail: Any) -> dict[str, Any]:
+    """Validate and normalise config values; ``fail(key, message)`` raises the caller's error."""
+    size = values["size"]
+    if _is_int(size):
+        size = (size, size)
+    if (not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_is_int(s) for s in size)
+            or min(size) < 1):
+        fail("size", f"must be a positive int or [height, width] of positive ints, got {values['size']!r}")
+    out: dict[str, Any] = {"size": (int(size[0]), int(size[1]))}
+    for key, allowed in (("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
+        if values[key] not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}, got {values[key]!r}")
+        out[key] = values[key]
+    for key in ("mean", "std"):
+        v = values[key]
+        if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_number(x) for x in v)
+                or not all(math.isfinite(float(x)) for x in v)):
+            fail(key, f"must be a list of 3 finite numbers (R, G, B), got {v!r}")
+        out[key] = tuple(float(x) for x in v)
+    if min(out["std"]) <= 0:
+        fail("std", f"must be 3 positive numbers, got {values['std']!r}")
+    fill = values["fill_color"]
+    if not _is_int(fill) or not 0 <= fill <= 255:
+        fail("fill_color", f"must be an int in 0..255, got {fill!r}")
+    out["fill_color"] = int(fill)
+    return out
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the image encoder expects; the manifest's ``preprocess`` section."""
+
+    size: tuple[int, int]  # (height, width) of the model input
+    resize_mode: str = "shortest"  # shortest | longest | squash
+    interpolation: str = "bicubic"  # bicubic | bilinear | nearest
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    fill_color: int = 0  # padding value (0..255) for "longest"
+
+    def __post_init__(self) -> None:
+        def fail(key: str, msg: str) -> None:
+            raise OptionError(f"preprocess {key} {msg}")
+
+        values = _parse({k: getattr(self, k) for k in
+                         ("size", "resize_mode", "interpolation", "mean", "std", "fill_color")}, fail)
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> "PreprocessConfig":
+        """Config from a manifest's ``preprocess`` section; raises BundleError naming the bad key."""
+        if not isinstance(d, dict):
+            raise BundleError(f"manifest preprocess section must be a JSON object, got {type(d).__name__}")
+        for key in ("size", "resize_mode", "interpolation", "mean", "std"):
+            if key not in d:
+                raise BundleError(f"manifest preprocess.{key} is missing; re-export the bundle")
+        if d.get("color", "RGB") != "RGB":
+            raise BundleError(f"manifest preprocess.color must be 'RGB', got {d['color']!r}")
+        if d.get("layout", "NCHW") != "NCHW":
+            raise BundleError(f"manifest preprocess.layout must be 'NCHW', got {d['layout']!r}")
+
+        def fail(key: str, msg: str) -> None:
+            raise BundleError(f"manifest preprocess.{key} {msg}")
+
+        values = dict(d)
+        values.setdefault("fill_color", 0)
+        return cls(**_parse(values, fail))
+
+    def to_manifest(self) -> dict:
+        """JSON-able ``preprocess`` section; ``from_manifest(to_manifest())`` gives the same config."""
+        return {"size": list(self.size), "resize_mode": self.resize_mode, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std), "fill_color": self.fill_color,
+                "color": "RGB", "layout": "NCHW"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pillow-compatible resampling weights
+# ---------------------------------------------------------------------------------------------------------
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    # Pillow's bicubic_filter (a = -0.5), same operation order so the doubles are identical.
+    x = np.abs(x)
+    near = ((1.5 * x - 2.5) * x) * x + 1.0
+    far = ((((x - 5.0) * x) + 8.0) * x - 4.0) * -0.5
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+_FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
+
+
+def pillow_coefficients(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's fixed-point resampling coefficients for one axis.
+
+    Returns ``(xmin, kk)``: ``xmin[i]`` is the first input index of output ``i``, ``kk[i, j]`` the int64
+    weight of input ``xmin[i] + j`` scaled by 2**22 (zero past the filter's reach), exactly as Pillow's
+    ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` compute them.
+    """
+    fn, base_support = _FILTERS[interpolation]
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = base_support * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    # C's (int) truncates toward zero; negative values are clamped to 0 right after anyway.
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize, dtype=np.int64)
+    valid = taps[None, :] < xmax[:, None]
+    w = fn((((taps[None, :] + xmin[:, None]).astype(np.float64) - center[:, None]) + 0.5) * (1.0 / filterscale))
+    w = np.where(valid, w, 0.0)
+    ww = np.zeros(out_size, dtype=np.float64)
+    for j in range(ksize):  # sequential sum, in Pillow's order (numpy's sum is pairwise)
+        ww += w[:, j]
+    w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
+    kk = np.where(w < 0, np.trunc(-0.5 + w * _FIXED_SCALE), np.trunc(0.5 + w * _FIXED_SCALE))
+    return xmin, kk.astype(np.int64)
+
+
+def pillow_nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each output pixel for Pillow's NEAREST resize (ImagingScaleAffine)."""
+    step = float(in_size) / out_size
+    idx = np.empty(out_size, dtype=np.int64)
+    xo = step * 0.5
+    for i in range(out_size):  # Pillow accumulates the coordinate; so must we, to the last ulp
+        idx[i] = -1 if xo < 0.0 else int(xo)
+        xo += step
+    return np.clip(idx, 0, in_size - 1)
+
+
+class _Axis:
+    """How one axis goes from ``in_size`` to the output window ``[o0, o1)`` of an ``out_size`` resize.
+
+    ``lo, hi``: input range read; ``chunks``: ``(a, b, i0, i1, W)`` with ``W`` the float64 weights (already
+    scaled by 2**-22) from inputs ``[lo + i0, lo + i1)`` to outputs ``[a, b)`` of the window; or
+    ``index`` (nearest) or neither (identity: no resampling along this axis).
+    """
+
+    def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str) -> None:
+        self.identity = in_size == out_size
+        self.index: np.ndarray | None = None
+        self.chunks: list[tuple[int, int, int, int, np.ndarray]] = []
+        n = self.n = o1 - o0
+        if self.identity:
+            self.lo, self.hi = o0, o1
+            return
+        if interpolation == "nearest":
+            idx = pillow_nearest_index(in_size, out_size)[o0:o1]
+            self.lo, self.hi = int(idx.min()), int(idx.max()) + 1
+            self.index = idx - self.lo
+            return
+        xmin, kk = pillow_coefficients(in_size, out_size, interpolation)
+        xmin, kk = xmin[o0:o1], kk[o0:o1]
+        nz = kk != 0
+        first = xmin + np.argmax(nz, axis=1)
+        last = xmin + kk.shape[1] - np.argmax(nz[:, ::-1], axis=1)  # exclusive
+        self.lo, self.hi = int(first.min()), int(last.max())
+        # Block-banded products: each block of outputs reads only the inputs it needs. Blocks of about
+        # ksize / scale outputs keep the wasted (zero) work near the useful work.
+        scale = max(in_size / out_size, 1.0)
+        block = int(min(max(16, round(4 * kk.shape[1] / scale)), 128))
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            i0, i1 = int(first[a:b].min()), int(last[a:b].max())
+            w = np.zeros((b - a, i1 - i0), dtype=np.float64)
+            for r in range(b - a):
+                s = xmin[a + r] - i0
+                taps = kk[a + r]
+                lo_t = max(0, -s)
+                hi_t = min(len(taps), i1 - i0 - s)
+                w[r, s + lo_t:s + hi_t] = taps[lo_t:hi_t]
+            self.chunks.append((a, b, i0 - self.lo, i1 - self.lo, w / _FIXED_SCALE))
+
+    def apply_rows(self, x: np.ndarray) -> np.ndarray:
+        """Resample along axis 0 of a 2-D float64 array of ``hi - lo`` rows."""
+        if self.index is not None:
+            return x[self.index]
+        out = np.empty((self.n, x.shape[1]), dtype=np.float64)
+        for a, b, i0, i1, w in self.chunks:
+            np.matmul(w, x[i0:i1], out=out[a:b])
+        return _round_clip(out)
+
+    def apply_cols(self, x: np.ndarray) -> np.ndarray:
+        """Resample along axis 1 of a 2-D float64 array of ``hi - lo`` columns."""
+        if self.index is not None:
+            return x[:, self.index]
+        out = np.empty((x.shape[0], self.n), dtype=np.float64)
+        for a, b, i0, i1, w in self.chunks:
+            np.matmul(x[:, i0:i1], w.T, out=out[:, a:b])
+        return _round_clip(out)
+
+
+def _round_clip(x: np.ndarray) -> np.ndarray:
+    # Pillow: (2**21 + sum) >> 22, clipped to 0..255; x already holds sum * 2**-22 exactly.
+    x += 0.5
+    np.floor(x, out=x)
+    np.clip(x, 0.0, 255.0, out=x)
+    return x
+
+
+def _center(resized: int, target: int) -> tuple[int, int, int]:
+    """(first resized index kept, number kept, offset in the output) for crop-or-pad along one axis."""
+    if target > resized:  # pad (d // 2 before, (d + 1) // 2 after), as torchvision/open_clip do
+        return 0, resized, (target - resized) // 2
+    return int(round((resized - target) / 2.0)), target, 0
+
+
+class _Plan:
+    """Everything that depends only on the input size: resized size, crop/pad, per-axis weights."""
+
+    def __init__(self, config: PreprocessConfig, h: int, w: int) -> None:
+        th, tw = config.size
+        interpolation = config.interpolation
+        mode = config.resize_mode
+        if mode == "squash":
+            rh, rw = th, tw
+        elif mode == "shortest" and th == tw:
+            # torchvision Resize(int): short side -> size, long side -> int(size * long / short)
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = th, int(th * long / short)
+            rw, rh = (new_short, new_long) if w <= h else (new_long, new_short)
+        else:
+            # open_clip ResizeKeepRatio (longest=1 for "longest", 0 for non-square "shortest")
+            longest = 1.0 if mode == "longest" else 0.0
+            ratio_h, ratio_w = h / th, w / tw
+            ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
+            rh, rw = round(h * 1.0 / ratio), round(w * 1.0 / ratio)
+            if mode == "shortest" and interpolation == "bilinear":
+                interpolation = "bicubic"  # open_clip's ResizeKeepRatio(image_size) ignores it (see module doc)
+        if rh < 1 or rw < 1:
+            raise ImageReadError(f"a {w}x{h} image is too elongated to resize to {tw}x{th} "
+                                 f"({mode!r} would make it {rw}x{rh}); crop it first")
+        self.fill = config.fill_color if mode == "longest" else 0
+        y0, ny, self.oy = _center(rh, th)
+        x0, nx, self.ox = _center(rw, tw)
+        self.ny, self.nx = ny, nx
+        self.padded = ny < th or nx < tw
+        self.rows = _Axis(h, rh, y0, y0 + ny, interpolation)
+        self.cols = _Axis(w, rw, x0, x0 + nx, interpolation)
+
+    def resample(self, img: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, C] (C = 1 or 3, RGB order) -> float64 [ny, C, nx] holding uint8 values."""
+        rows, cols = self.rows, self.cols
+        region = img[rows.lo:rows.hi, cols.lo:cols.hi]
+        c = region.shape[2]
+        if rows.identity and cols.identity:
+            return region.transpose(0, 2, 1).astype(np.float64)
+        if rows.index is not None and cols.index is not None:  # nearest: a gather, no arithmetic
+            return region[rows.index][:, cols.index].transpose(0, 2, 1).astype(np.float64)
+        hy, wx = region.shape[:2]
+        x = np.empty((hy, c, wx), dtype=np.float64)
+        x[...] = region.transpose(0, 2, 1)
+        if not cols.identity:  # horizontal pass first, like Pillow
+            x = cols.apply_cols(x.reshape(hy * c, wx)).reshape(hy, c, cols.n)
+        if not rows.identity:
+            x = rows.apply_rows(x.reshape(hy, -1)).reshape(rows.n, c, -1)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the preprocessor
+# ---------------------------------------------------------------------------------------------------------
+def _as_image(image: Any) -> np.ndarray:
+    """Validate a decoded image; returns a uint8 [H, W, C] view with C = 1 (gray) or 3 (BGR)."""
+    if image is None:
+        raise ImageReadError("no image (None): the decoder could not read it (cv2.imread returns None "
+                             "for a missing or unreadable file)")
+    if not isinstance(image, np.ndarray):
+        raise ImageReadError(f"expected a numpy array (OpenCV BGR image), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageReadError(f"expected a uint8 image, got dtype {image.dtype}; convert it first "
+                             f"(e.g. cv2.convertScaleAbs or (img / 257).astype(np.uint8) for 16-bit)")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageReadError(f"expected an image of shape HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), "
+                             f"got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageReadError(f"empty image (shape {image.shape})")
+    if image.shape[2] == 4:
+        image = image[:, :, :3]  # like PIL's convert("RGB"): alpha is dropped, not composited
+    return image
+
+
+class Preprocessor:
+    """BGR uint8 images -> float32 model input, identical to open_clip's eval transform on PIL images."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        mean = np.asarray(config.mean, dtype=np.float32)
+        std = np.asarray(config.std, dtype=np.float32)
+        # ToTensor then Normalize, in float32 like torch: (v / 255 - mean) / std, tabulated per channel.
+        v = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        self._lut = ((v[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # [3 (RGB), 256]
+        self._plans: OrderedDict[tuple[int, int], _Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _plan(self, h: int, w: int) -> _Plan:
+        key = (h, w)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = _Plan(self.config, h, w)  # built outside the lock; a duplicate build is harmless
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > _CACHE_SIZE:
+                self._plans.popitem(last=False)
+        return plan
+
+    def pixels(self, image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The resized, cropped/padded image as uint8 [3, H, W] in RGB order (before normalisation)."""
+        img = _as_image(image_bgr)
+        if roi is not None:
+            img = _crop_roi(img, roi)
+        gray = img.shape[2] == 1
+        if not gray:
+            img = img[:, :, ::-1]  # BGR -> RGB (a view; the resampler copies anyway)
+        plan = self._plan(img.shape[0], img.shape[1])
+        res = plan.resample(img)  # [ny, C, nx]
+        th, tw = self.config.size
+        out = np.empty((3, th, tw), dtype=np.uint8)
+        if plan.padded:
+            out.fill(plan.fill)
+        out[:, plan.oy:plan.oy + plan.ny, plan.ox:plan.ox + plan.nx] = res.transpose(1, 0, 2)
+        return out
+
+    def __call__(self, image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """float32 [3, H, W] model input for one BGR (or gray, or BGRA) uint8 image; ``roi`` = (x, y, w, h)
+        is cropped first."""
+        px = self.pixels(image_bgr, roi)
+        out = np.empty(px.shape, dtype=np.float32)
+        for c in range(3):
+            np.take(self._lut[c], px[c], out=out[c])
+        return out
+
+    def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [B, 3, H, W] for a sequence of images."""
+        th, tw = self.config.size
+        out = np.empty((len(images), 3, th, tw), dtype=np.float32)
+        for i, image in enumerate(images):
+            out[i] = self(image)
+        return out
+
+
+def _crop_roi(img: np.ndarray, roi: Sequence[int]) -> np.ndarray:
+    h, w = img.shape[:2]
+    try:
+        x, y, rw, rh = (int(v) for v in roi)
+        if any(int(v) != v for v in roi):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise OptionError(f"roi must be 4 integers (x, y, width, height), got {roi!r}") from None
+    if rw < 1 or rh < 1 or x < 0 or y < 0 or x + rw > w or y + rh > h:
+        raise OptionError(f"roi (x={x}, y={y}, w={rw}, h={rh}) does not fit inside the {w}x{h} image; "
+                          f"pass a region with 0 <= x, x + w <= {w}, 0 <= y, y + h <= {h}")
+    return img[y:y + rh, x:x + rw]

@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""Train a small open_clip-architecture CLIP model from scratch on real images (CPU).
+
+Pretrained CLIP weights cannot be downloaded in this project, so accuracy questions (INT8 quantization,
+preprocessing parity, ...) are judged on *proxy* CLIP models trained here: the exact open_clip
+architectures (``open_clip.model.CLIP`` with a VisionTransformer or a ModifiedResNet image tower and a
+causal text transformer fed by the real CLIP BPE tokenizer), only small.
+
+Data (real images, see ../shared/data/README.md):
+  * CIFAR-10 train (50,000 32x32 JPEGs, 10 classes), all of it;
+  * Imagenette train (9,469 224x224 photos, 10 classes) minus a deterministic held-out part:
+    HELD-OUT RULE: inside every class folder the file names are sorted (Python ``sorted``, byte order);
+    the image with sorted index i is held out iff ``i % 5 == 0`` (20%, 1,896 images). Held-out images are
+    never decoded for training; their relative paths are written to ``<out>/heldout_imagenette.txt``.
+
+Captions: every training image gets one caption per step, made from its class name and one of the 80
+OpenAI ImageNet prompt templates (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``) drawn at
+random, so the text tower learns to read real prompts, not class ids.
+
+False negatives: a batch of 256 images from 20 classes holds ~13 images per class, so the plain CLIP loss
+(one positive on the diagonal) would push apart pairs that match. We use a multi-positive target instead:
+for image i and caption j the target is 1 when both come from the same class (dataset + class), each row
+normalised to sum to 1, and the loss is the soft-target cross-entropy in both directions (image->text and
+text->image), averaged. With one positive per row this is exactly the CLIP loss.
+
+Speed on a 2-core CPU: all training images are decoded once with open_clip's own eval transform (resize
+shortest side to the model size, bicubic, center crop) into one uint8 array in memory; augmentation
+(random resized crop + horizontal flip in one ``affine_grid``/``grid_sample`` call, light colour jitter)
+runs batched in torch. Optimiser AdamW, linear warmup then cosine decay, weight decay on matrices only.
+
+Output: an open_clip ``local-dir:`` checkpoint (``open_clip_config.json`` + ``open_clip_model.safetensors``
+in fp16, no pickle), ``train_log.json`` (config, command, accuracies) and ``heldout_imagenette.txt``.
+The saved folder is loaded back through ``open_clip.create_model_and_transforms('local-dir:...')`` and
+re-evaluated on a few hundred images as a check.
+
+Examples:
+    python scripts/train_proxy_clip.py --model vit --out /tmp/proxy-vit
+    python scripts/train_proxy_clip.py --model rn --epochs 1 --limit-images 512 --out /tmp/t  # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import open_clip
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+HELDOUT_MOD = 5  # Imagenette: sorted index within class folder % HELDOUT_MOD == 0 -> held out
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+def model_config(arch: str, image_size: int = 64, context_length: int = 32, *, tiny: bool = False) -> dict:
+    """open_clip model_cfg dict (what goes under "model_cfg" in open_clip_config.json)."""
+    if tiny:  # for tests: seconds, not minutes
+        text = dict(context_length=context_length, vocab_size=49408, width=32, heads=2, layers=1)
+        if arch == "vit":
+            vision = dict(image_size=image_size, patch_size=16, width=64, layers=2, head_width=32, mlp_ratio=2.0)
+        else:
+            vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=8, head_width=32)
+        return dict(embed_dim=32, vision_cfg=vision, text_cfg=text)
+    text = dict(context_length=context_length, vocab_size=49408, width=64, heads=2, layers=3)
+    if arch == "vit":
+        vision = dict(image_size=image_size, patch_size=8, width=128, layers=6, head_width=32, mlp_ratio=2.0)
+    elif arch == "rn":
+        vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=24, head_width=32)
+    else:
+        raise ValueError(f"unknown model {arch!r}: use 'vit' or 'rn'")
+    return dict(embed_dim=128, vision_cfg=vision, text_cfg=text)
+
+
+def build_model(cfg: dict) -> open_clip.model.CLIP:
+    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"])
+
+
+def count_params(model: torch.nn.Module) -> dict:
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "visual": sum(p.numel() for p in model.visual.parameters()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def unpack(archive: Path, dest: Path) -> None:
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive} not found (pass --data DIR holding the shared data archives)")
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+
+
+def read_imagenette_classes(data: Path) -> dict[str, str]:
+    out = {}
+    for line in (data / "imagenette-classes.tsv").read_text().splitlines():
+        if line.strip():
+            wnid, name = line.split("\t")[:2]
+            out[wnid.strip()] = name.strip()
+    return out
+
+
+def list_class_folder(root: Path, classes: list[str]) -> list[list[str]]:
+    """Per class, the sorted file names in root/<class>/."""
+    return [sorted(p.name for p in (root / c).iterdir() if p.is_file()) for c in classes]
+
+
+def split_imagenette(names_per_class: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """Deterministic held-out rule: sorted index within the class folder % HELDOUT_MOD == 0 is held out."""
+    train = [[n for i, n in enumerate(names) if i % HELDOUT_MOD != 0] for names in names_per_class]
+    held = [[n for i, n in enumerate(names) if i % HELDOUT_MOD == 0] for names in names_per_class]
+    return train, held
+
+
+def pil_eval_steps(size: int):
+    """open_clip's eval transform up to (not including) ToTensor/Normalize: returns PIL images."""
+    tf = open_clip.image_transform(size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD,
+                                   resize_mode="shortest", interpolation="bicubic")
+    steps = []
+    for t in tf.transforms:
+        if type(t).__name__ in ("ToTensor", "Normalize"):
+            break
+        steps.append(t)
+    return steps
+
+
+def decode_images(paths: list[Path], size: int) -> np.ndarray:
+    """uint8 [N, size, size, 3], exactly open_clip's eval preprocessing before ToTensor."""
+    from PIL import Image
+
+    steps = pil_eval_steps(size)
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            for t in steps:
+                im = t(im)
+            out[i] = np.asarray(im, dtype=np.uint8)
+    return out
+
+
+def to_model_input(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (same arithmetic as ToTensor + Normalize)."""
+    x = u8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(u8: torch.Tensor, gen: torch.Generator, scale=(0.35, 1.0), jitter: float = 0.2) -> torch.Tensor:
+    """Batched RandomResizedCrop + horizontal flip (one grid_sample) + light colour jitter.
+
+    u8: uint8 [B, H, W, 3]; returns normalised float [B, 3, H, W]."""
+    b, h, w, _ = u8.shape
+    x = u8.permute(0, 3, 1, 2).float().div_(255.0)
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
+    logr = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    r = torch.exp(logr)
+    cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
+    ch = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coords
+    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - ch)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = cw * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = ch
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, (b, 3, h, w), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if jitter > 0:  # brightness, contrast, saturation, each in [1-j, 1+j], applied to 80% of images
+        on = (torch.rand(b, 1, 1, 1, generator=gen) < 0.8).float()
+        bri = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
+        con = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
+        sat = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
+        x = x * bri
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (x - gray.mean(dim=(2, 3), keepdim=True)) * con + gray.mean(dim=(2, 3), keepdim=True)
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (gray + (x - gray) * sat).clamp_(0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+class TrainSet:
+    """All training images in memory + caption tokens for every (class, template)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str], tokenizer,
+                 sample_weights: np.ndarray | None = None):
+        self.images = torch.from_numpy(images)  # uint8 [N, S, S, 3]
+        self.labels = torch.from_numpy(labels.astype(np.int64))  # global class id (dataset-specific)
+        self.class_names = class_names
+        prompts = [t(c) for c in class_names for t in OPENAI_IMAGENET_TEMPLATES]
+        tok = tokenizer(prompts)
+        self.tokens = tok.view(len(class_names), len(OPENAI_IMAGENET_TEMPLATES), -1)
+        self.sample_weights = sample_weights  # integer repeat count per image per epoch
+
+    def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+        idx = np.arange(len(self.labels))
+        if self.sample_weights is not None:
+            idx = np.repeat(idx, self.sample_weights)
+        return rng.permutation(idx)
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor,
+                             logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP loss where every same-class (image, caption) pair is a positive (soft target, rows sum to 1)."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
+    pos = (labels[:, None] == labels[None, :]).float()
+    target = pos / pos.sum(dim=1, keepdim=True)
+    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t = -(target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()  # pos is symmetric
+    return 0.5 * (loss_i + loss_t)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+@torch.no_grad()
+def zero_shot_weights(model, tokenizer, class_names: list[str]) -> torch.Tensor:
+    """[C, D] classifier: mean of the L2-normalised embeddings of the 80 templates, renormalised."""
+    model.eval()
+    ws = []
+    for c in class_names:
+        t = tokenizer([tpl(c) for tpl in OPENAI_IMAGENET_TEMPLATES])
+        e = F.normalize(model.encode_text(t), dim=-1).mean(0)
+        ws.append(F.normalize(e, dim=-1))
+    return torch.stack(ws)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, tokenizer, class_names, images_u8: torch.Tensor, labels: torch.Tensor,
+                       batch: int = 500) -> float:
+    w = zero_shot_weights(model, tokenizer, class_names)
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch):
+        f = F.normalize(model.encode_image(to_model_input(images_u8[i:i + batch])), dim=-1)
+        correct += (f @ w.t()).argmax(1).eq(labels[i:i + batch]).sum().item()
+    return 100.0 * correct / max(1, len(labels))
+
+
+# ------------------------------------------------------------------------------------------------- save
+
+def preprocess_cfg(size: int) -> dict:
+    return {"size": size, "mode": "RGB", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+            "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
+
+
+def save_local_dir(model, cfg: dict, out: Path) -> Path:
+    """open_clip local-dir checkpoint: open_clip_config.json + fp16 open_clip_model.safetensors."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        sd[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    save_file(sd, str(out / "open_clip_model.safetensors"), metadata={"format": "pt"})
+    conf = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg(cfg["vision_cfg"]["image_size"])}
+    (out / "open_clip_config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    return out
+
+
+def verify_local_dir(out: Path, model, tokenizer, sets: dict, n: int = 300) -> dict:
+    """Load back via local-dir:, compare zero-shot accuracy with the in-memory fp32 model on n images/set,
+    using open_clip's own preprocessing transform for the loaded model."""
+    from PIL import Image
+
+    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    loaded = loaded.float().eval()
+    tok = open_clip.get_tokenizer(f"local-dir:{out}")
+    res = {}
+    for name, (class_names, paths, u8, labels) in sets.items():
+        k = min(n, len(labels))
+        sel = np.linspace(0, len(labels) - 1, k).round().astype(int)
+        acc_mem = zero_shot_accuracy(model, tokenizer, class_names, u8[sel], labels[sel])
+        w = zero_shot_weights(loaded, tok, class_names)
+        x = torch.stack([preprocess(Image.open(paths[i]).convert("RGB")) for i in sel])
+        with torch.no_grad():
+            pred = (F.normalize(loaded.encode_image(x), dim=-1) @ w.t()).argmax(1)
+        acc_loaded = 100.0 * pred.eq(labels[sel]).float().mean().item()
+        res[name] = {"n": k, "fp32_in_memory": acc_mem, "fp16_local_dir": acc_loaded,
+                     "diff": acc_loaded - acc_mem}
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "embedding" in n or "logit_scale" in n or n.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: float, weight_decay: float,
+                warmup: int, seed: int, max_seconds: float | None = None, log_every: int = 20,
+                eval_fn=None, eval_every_steps: int = 0, log=print, channels_last: bool = False) -> list[float]:
+    """Run `steps` optimiser steps; returns the per-step losses."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    n_tpl = trainset.tokens.shape[1]
+    order = trainset.epoch_order(rng)
+    pos = 0
+    epoch = 0
+    losses = []
+    t0 = time.time()
+    seen = 0
+    model.train()
+    for step in range(steps):
+        if pos + batch_size > len(order):
+            order = trainset.epoch_order(rng)
+            pos = 0
+            epoch += 1
+        idx = torch.from_numpy(order[pos:pos + batch_size])
+        pos += batch_size
+        labels = trainset.labels[idx]
+        tpl = torch.randint(0, n_tpl, (len(idx),), generator=gen)
+        text = trainset.tokens[labels, tpl]
+        images = augment(trainset.images[idx], gen)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        img_f = model.encode_image(images)
+        txt_f = model.encode_text(text)
+        loss = multi_positive_clip_loss(img_f, txt_f, labels, model.logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        seen += len(idx)
+        elapsed = time.time() - t0
+        if log_every and ((step + 1) % log_every == 0 or step == 0 or step + 1 == steps):
+            ips = seen / elapsed
+            eta = (steps - step - 1) * batch_size / ips
+            recent = float(np.mean(losses[-log_every:]))
+            log(f"step {step + 1}/{steps} epoch {epoch} loss {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"scale {model.logit_scale.exp().item():.1f} {ips:.1f} img/s elapsed {elapsed / 60:.1f} min "
+                f"ETA {eta / 60:.1f} min")
+        if eval_fn is not None and eval_every_steps and (step + 1) % eval_every_steps == 0 and step + 1 < steps:
+            eval_fn(step + 1)
+            model.train()
+        if max_seconds is not None and elapsed > max_seconds:
+            log(f"time budget reached after {step + 1} steps ({elapsed / 60:.1f} min): stopping")
+            break
+    return losses
+
+
+def profile(arch: str, image_size: int, batch_size: int, seconds: float, context_length: int, threads: int,
+            channels_last: bool) -> float:
+    torch.set_num_threads(threads)
+    cfg = model_config(arch, image_size, context_length)
+    model = build_model(cfg)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    tok = open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
+    n = 512
+    imgs = np.random.default_rng(0).integers(0, 255, (n, image_size, image_size, 3), dtype=np.uint8)
+    ts = TrainSet(imgs, np.arange(n) % 10, list(CIFAR_CLASSES), tok)
+    t0 = time.time()
+    train_steps(model, ts, steps=2, batch_size=batch_size, lr=1e-3, weight_decay=0.05, warmup=1, seed=0,
+                log_every=0, channels_last=channels_last)  # warm-up
+    t1 = time.time()
+    k = 0
+    while time.time() - t1 < seconds:
+        train_steps(model, ts, steps=1, batch_size=batch_size, lr=1e-3, weight_decay=0.05, warmup=1, seed=k,
+                    log_every=0, channels_last=channels_last)
+        k += 1
+    ips = k * batch_size / (time.time() - t1)
+    p = count_params(model)
+    print(f"profile {arch} size {image_size} bs {batch_size} threads {threads} cl {channels_last}: "
+          f"{ips:.1f} img/s, params total {p['total'] / 1e6:.2f}M visual {p['visual'] / 1e6:.2f}M "
+          f"(warm-up {t1 - t0:.1f}s)", flush=True)
+    return ips
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["vit", "rn"], required=True)
+    ap.add_argument("--epochs", type=float, default=10.0)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--context-length", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 (rn), 1e-3 (vit)")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup-frac", type=float, default=0.03)
+    ap.add_argument("--imagenette-repeat", type=int, default=2,
+                    help="times each Imagenette training image is seen per epoch (balances 7.6k vs 50k CIFAR)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop training cleanly after this long")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--workdir", type=Path, default=None, help="where to unpack the archives (default: a temp dir)")
+    ap.add_argument("--limit-images", type=int, default=None, help="use at most N training images per dataset")
+    ap.add_argument("--limit-eval", type=int, default=None, help="evaluate on at most N images per test set")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
+    ap.add_argument("--eval-every-epochs", type=float, default=1.0, help="subset eval period (0: off)")
+    ap.add_argument("--profile", type=float, default=None, metavar="SECONDS",
+                    help="only measure train-step throughput on random data for SECONDS and exit")
+    args = ap.parse_args(argv)
+
+    if args.profile is not None:
+        profile(args.model, args.image_size, args.batch_size, args.profile, args.context_length, args.threads,
+                args.channels_last)
+        return 0
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_lines = []
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+
+    t_start = time.time()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="proxyclip-")
+        work = Path(tmp.name)
+    else:
+        work = args.workdir
+        work.mkdir(parents=True, exist_ok=True)
+    for a in ("cifar10-train.tar", "cifar10-test.tar", "imagenette-train.tar"):
+        unpack(args.data / a, work)
+    cifar_train_root = work / "cifar10" / "train"
+    cifar_test_root = work / "cifar10" / "test"
+    inet_root = work / "imagenette" / "train"
+    wnid2name = read_imagenette_classes(args.data)
+    wnids = sorted(wnid2name)
+    inet_names = [wnid2name[w] for w in wnids]
+    cifar_names = list(CIFAR_CLASSES)
+
+    # --- training / held-out lists
+    inet_all = list_class_folder(inet_root, wnids)
+    inet_train, inet_held = split_imagenette(inet_all)
+    held_rel = [f"imagenette/train/{w}/{n}" for w, names in zip(wnids, inet_held) for n in names]
+    (args.out / "heldout_imagenette.txt").write_text(
+        f"# Imagenette train images held out from training (rule: sorted index within class folder % "
+        f"{HELDOUT_MOD} == 0), paths relative to the unpacked archive root\n" + "\n".join(held_rel) + "\n")
+    cifar_tr = list_class_folder(cifar_train_root, cifar_names)
+
+    def flat(root, classes, names_per_class, label_offset=0, limit=None):
+        paths, labels = [], []
+        for ci, (c, names) in enumerate(zip(classes, names_per_class)):
+            for n in names:
+                paths.append(root / c / n)
+                labels.append(ci + label_offset)
+        if limit is not None and limit < len(paths):  # deterministic, class-balanced subset
+            sel = np.random.default_rng(args.seed).permutation(len(paths))[:limit]
+            sel.sort()
+            paths = [paths[i] for i in sel]
+            labels = [labels[i] for i in sel]
+        return paths, np.asarray(labels, dtype=np.int64)
+
+    c_paths, c_labels = flat(cifar_train_root, cifar_names, cifar_tr, 0, args.limit_images)
+    i_paths, i_labels = flat(inet_root, wnids, inet_train, 10, args.limit_images)
+    held_paths, held_labels = flat(inet_root, wnids, inet_held, 0)
+    test_paths, test_labels = flat(cifar_test_root, cifar_names, list_class_folder(cifar_test_root, cifar_names))
+    if args.limit_eval is not None:
+        sel = np.linspace(0, len(test_paths) - 1, min(args.limit_eval, len(test_paths))).round().astype(int)
+        test_paths, test_labels = [test_paths[i] for i in sel], test_labels[sel]
+        sel = np.linspace(0, len(held_paths) - 1, min(args.limit_eval, len(held_paths))).round().astype(int)
+        held_paths, held_labels = [held_paths[i] for i in sel], held_labels[sel]
+
+    S = args.image_size
+    t0 = time.time()
+    imgs = np.concatenate([decode_images(c_paths, S), decode_images(i_paths, S)])
+    labels = np.concatenate([c_labels, i_labels])
+    weights = np.concatenate([np.ones(len(c_labels), dtype=np.int64),
+                              np.full(len(i_labels), args.imagenette_repeat, dtype=np.int64)])
+    test_u8 = torch.from_numpy(decode_images(test_paths, S))
+    held_u8 = torch.from_numpy(decode_images(held_paths, S))
+    log(f"decoded {len(c_paths)} CIFAR-10 + {len(i_paths)} Imagenette train, {len(test_paths)} CIFAR-10 test, "
+        f"{len(held_paths)} held-out Imagenette at {S}px in {time.time() - t0:.1f}s")
+
+    cfg = model_config(args.model, S, args.context_length, tiny=args.tiny)
+    model = build_model(cfg)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=args.context_length)  # SimpleTokenizer (CLIP BPE)
+    trainset = TrainSet(imgs, labels, cifar_names + inet_names, tokenizer, weights)
+    assert (trainset.tokens.argmax(-1) < args.context_length - 0).all()
+    n_trunc = int((trainset.tokens[..., -1] != 0).sum())
+    params = count_params(model)
+    per_epoch = int(weights.sum())
+    steps = max(1, int(round(args.epochs * per_epoch / args.batch_size)))
+    lr = args.lr if args.lr is not None else (2e-3 if args.model == "rn" else 1e-3)
+    warmup = max(1, int(args.warmup_frac * steps))
+    log(f"model {args.model}: params {params['total'] / 1e6:.2f}M (visual {params['visual'] / 1e6:.2f}M), "
+        f"config {json.dumps(cfg)}")
+    log(f"{per_epoch} samples/epoch, {args.epochs} epochs = {steps} steps of {args.batch_size}, lr {lr}, "
+        f"warmup {warmup}, {n_trunc} truncated prompts")
+
+    quick_c = np.linspace(0, len(test_labels) - 1, min(1000, len(test_labels))).round().astype(int)
+    history = []
+
+    def quick_eval(step):
+        a = zero_shot_accuracy(model, tokenizer, cifar_names, test_u8[quick_c], torch.from_numpy(test_labels[quick_c]))
+        b = zero_shot_accuracy(model, tokenizer, inet_names, held_u8, torch.from_numpy(held_labels))
+        history.append({"step": step, "cifar10_test_subset": a, "imagenette_heldout": b})
+        log(f"eval @ step {step}: CIFAR-10 test ({len(quick_c)} imgs) {a:.2f}%  held-out Imagenette {b:.2f}%")
+
+    eval_every = int(round(args.eval_every_epochs * per_epoch / args.batch_size)) if args.eval_every_epochs else 0
+    max_seconds = args.max_minutes * 60 if args.max_minutes is not None else None
+    t_train = time.time()
+    losses = train_steps(model, trainset, steps=steps, batch_size=args.batch_size, lr=lr,
+                         weight_decay=args.weight_decay, warmup=warmup, seed=args.seed, max_seconds=max_seconds,
+                         eval_fn=quick_eval, eval_every_steps=eval_every, log=log, channels_last=args.channels_last)
+    train_s = time.time() - t_train
+    done = len(losses)
+    ips = done * args.batch_size / train_s
+    log(f"trained {done} steps in {train_s / 60:.1f} min ({ips:.1f} img/s)")
+
+    model.eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.contiguous_format)
+    acc_c = zero_shot_accuracy(model, tokenizer, cifar_names, test_u8, torch.from_numpy(test_labels))
+    acc_i = zero_shot_accuracy(model, tokenizer, inet_names, held_u8, torch.from_numpy(held_labels))
+    log(f"FINAL zero-shot top-1 (80-template ensemble): CIFAR-10 test ({len(test_labels)} imgs) {acc_c:.2f}%  "
+        f"held-out Imagenette ({len(held_labels)} imgs) {acc_i:.2f}%")
+
+    save_local_dir(model, cfg, args.out)
+    check = verify_local_dir(args.out, model, tokenizer, {
+        "cifar10_test": (cifar_names, test_paths, test_u8, torch.from_numpy(test_labels)),
+        "imagenette_heldout": (inet_names, held_paths, held_u8, torch.from_numpy(held_labels)),
+    })
+    log(f"local-dir reload check: {json.dumps(check)}")
+    size = (args.out / "open_clip_model.safetensors").stat().st_size
+    summary = {
+        "command": " ".join([Path(sys.executable).name, "scripts/train_proxy_clip.py"] + (argv or sys.argv[1:])),
+        "model": args.model, "model_cfg": cfg, "params": params, "image_size": S,
+        "context_length": args.context_length, "seed": args.seed, "epochs_planned": args.epochs,
+        "steps_planned": steps, "steps_done": done, "batch_size": args.batch_size, "lr": lr,
+        "weight_decay": args.weight_decay, "warmup_steps": warmup, "imagenette_repeat": args.imagenette_repeat,
+        "train_images": {"cifar10": len(c_paths), "imagenette": len(i_paths)},
+        "heldout_rule": f"Imagenette train: sorted index within class folder % {HELDOUT_MOD} == 0",
+        "train_minutes": train_s / 60, "img_per_s": ips, "threads": args.threads, "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "zero_shot_top1": {"cifar10_test": acc_c, "cifar10_test_n": len(test_labels),
+                           "imagenette_heldout": acc_i, "imagenette_heldout_n": len(held_labels)},
+        "history": history, "reload_check": check, "safetensors_bytes": size,
+        "loss_first": losses[:5], "loss_last": losses[-5:], "total_minutes": (time.time() - t_start) / 60,
+    }
+    (args.out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "train_log.txt").write_text("\n".join(log_lines) + "\n")
+    log(f"saved {args.out} ({size / 1e6:.2f} MB safetensors)")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
