@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not in this build
             raise
         module.register(sub)
+    for command in sub.choices.values():  # -v/-q are accepted after the subcommand too
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

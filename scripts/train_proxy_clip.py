@@ -77,7 +77,7 @@ def model_config(arch: str, image_size: int = 64, context_length: int = 32, *, t
         return dict(embed_dim=32, vision_cfg=vision, text_cfg=text)
     text = dict(context_length=context_length, vocab_size=49408, width=64, heads=2, layers=3)
     if arch == "vit":
-        vision = dict(image_size=image_size, patch_size=8, width=128, layers=6, head_width=32, mlp_ratio=2.0)
+        vision = dict(image_size=image_size, patch_size=8, width=96, layers=6, head_width=32, mlp_ratio=2.0)
     elif arch == "rn":
         vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=24, head_width=32)
     else:
@@ -85,8 +85,15 @@ def model_config(arch: str, image_size: int = 64, context_length: int = 32, *, t
     return dict(embed_dim=128, vision_cfg=vision, text_cfg=text)
 
 
-def build_model(cfg: dict) -> open_clip.model.CLIP:
-    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"])
+def build_model(cfg: dict, patch_dropout: float = 0.0) -> open_clip.model.CLIP:
+    """patch_dropout (ViT only, FLIP-style token dropping while training; identity in eval mode) has no
+    parameters, so it is left out of the saved config: inference uses every patch."""
+    vision_cfg = dict(cfg["vision_cfg"])
+    if patch_dropout:
+        if isinstance(vision_cfg["layers"], (list, tuple)):
+            raise ValueError("--patch-dropout applies to the ViT image tower only")
+        vision_cfg["patch_dropout"] = patch_dropout
+    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, text_cfg=cfg["text_cfg"])
 
 
 def count_params(model: torch.nn.Module) -> dict:
@@ -113,6 +120,26 @@ def read_imagenette_classes(data: Path) -> dict[str, str]:
     return out
 
 
+def match_imagenette_classes(wnid2name: dict[str, str], root: Path, log=print) -> dict[str, str]:
+    """wnid -> name for the class folders actually present under root.
+
+    The shared imagenette-classes.tsv lists parachute as n03888605 while the archive's folder (and the real
+    ImageNet id of "parachute") is n03888257: when exactly one folder and one tsv entry are unmatched they
+    are paired, with a warning; anything else is an error."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    missing = [f for f in folders if f not in wnid2name]
+    unused = [w for w in wnid2name if w not in folders]
+    if not missing and not unused:
+        return {f: wnid2name[f] for f in folders}
+    if len(missing) == 1 and len(unused) == 1:
+        log(f"WARNING: class folder {missing[0]} is not in imagenette-classes.tsv, which lists {unused[0]} "
+            f"({wnid2name[unused[0]]!r}) that has no folder: pairing them")
+        out = {f: wnid2name.get(f) for f in folders}
+        out[missing[0]] = wnid2name[unused[0]]
+        return out
+    raise ValueError(f"Imagenette class folders {missing} not in imagenette-classes.tsv (unused tsv ids {unused})")
+
+
 def list_class_folder(root: Path, classes: list[str]) -> list[list[str]]:
     """Per class, the sorted file names in root/<class>/."""
     return [sorted(p.name for p in (root / c).iterdir() if p.is_file()) for c in classes]
@@ -131,7 +158,7 @@ def pil_eval_steps(size: int):
                                    resize_mode="shortest", interpolation="bicubic")
     steps = []
     for t in tf.transforms:
-        if type(t).__name__ in ("ToTensor", "Normalize"):
+        if "ToTensor" in type(t).__name__ or type(t).__name__ == "Normalize":
             break
         steps.append(t)
     return steps
@@ -381,10 +408,10 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
 
 
 def profile(arch: str, image_size: int, batch_size: int, seconds: float, context_length: int, threads: int,
-            channels_last: bool) -> float:
+            channels_last: bool, patch_dropout: float = 0.0) -> float:
     torch.set_num_threads(threads)
     cfg = model_config(arch, image_size, context_length)
-    model = build_model(cfg)
+    model = build_model(cfg, patch_dropout)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     tok = open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
@@ -402,7 +429,8 @@ def profile(arch: str, image_size: int, batch_size: int, seconds: float, context
         k += 1
     ips = k * batch_size / (time.time() - t1)
     p = count_params(model)
-    print(f"profile {arch} size {image_size} bs {batch_size} threads {threads} cl {channels_last}: "
+    print(f"profile {arch} size {image_size} bs {batch_size} threads {threads} cl {channels_last} "
+          f"pd {patch_dropout}: "
           f"{ips:.1f} img/s, params total {p['total'] / 1e6:.2f}M visual {p['visual'] / 1e6:.2f}M "
           f"(warm-up {t1 - t0:.1f}s)", flush=True)
     return ips
@@ -431,15 +459,20 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-eval", type=int, default=None, help="evaluate on at most N images per test set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--patch-dropout", type=float, default=None,
+                    help="ViT only: fraction of patch tokens dropped per training image (default 0.5 for vit, "
+                         "0 for rn); not used at inference")
     ap.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
     ap.add_argument("--eval-every-epochs", type=float, default=1.0, help="subset eval period (0: off)")
     ap.add_argument("--profile", type=float, default=None, metavar="SECONDS",
                     help="only measure train-step throughput on random data for SECONDS and exit")
     args = ap.parse_args(argv)
 
+    if args.patch_dropout is None:
+        args.patch_dropout = 0.5 if args.model == "vit" else 0.0
     if args.profile is not None:
         profile(args.model, args.image_size, args.batch_size, args.profile, args.context_length, args.threads,
-                args.channels_last)
+                args.channels_last, args.patch_dropout)
         return 0
 
     torch.set_num_threads(args.threads)
@@ -465,7 +498,7 @@ def main(argv=None) -> int:
     cifar_train_root = work / "cifar10" / "train"
     cifar_test_root = work / "cifar10" / "test"
     inet_root = work / "imagenette" / "train"
-    wnid2name = read_imagenette_classes(args.data)
+    wnid2name = match_imagenette_classes(read_imagenette_classes(args.data), inet_root, log)
     wnids = sorted(wnid2name)
     inet_names = [wnid2name[w] for w in wnids]
     cifar_names = list(CIFAR_CLASSES)
@@ -514,7 +547,7 @@ def main(argv=None) -> int:
         f"{len(held_paths)} held-out Imagenette at {S}px in {time.time() - t0:.1f}s")
 
     cfg = model_config(args.model, S, args.context_length, tiny=args.tiny)
-    model = build_model(cfg)
+    model = build_model(cfg, args.patch_dropout)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=args.context_length)  # SimpleTokenizer (CLIP BPE)
@@ -571,7 +604,7 @@ def main(argv=None) -> int:
         "model": args.model, "model_cfg": cfg, "params": params, "image_size": S,
         "context_length": args.context_length, "seed": args.seed, "epochs_planned": args.epochs,
         "steps_planned": steps, "steps_done": done, "batch_size": args.batch_size, "lr": lr,
-        "weight_decay": args.weight_decay, "warmup_steps": warmup, "imagenette_repeat": args.imagenette_repeat,
+        "weight_decay": args.weight_decay, "patch_dropout_train": args.patch_dropout, "warmup_steps": warmup, "imagenette_repeat": args.imagenette_repeat,
         "train_images": {"cifar10": len(c_paths), "imagenette": len(i_paths)},
         "heldout_rule": f"Imagenette train: sorted index within class folder % {HELDOUT_MOD} == 0",
         "train_minutes": train_s / 60, "img_per_s": ips, "threads": args.threads, "torch": torch.__version__,

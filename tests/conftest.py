@@ -48,3 +48,36 @@ def imagenette_classes() -> Path:
     if not p.is_file():
         pytest.skip(f"{p} not found")
     return p
+
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _export(tmp_path_factory: pytest.TempPathFactory, model: str) -> Path:
+    from edgeclip.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / model
+    assert main(["-q", "export", "--model", model, "--labels", *CIFAR_CLASSES, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the built-in tiny ViT (random weights) with the 10 CIFAR-10 labels. Treat as read-only."""
+    return _export(tmp_path_factory, "edgeclip-tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the built-in tiny ModifiedResNet (BatchNorm, random weights), CIFAR-10 labels. Read-only."""
+    return _export(tmp_path_factory, "edgeclip-tiny-rn")
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path: Path, tiny_vit_bundle: Path) -> Path:
+    """A private, writable copy of the tiny ViT bundle."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_vit_bundle, dst)
+    return dst

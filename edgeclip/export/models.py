@@ -255,7 +255,19 @@ def load_hf(model_id: str) -> LoadedModel:
 # ---------------------------------------------------------------------------------------------------------
 def load_model(model: str | None = None, pretrained: str | None = None, config: str | None = None,
                seed: int = 0) -> LoadedModel:
-    """Resolve a ``--model`` / ``--pretrained`` / ``--config`` combination to a loaded model."""
+    """Resolve a ``--model`` / ``--pretrained`` / ``--config`` combination to a loaded model.
+
+    The arguments are recorded in ``manifest.model.load`` (paths made absolute) so later stages that need
+    the torch model (synthetic calibration) can load it again with ``load_model(**load)``.
+    """
+    loaded = _load_model(model, pretrained, config, seed)
+    absolute = {k: str(Path(v).resolve()) if v and Path(v).exists() else v
+                for k, v in (("model", model or DEFAULT_MODEL), ("pretrained", pretrained), ("config", config))}
+    loaded.details["load"] = {**absolute, "seed": seed}
+    return loaded
+
+
+def _load_model(model: str | None, pretrained: str | None, config: str | None, seed: int) -> LoadedModel:
     spec = model or DEFAULT_MODEL
     path = Path(spec)
     if config and not path.is_file():

@@ -9,8 +9,9 @@ was trained and evaluated with exactly that, so the runtime reproduces it on Ope
   The per-axis weights are computed the way Pillow's ``precompute_coeffs`` does (bicubic ``a = -0.5``,
   bilinear triangle, support scaled by ``max(scale, 1)``, pixel centres at ``i + 0.5``, weights normalised
   per output pixel), quantised to Pillow's 22-bit fixed point, and applied as float64 matrix products
-  (horizontal pass first, like Pillow), rounding and clipping to uint8 after each pass as Pillow does for
-  8-bit images. Every product and partial sum is an integer times 2**-22 well inside float64's 53-bit
+  (in Pillow's pass order: horizontal first, unless the height shrinks by more than twice as many pixels
+  as the width, Pillow >= 13), rounding and clipping to uint8 after each pass as Pillow does for 8-bit
+  images. Every product and partial sum is an integer times 2**-22 well inside float64's 53-bit
   mantissa, so the result is *bit-identical* to Pillow, not merely close. ``nearest`` reproduces Pillow's
   affine nearest-neighbour scaling (its accumulated source coordinates included).
 * **Geometry** follows torchvision and open_clip exactly: ``Resize(int)`` sizes the long side with
@@ -237,23 +238,19 @@ class _Axis:
                 w[r, s + lo_t:s + hi_t] = taps[lo_t:hi_t]
             self.chunks.append((a, b, i0 - self.lo, i1 - self.lo, w / _FIXED_SCALE))
 
-    def apply_rows(self, x: np.ndarray) -> np.ndarray:
-        """Resample along axis 0 of a 2-D float64 array of ``hi - lo`` rows."""
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Resample along axis 0 of ``x`` (uint8 or float64, ``hi - lo`` rows, any trailing shape).
+
+        Returns float64 holding uint8 values (or the gathered rows for nearest). Axis 0 is the contracted
+        one so every block is ``W @ x[i0:i1]`` with a long contiguous right-hand side, BLAS's best case.
+        """
         if self.index is not None:
             return x[self.index]
-        out = np.empty((self.n, x.shape[1]), dtype=np.float64)
+        flat = np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape[0], -1)
+        out = np.empty((self.n, flat.shape[1]), dtype=np.float64)
         for a, b, i0, i1, w in self.chunks:
-            np.matmul(w, x[i0:i1], out=out[a:b])
-        return _round_clip(out)
-
-    def apply_cols(self, x: np.ndarray) -> np.ndarray:
-        """Resample along axis 1 of a 2-D float64 array of ``hi - lo`` columns."""
-        if self.index is not None:
-            return x[:, self.index]
-        out = np.empty((x.shape[0], self.n), dtype=np.float64)
-        for a, b, i0, i1, w in self.chunks:
-            np.matmul(x[:, i0:i1], w.T, out=out[:, a:b])
-        return _round_clip(out)
+            out[a:b] = w @ flat[i0:i1]  # (matmul's out= takes a slow non-BLAS path in numpy 2)
+        return _round_clip(out).reshape((self.n,) + x.shape[1:])
 
 
 def _round_clip(x: np.ndarray) -> np.ndarray:
@@ -301,25 +298,26 @@ class _Plan:
         x0, nx, self.ox = _center(rw, tw)
         self.ny, self.nx = ny, nx
         self.padded = ny < th or nx < tw
+        # Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
+        # pixels as the width (ImagingResampleInner); older Pillow always ran the horizontal pass first.
+        self.vertical_first = (h - rh) > 0 and (h - rh) > (w - rw) * 2
         self.rows = _Axis(h, rh, y0, y0 + ny, interpolation)
         self.cols = _Axis(w, rw, x0, x0 + nx, interpolation)
 
     def resample(self, img: np.ndarray) -> np.ndarray:
-        """uint8 [H, W, C] (C = 1 or 3, RGB order) -> float64 [ny, C, nx] holding uint8 values."""
+        """uint8 [H, W, C] -> the kept part of the resized image, [ny, nx, C] (float64 or uint8 values)."""
         rows, cols = self.rows, self.cols
-        region = img[rows.lo:rows.hi, cols.lo:cols.hi]
-        c = region.shape[2]
-        if rows.identity and cols.identity:
-            return region.transpose(0, 2, 1).astype(np.float64)
-        if rows.index is not None and cols.index is not None:  # nearest: a gather, no arithmetic
-            return region[rows.index][:, cols.index].transpose(0, 2, 1).astype(np.float64)
-        hy, wx = region.shape[:2]
-        x = np.empty((hy, c, wx), dtype=np.float64)
-        x[...] = region.transpose(0, 2, 1)
-        if not cols.identity:  # horizontal pass first, like Pillow
-            x = cols.apply_cols(x.reshape(hy * c, wx)).reshape(hy, c, cols.n)
-        if not rows.identity:
-            x = rows.apply_rows(x.reshape(hy, -1)).reshape(rows.n, c, -1)
+        x = img[rows.lo:rows.hi, cols.lo:cols.hi]
+        passes = (rows, 0), (cols, 1)
+        for axis, dim in (passes[::-1] if not self.vertical_first else passes):
+            if axis.identity:
+                continue
+            if dim == 0:
+                x = axis.apply(x)
+            elif axis.index is not None:
+                x = x[:, axis.index]
+            else:
+                x = axis.apply(x.transpose(1, 0, 2)).transpose(1, 0, 2)
         return x
 
 
@@ -376,37 +374,37 @@ class Preprocessor:
         return plan
 
     def pixels(self, image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """The resized, cropped/padded image as uint8 [3, H, W] in RGB order (before normalisation)."""
+        """The resized, cropped/padded image as uint8 [H, W, 3] in BGR order (before normalisation)."""
         img = _as_image(image_bgr)
         if roi is not None:
             img = _crop_roi(img, roi)
-        gray = img.shape[2] == 1
-        if not gray:
-            img = img[:, :, ::-1]  # BGR -> RGB (a view; the resampler copies anyway)
         plan = self._plan(img.shape[0], img.shape[1])
-        res = plan.resample(img)  # [ny, C, nx]
+        res = plan.resample(img)  # [ny, nx, C], C = 1 (gray) or 3 (BGR)
         th, tw = self.config.size
-        out = np.empty((3, th, tw), dtype=np.uint8)
+        out = np.empty((th, tw, 3), dtype=np.uint8)
         if plan.padded:
             out.fill(plan.fill)
-        out[:, plan.oy:plan.oy + plan.ny, plan.ox:plan.ox + plan.nx] = res.transpose(1, 0, 2)
+        out[plan.oy:plan.oy + plan.ny, plan.ox:plan.ox + plan.nx] = res  # gray broadcasts to 3 channels
         return out
 
     def __call__(self, image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """float32 [3, H, W] model input for one BGR (or gray, or BGRA) uint8 image; ``roi`` = (x, y, w, h)
-        is cropped first."""
-        px = self.pixels(image_bgr, roi)
-        out = np.empty(px.shape, dtype=np.float32)
-        for c in range(3):
-            np.take(self._lut[c], px[c], out=out[c])
+        """float32 [3, H, W] RGB model input for one BGR (or gray, or BGRA) uint8 image; ``roi`` = (x, y, w,
+        h) is cropped first."""
+        th, tw = self.config.size
+        out = np.empty((3, th, tw), dtype=np.float32)
+        self._normalize(self.pixels(image_bgr, roi), out)
         return out
+
+    def _normalize(self, px: np.ndarray, out: np.ndarray) -> None:
+        for c in range(3):  # output channel c (RGB) comes from BGR channel 2 - c
+            np.take(self._lut[c], px[:, :, 2 - c], out=out[c])
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [B, 3, H, W] for a sequence of images."""
         th, tw = self.config.size
         out = np.empty((len(images), 3, th, tw), dtype=np.float32)
         for i, image in enumerate(images):
-            out[i] = self(image)
+            self._normalize(self.pixels(image), out[i])
         return out
 
 

@@ -1,0 +1,161 @@
+"""Zero-shot evaluation on an image-folder dataset (``<root>/<class>/<image>``), torch-free."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import OptionError
+from .images import IMAGE_EXTENSIONS
+
+
+@dataclass
+class Dataset:
+    """Image files with integer targets and the class names they index."""
+
+    root: Path
+    files: list[Path]
+    targets: np.ndarray
+    folders: list[str]
+    names: list[str]
+
+
+def read_class_map(path: str | Path) -> dict[str, str]:
+    """Folder id -> class name from a TSV/CSV file of two columns (e.g. imagenette-classes.tsv)."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptionError(f"{p}: class map not found")
+    text = p.read_text(encoding="utf-8-sig")
+    delim = "\t" if "\t" in text else ","
+    out = {}
+    for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delim), 1):
+        if not row or not row[0].strip() or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise OptionError(f"{p}:{i}: expected 'folder{'<TAB>' if delim == chr(9) else ','}class name'")
+        out[row[0].strip()] = row[1].strip()
+    return out
+
+
+def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, files_from: str | Path | None = None,
+                 limit: int = 0, seed: int = 0) -> Dataset:
+    """Scan ``root/<class>/*``; ``files_from`` restricts to listed paths (relative to root), ``limit`` samples
+    that many files evenly over classes (deterministic for a seed)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise OptionError(f"{root}: dataset folder not found (expected <root>/<class>/<image files>)")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not folders:
+        raise OptionError(f"{root}: no class sub-folders; expected <root>/<class>/<image files>")
+    if class_map is not None:
+        missing = [f for f in folders if f not in class_map]
+        if missing:
+            raise OptionError(f"the class map has no name for folder(s) {', '.join(missing[:5])}")
+    names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
+    allowed = None
+    if files_from:
+        allowed = {line.strip() for line in Path(files_from).read_text(encoding="utf-8").splitlines() if line.strip()}
+    files, targets = [], []
+    for i, f in enumerate(folders):
+        for p in sorted((root / f).iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                if allowed is None or p.relative_to(root).as_posix() in allowed:
+                    files.append(p)
+                    targets.append(i)
+    if allowed is not None and not files:
+        raise OptionError(f"{files_from}: none of the listed files is under {root} (paths are relative to it)")
+    t = np.asarray(targets, dtype=np.int64)
+    if limit and limit < len(files):
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(files), size=limit, replace=False))
+        files, t = [files[k] for k in keep], t[keep]
+    return Dataset(root, files, t, folders, names)
+
+
+@dataclass
+class EvalReport:
+    """Top-1/top-5 accuracy, per-class accuracy and the confusion matrix."""
+
+    top1: float
+    top5: float
+    count: int
+    failed: list[dict]
+    per_class: dict[str, float]
+    confusion: np.ndarray
+    names: list[str]
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "count": self.count, "failed": self.failed,
+                "per_class": self.per_class, "classes": self.names, "confusion": self.confusion.tolist(),
+                **self.extra}
+
+
+def score(probs: np.ndarray, targets: np.ndarray, names: Sequence[str], failed: list[dict] | None = None) -> EvalReport:
+    """Accuracy figures from [N, C] scores and [N] targets (in percent)."""
+    n, c = probs.shape
+    order = np.argsort(-probs, axis=1, kind="stable")
+    pred = order[:, 0]
+    top1 = float((pred == targets).mean() * 100) if n else 0.0
+    top5 = float((order[:, :min(5, c)] == targets[:, None]).any(1).mean() * 100) if n else 0.0
+    conf = np.zeros((c, c), dtype=np.int64)
+    np.add.at(conf, (targets, pred), 1)
+    per_class = {names[i]: float(conf[i, i] / conf[i].sum() * 100) if conf[i].sum() else float("nan")
+                 for i in range(c)}
+    return EvalReport(top1, top5, n, failed or [], per_class, conf, list(names))
+
+
+def confusion_png(report: EvalReport, path: str | Path, title: str = "") -> Path:
+    """Draw the row-normalised confusion matrix as a PNG with OpenCV (no plotting library needed)."""
+    import cv2
+
+    c = len(report.names)
+    cell, left, top = 44, 170, 60
+    w, h = left + cell * c + 20, top + cell * c + 150
+    img = np.full((h, w, 3), 255, np.uint8)
+    rows = report.confusion / np.maximum(report.confusion.sum(1, keepdims=True), 1)
+    for i in range(c):
+        for j in range(c):
+            v = rows[i, j]
+            color = tuple(int(255 - v * k) for k in (60, 160, 220))  # white -> dark blue, BGR
+            x, y = left + j * cell, top + i * cell
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), color, -1)
+            if report.confusion[i, j]:
+                cv2.putText(img, f"{v * 100:.0f}", (x + 6, y + 28), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                            (255, 255, 255) if v > 0.5 else (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, report.names[i][:22], (6, top + i * cell + 28), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    for j in range(c):  # column labels, rotated
+        label = np.full((cell, 140, 3), 255, np.uint8)
+        cv2.putText(label, report.names[j][:18], (4, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rot = cv2.rotate(label, cv2.ROTATE_90_CLOCKWISE)
+        x, y = left + j * cell, top + cell * c + 4
+        img[y:y + rot.shape[0], x:x + rot.shape[1]] = rot[: h - y, : w - x]
+    cv2.putText(img, (title + "  " if title else "") + f"top-1 {report.top1:.2f}%  (rows: true, cols: predicted)",
+                (6, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    path = Path(path)
+    if not cv2.imwrite(str(path), img):
+        raise OptionError(f"{path}: cannot write the confusion-matrix PNG")
+    return path
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write a JSON report (UTF-8, indented)."""
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def evaluate_embeddings(embed_files: Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]],
+                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float) -> tuple[EvalReport, np.ndarray, np.ndarray]:
+    """Run ``embed_files`` (-> embeddings of readable files, failures, mask of readable) and score.
+
+    Returns the report, the embeddings and the readable-file mask (to compare runs).
+    """
+    emb, failed, ok = embed_files(dataset.files)
+    logits = logit_scale * emb @ label_matrix.T
+    z = logits - logits.max(1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    return score(probs, dataset.targets[ok], dataset.names, failed), emb, ok

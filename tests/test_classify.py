@@ -1,0 +1,82 @@
+"""`edgeclip classify`: real JPEGs, bad files as error rows, output formats, and no torch in the process."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeclip.cli import main
+from edgeclip.runtime.classifier import Classifier
+from edgeclip.runtime.images import read_image
+
+
+@pytest.fixture()
+def photo_folder(tmp_path: Path, cifar_test: Path) -> Path:
+    """12 real JPEGs, one truncated JPEG and one text file named .jpg."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for cls in ("cat", "ship", "truck"):
+        for p in sorted((cifar_test / cls).iterdir())[:4]:
+            shutil.copy(p, folder / f"{cls}_{p.name}")
+    good = (cifar_test / "dog" / "0000.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    return folder
+
+
+def test_bad_files_become_error_rows(tiny_vit_bundle: Path, photo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    rc = main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder), "--format", "jsonl", "-o", str(out),
+               "--batch-size", "5", "--top-k", "3"])
+    assert rc == 1  # some files failed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 14
+    errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {"truncated.jpg", "notes.jpg"}
+    assert "truncated" in errors["truncated.jpg"] and "notes.jpg" in errors["notes.jpg"]
+    good = [r for r in rows if "error" not in r]
+    assert all(len(r["top"]) == 3 and r["top"][0]["label"] == r["label"] for r in good)
+    assert all(abs(sum(t["score"] for t in r["top"])) <= 1.0 + 1e-5 for r in good)
+
+
+def test_rows_match_the_classifier_on_the_same_images(tiny_vit_bundle: Path, photo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "cat_*.jpg"), "-o", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    files = sorted(photo_folder.glob("cat_*.jpg"))
+    assert [Path(r["path"]) for r in rows] == files
+    preds = Classifier(tiny_vit_bundle).classify([read_image(f) for f in files])
+    assert [r["label"] for r in rows] == [p.label for p in preds]
+    assert np.allclose([float(r["score"]) for r in rows], [p.score for p in preds], atol=1e-5)
+
+
+def test_table_output_and_contradictions(tiny_vit_bundle: Path, photo_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "ship_*"), "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("path") and len(lines) == 5
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu"]) == 2
+    assert "--precision int8" in capsys.readouterr().err
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder / "nothing-*.png")]) == 2
+    assert "matches no file" in capsys.readouterr().err
+
+
+def test_ten_thousand_images_without_torch(tiny_vit_bundle: Path, cifar_test: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cifar.csv"
+    code = ("import sys\nfrom edgeclip.cli import main\n"
+            f"rc = main(['-q', 'classify', {str(tiny_vit_bundle)!r}, {str(cifar_test)!r}, '-o', {str(out)!r},"
+            " '--batch-size', '128'])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert not any(m.startswith(('torchvision', 'open_clip')) for m in sys.modules)\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 10_000
+    assert len({r["path"] for r in rows}) == 10_000
+    assert all(r["label"] and not r["error"] for r in rows)

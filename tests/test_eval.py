@@ -1,0 +1,71 @@
+"""`edgeclip eval`: accuracy report, torch reference agreement, held-out lists, bad files skipped."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeclip.cli import main
+from edgeclip.runtime.evaluate import score
+
+
+def test_score_math() -> None:
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7]])
+    r = score(probs, np.array([0, 1, 2, 2]), ["a", "b", "c"])
+    assert r.top1 == 75.0 and r.top5 == 100.0
+    assert r.per_class == {"a": 100.0, "b": 100.0, "c": 50.0}
+    assert r.confusion.tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+
+
+@pytest.fixture()
+def small_dataset(tmp_path: Path, cifar_test: Path) -> Path:
+    root = tmp_path / "ds"
+    for cls in ("cat", "dog", "ship", "truck"):
+        (root / cls).mkdir(parents=True)
+        for p in sorted((cifar_test / cls).iterdir())[:25]:
+            shutil.copy(p, root / cls / p.name)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    return root
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit_bundle", "tiny_rn_bundle"])
+def test_runtime_and_torch_agree(fixture: str, small_dataset: Path, tmp_path: Path,
+                                 request: pytest.FixtureRequest) -> None:
+    bundle = str(request.getfixturevalue(fixture))
+    reports = {}
+    for engine in ("runtime", "torch"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["-q", "eval", bundle, str(small_dataset), "--engine", engine, "--json", str(out),
+                     "--templates", "short"]) == 0
+        reports[engine] = json.loads(out.read_text())
+    rt, pt = reports["runtime"], reports["torch"]
+    assert rt["count"] == pt["count"] == 100
+    assert [Path(f["path"]).name for f in rt["failed"]] == ["broken.jpg"]
+    assert abs(rt["top1"] - pt["top1"]) <= 1.0  # one image of 100 may flip on a near tie
+    assert rt["classes"] == ["cat", "dog", "ship", "truck"]
+
+
+def test_report_files_class_map_and_held_out_list(tiny_vit_bundle: Path, small_dataset: Path, tmp_path: Path) -> None:
+    cmap = tmp_path / "classes.tsv"
+    cmap.write_text("cat\tkitten\ndog\tpuppy\nship\tboat\ntruck\tlorry\n")
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(f"{c}/{n:04d}.jpg" for c in ("cat", "ship") for n in range(5)))
+    out, png = tmp_path / "r.json", tmp_path / "c.png"
+    assert main(["-q", "eval", str(tiny_vit_bundle), str(small_dataset), "--classes", str(cmap), "--files-from",
+                 str(held), "--json", str(out), "--confusion", str(png), "--against", str(tiny_vit_bundle)]) == 0
+    r = json.loads(out.read_text())
+    assert r["count"] == 10 and r["classes"] == ["kitten", "puppy", "boat", "lorry"]
+    assert 0 <= r["top1"] <= 100 and set(r["per_class"]) == set(r["classes"])
+    assert r["comparison"]["top1_agreement"] == 100.0 and r["comparison"]["mean_cosine"] > 0.9999
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 200
+
+
+def test_contradictory_eval_options(tiny_vit_bundle: Path, small_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--engine", "torch", "--precision", "int8"]) == 2
+    assert "--engine torch" in capsys.readouterr().err
+    assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--against-precision", "int8"]) == 2
