@@ -174,16 +174,21 @@ def verify_files(bundle: Bundle) -> None:
     """Check size and sha256 of every recorded file; raises BundleError naming the bad file."""
     for name, entry in bundle.manifest["files"].items():
         p = bundle.path / name
+        engine = entry["role"] == "engine"  # a cache: `edgeclip build` drops a damaged engine and rebuilds it
         if not p.is_file():
             raise BundleError(f"{p}: listed in the manifest (role {entry['role']}) but missing; "
-                              f"the bundle is incomplete, re-export it or restore the file")
+                              + (f"run `edgeclip build {bundle.path}`" if engine else
+                                 "the bundle is incomplete, re-export it or restore the file"))
         if "bytes" in entry and p.stat().st_size != entry["bytes"]:
             raise BundleError(f"{p}: size {p.stat().st_size} bytes, manifest says {entry['bytes']}; "
-                              f"the file is truncated or was replaced, re-export the bundle")
+                              + (f"run `edgeclip build {bundle.path}`" if engine else
+                                 "the file is truncated or was replaced, re-export the bundle"))
         digest = sha256_file(p)
         if digest != entry["sha256"]:
             raise BundleError(f"{p}: sha256 {digest[:12]}... does not match the manifest "
-                              f"({entry['sha256'][:12]}...); the file is corrupt or was modified, re-export it")
+                              f"({entry['sha256'][:12]}...); "
+                              + (f"run `edgeclip build {bundle.path}`" if engine else
+                                 "the file is corrupt or was modified, re-export it"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -274,13 +279,13 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False) -> It
 
 
 @contextlib.contextmanager
-def update_bundle(path: str | os.PathLike[str]) -> Iterator[BundleDraft]:
+def update_bundle(path: str | os.PathLike[str], verify: bool = True) -> Iterator[BundleDraft]:
     """Change an existing bundle atomically.
 
-    The bundle is verified, hard-linked (or copied) into a temporary sibling, changed there and swapped in.
-    Write files through ``draft.new_file`` so hard links to the original are never written through.
+    The bundle is verified (``verify=False`` only for repairs that drop damaged files), hard-linked (or
+    copied) into a temporary sibling, changed there and swapped in. Write files through ``draft.new_file`` so hard links to the original are never written through.
     """
-    bundle = load_bundle(path)
+    bundle = load_bundle(path, verify=verify)
     tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.path.name}.tmp-", dir=bundle.path.parent))
     try:
         for src in bundle.path.rglob("*"):

@@ -41,13 +41,14 @@ def opencv_path(img: np.ndarray, size: int, mean: np.ndarray, std: np.ndarray) -
     return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """(median, min) seconds over ``repeat`` calls; the min is the least disturbed by other processes."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def main() -> None:
@@ -73,9 +74,12 @@ def main() -> None:
     print(f"1920x1080 BGR frame -> {args.size}x{args.size} ({args.mode}, {args.interpolation}); "
           f"numpy {np.__version__}, OpenCV {cv2.__version__}, {os.cpu_count()} CPUs")
     print(f"  edgeclip (Pillow-exact) first call : {first * 1e3:8.2f} ms  (computes and caches the weights)")
-    print(f"  edgeclip (Pillow-exact) cached call: {cached * 1e3:8.2f} ms  (median of {args.repeat})")
-    print(f"  cv2.resize INTER_CUBIC + crop      : {cv * 1e3:8.2f} ms  (median of {args.repeat})")
-    print(f"  ratio cached / OpenCV              : {cached / cv:8.2f}x")
+    print(f"  edgeclip (Pillow-exact) cached call: {cached[0] * 1e3:8.2f} ms  median of {args.repeat} "
+          f"(min {cached[1] * 1e3:.2f} ms)")
+    print(f"  cv2.resize INTER_CUBIC + crop      : {cv[0] * 1e3:8.2f} ms  median of {args.repeat} "
+          f"(min {cv[1] * 1e3:.2f} ms)")
+    print(f"  ratio cached / OpenCV              : {cached[0] / cv[0]:8.2f}x  (of the minima: "
+          f"{cached[1] / cv[1]:.2f}x)")
     if args.mode == "shortest":
         print(f"  (OpenCV's output is not open_clip's: mean |diff| {diff.mean():.2f}, "
               f"max {diff.max():.0f} uint8 levels, no antialiasing)")

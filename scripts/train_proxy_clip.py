@@ -66,7 +66,7 @@ HELDOUT_MOD = 5  # Imagenette: sorted index within class folder % HELDOUT_MOD ==
 
 # ----------------------------------------------------------------------------------------------- models
 
-def model_config(arch: str, image_size: int = 64, context_length: int = 32, *, tiny: bool = False) -> dict:
+def model_config(arch: str, image_size: int = 64, context_length: int = 24, *, tiny: bool = False) -> dict:
     """open_clip model_cfg dict (what goes under "model_cfg" in open_clip_config.json)."""
     if tiny:  # for tests: seconds, not minutes
         text = dict(context_length=context_length, vocab_size=49408, width=32, heads=2, layers=1)
@@ -75,11 +75,11 @@ def model_config(arch: str, image_size: int = 64, context_length: int = 32, *, t
         else:
             vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=8, head_width=32)
         return dict(embed_dim=32, vision_cfg=vision, text_cfg=text)
-    text = dict(context_length=context_length, vocab_size=49408, width=64, heads=2, layers=3)
+    text = dict(context_length=context_length, vocab_size=49408, width=64, heads=2, layers=2)
     if arch == "vit":
         vision = dict(image_size=image_size, patch_size=8, width=96, layers=6, head_width=32, mlp_ratio=2.0)
     elif arch == "rn":
-        vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=24, head_width=32)
+        vision = dict(image_size=image_size, layers=[1, 1, 1, 1], width=16, head_width=32)
     else:
         raise ValueError(f"unknown model {arch!r}: use 'vit' or 'rn'")
     return dict(embed_dim=128, vision_cfg=vision, text_cfg=text)
@@ -364,6 +364,7 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
     losses = []
     t0 = time.time()
     seen = 0
+    time_limited = False
     model.train()
     for step in range(steps):
         if pos + batch_size > len(order):
@@ -378,8 +379,14 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
         images = augment(trainset.images[idx], gen)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        # schedule progress: by steps (deterministic); with a time budget, by elapsed time when that is
+        # further along, so a slow (shared) machine still ends with an annealed LR instead of a cut-off run
+        sched_step = step
+        if max_seconds is not None and step >= warmup:
+            sched_step = max(step, int(warmup + (steps - warmup) * (time.time() - t0) / max_seconds))
+            time_limited = time_limited or sched_step > step
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
+            g["lr"] = lr_at(sched_step, steps, lr, warmup)
         img_f = model.encode_image(images)
         txt_f = model.encode_text(text)
         loss = multi_positive_clip_loss(img_f, txt_f, labels, model.logit_scale)
@@ -401,9 +408,12 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
         if eval_fn is not None and eval_every_steps and (step + 1) % eval_every_steps == 0 and step + 1 < steps:
             eval_fn(step + 1)
             model.train()
-        if max_seconds is not None and elapsed > max_seconds:
+        if max_seconds is not None and (elapsed > max_seconds or sched_step >= steps - 1):
             log(f"time budget reached after {step + 1} steps ({elapsed / 60:.1f} min): stopping")
             break
+    if time_limited:
+        log("NOTE: the LR schedule followed the time budget (machine slower than planned): this run is not "
+            "bit-reproducible from --seed alone")
     return losses
 
 
@@ -442,9 +452,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["vit", "rn"], required=True)
     ap.add_argument("--epochs", type=float, default=10.0)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--context-length", type=int, default=32)
+    ap.add_argument("--context-length", type=int, default=24)
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 (rn), 1e-3 (vit)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup-frac", type=float, default=0.03)
@@ -452,12 +462,16 @@ def main(argv=None) -> int:
                     help="times each Imagenette training image is seen per epoch (balances 7.6k vs 50k CIFAR)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop training cleanly after this long")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="training time budget: if the planned steps would take longer, the cosine schedule "
+                         "follows elapsed time instead and training stops annealed at the budget (then the run "
+                         "is no longer bit-reproducible); runs that finish in time are deterministic")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--workdir", type=Path, default=None, help="where to unpack the archives (default: a temp dir)")
     ap.add_argument("--limit-images", type=int, default=None, help="use at most N training images per dataset")
     ap.add_argument("--limit-eval", type=int, default=None, help="evaluate on at most N images per test set")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 per run is the most efficient on a shared 2-core machine)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--patch-dropout", type=float, default=None,
                     help="ViT only: fraction of patch tokens dropped per training image (default 0.5 for vit, "

@@ -154,3 +154,16 @@ def test_random_weight_export_is_deterministic(tiny_vit_bundle: Path, tmp_path: 
     assert a == b
     # labels differ, so the label matrices differ
     assert not np.array_equal(load_bundle(tiny_vit_bundle).labels()[1][:1], load_bundle(tmp_path / "b").labels()[1])
+
+
+def test_external_data_export_loads_and_matches(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    files = export_onnx(module, torch.randn(1, 64), tmp_path / "m.onnx", "x", "y", external_data=True)
+    assert [f.name for f in files] == ["m.onnx", "m.onnx.data"]
+    assert files[1].stat().st_size > 64 * 64 * 4 > files[0].stat().st_size
+    numbers = check_parity(module, files[0], [torch.randn(3, 64)])
+    assert numbers["max_abs_diff"] < 1e-5
+    ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])

@@ -3,7 +3,7 @@
 Source: the operator support matrix of onnx-tensorrt (``docs/operators.md``, rows marked ``Y`` in the
 TensorRT 10.x release) and its changelog for the release that added an operator. Operators not in
 ``ADDED_IN`` are assumed present in TensorRT 8.2 (the oldest release edgeclip targets: Jetson Nano).
-Restrictions from the matrix that matter to CLIP models are in ``RESTRICTIONS``.
+Per-operator restrictions that matter to CLIP models are checked in ``readiness``.
 """
 from __future__ import annotations
 
@@ -41,16 +41,6 @@ ADDED_IN = {
     "Attention": "10.14",
     "RMSNormalization": "10.15", "RotaryEmbedding": "10.15", "TensorScatter": "10.15",
 }
-
-#: Matrix restrictions worth a warning when the operator appears.
-RESTRICTIONS = {
-    "LayerNormalization": "only the first output Y is supported",
-    "Resize": "modes nearest/linear only; no antialiasing",
-    "TopK": "K must be a build-time constant below 3840",
-    "AveragePool": "2D or 3D pooling only; dilations must be 1",
-    "MaxPool": "2D or 3D pooling only; the Indices output is not supported",
-}
-
 
 def parse_version(version: str) -> tuple[int, ...]:
     """``"10.3.0.26"`` -> ``(10, 3, 0, 26)``; non-numeric parts end the tuple."""

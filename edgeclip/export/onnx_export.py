@@ -43,10 +43,12 @@ class Tolerance:
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
-                opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None) -> list[Path]:
+                opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None,
+                external_data: bool | None = None) -> list[Path]:
     """Export ``module`` (one input, one output) with a dynamic batch axis; returns the files written.
 
-    Models whose weights pass 2 GB are saved with external data (``<name>.data`` beside the file).
+    Weights go to an external-data file (``<name>.data`` beside the model) when ``external_data`` is true,
+    or, by default, when they would pass protobuf's 2 GB limit.
     """
     import onnx
 
@@ -56,7 +58,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    big = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT * 0.9
+    if external_data is None:
+        external_data = sum(p.numel() * p.element_size() for p in module.parameters()) > PROTOBUF_LIMIT * 0.9
     # grad stays enabled: under no_grad nn.MultiheadAttention takes a fused fast path with no ONNX mapping
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,7 +84,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     written = [path]
     for stale in path.parent.glob(path.name + ".data"):
         stale.unlink()
-    if big:
+    if external_data:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
         written.append(path.with_name(path.name + ".data"))

@@ -8,11 +8,13 @@ was trained and evaluated with exactly that, so the runtime reproduces it on Ope
   downscale factor (antialiasing), ``cv2.INTER_CUBIC`` does not, so the two differ a lot when shrinking.
   The per-axis weights are computed the way Pillow's ``precompute_coeffs`` does (bicubic ``a = -0.5``,
   bilinear triangle, support scaled by ``max(scale, 1)``, pixel centres at ``i + 0.5``, weights normalised
-  per output pixel), quantised to Pillow's 22-bit fixed point, and applied as float64 matrix products
-  (in Pillow's pass order: horizontal first, unless the height shrinks by more than twice as many pixels
-  as the width, Pillow >= 13), rounding and clipping to uint8 after each pass as Pillow does for 8-bit
-  images. Every product and partial sum is an integer times 2**-22 well inside float64's 53-bit
-  mantissa, so the result is *bit-identical* to Pillow, not merely close. ``nearest`` reproduces Pillow's
+  per output pixel) and quantised to Pillow's 22-bit fixed point. They are applied in Pillow's pass order
+  (horizontal first, unless the height shrinks by more than twice as many pixels as the width: Pillow
+  >= 13; older Pillow always went horizontal first), rounding and clipping to uint8 after each pass as
+  Pillow does for 8-bit images. Each output row is one float32 vector-matrix product over exactly its
+  taps; the few outputs whose float32 sum lies within float32's error bound of a rounding boundary are
+  recomputed in float64, where every product and partial sum is exact, so the result is *bit-identical*
+  to Pillow, not merely close. ``nearest`` reproduces Pillow's
   affine nearest-neighbour scaling (its accumulated source coordinates included).
 * **Geometry** follows torchvision and open_clip exactly: ``Resize(int)`` sizes the long side with
   ``int(size * long / short)``; open_clip's ``ResizeKeepRatio`` uses Python's ``round``; ``CenterCrop``
@@ -36,6 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from ..errors import BundleError, ImageReadError, OptionError
@@ -49,6 +52,7 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 _PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2
 _FIXED_SCALE = float(1 << _PRECISION_BITS)
 _CACHE_SIZE = 16  # input sizes whose resampling plans are kept (cameras have one, photo folders many)
+_STRIP_ELEMENTS = 1 << 22  # float32 elements converted at once by a resampling pass (16 MB)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,16 +202,15 @@ def pillow_nearest_index(in_size: int, out_size: int) -> np.ndarray:
 class _Axis:
     """How one axis goes from ``in_size`` to the output window ``[o0, o1)`` of an ``out_size`` resize.
 
-    ``lo, hi``: input range read; ``chunks``: ``(a, b, i0, i1, W)`` with ``W`` the float64 weights (already
-    scaled by 2**-22) from inputs ``[lo + i0, lo + i1)`` to outputs ``[a, b)`` of the window; or
-    ``index`` (nearest) or neither (identity: no resampling along this axis).
+    ``lo, hi``: the input range read. Then one of: ``identity`` (no resampling along this axis, as Pillow
+    skips a pass whose size does not change), ``index`` (nearest: a gather), or the filter taps of each
+    output: ``taps[i] = (start, stop, weights)`` over inputs ``lo + start .. lo + stop``.
     """
 
     def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str) -> None:
         self.identity = in_size == out_size
         self.index: np.ndarray | None = None
-        self.chunks: list[tuple[int, int, int, int, np.ndarray]] = []
-        n = self.n = o1 - o0
+        self.n = o1 - o0
         if self.identity:
             self.lo, self.hi = o0, o1
             return
@@ -218,47 +221,56 @@ class _Axis:
             return
         xmin, kk = pillow_coefficients(in_size, out_size, interpolation)
         xmin, kk = xmin[o0:o1], kk[o0:o1]
-        nz = kk != 0
-        first = xmin + np.argmax(nz, axis=1)
-        last = xmin + kk.shape[1] - np.argmax(nz[:, ::-1], axis=1)  # exclusive
-        self.lo, self.hi = int(first.min()), int(last.max())
-        # Block-banded products: each block of outputs reads only the inputs it needs. Blocks of about
-        # ksize / scale outputs keep the wasted (zero) work near the useful work.
-        scale = max(in_size / out_size, 1.0)
-        block = int(min(max(16, round(4 * kk.shape[1] / scale)), 128))
-        for a in range(0, n, block):
-            b = min(a + block, n)
-            i0, i1 = int(first[a:b].min()), int(last[a:b].max())
-            w = np.zeros((b - a, i1 - i0), dtype=np.float64)
-            for r in range(b - a):
-                s = xmin[a + r] - i0
-                taps = kk[a + r]
-                lo_t = max(0, -s)
-                hi_t = min(len(taps), i1 - i0 - s)
-                w[r, s + lo_t:s + hi_t] = taps[lo_t:hi_t]
-            self.chunks.append((a, b, i0 - self.lo, i1 - self.lo, w / _FIXED_SCALE))
+        nz = kk != 0  # every row has some: its weights sum to 2**22
+        first = np.argmax(nz, axis=1)
+        last = kk.shape[1] - np.argmax(nz[:, ::-1], axis=1)  # exclusive
+        starts, stops = xmin + first, xmin + last
+        self.lo, self.hi = int(starts.min()), int(stops.max())
+        w = kk / _FIXED_SCALE  # k * 2**-22: exact in float32 and float64 (|k| < 2**24)
+        self.taps = [(int(a - self.lo), int(b - self.lo), w[i, f:l].astype(np.float32))
+                     for i, (a, b, f, l) in enumerate(zip(starts, stops, first, last))]
+        # Exact (float64) recomputation of the few outputs whose float32 sum lies too close to a rounding
+        # boundary: padded tap windows and weights.
+        k = int((last - first).max())
+        self._wide = np.zeros((self.n, k), dtype=np.float64)
+        for i, (f, l) in enumerate(zip(first, last)):
+            self._wide[i, :l - f] = w[i, f:l]
+        self._rows = np.minimum((starts - self.lo)[:, None] + np.arange(k), self.hi - self.lo - 1)
+        # Bound on |float32 result - exact sum| for pixels <= 255, any summation order, with FMA or not:
+        # (taps + 1) * 2**-24 * 255 * sum|w|, doubled for safety, plus the rounding of "+ 0.5" in float32.
+        taps = (last - first).astype(np.float64)
+        bound = (taps + 1) * 2.0 ** -23 * 255 * np.abs(w).sum(axis=1) + 2.0 ** -15
+        self._threshold = np.float32(0.5 - bound.max())
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Resample along axis 0 of ``x`` (uint8 or float64, ``hi - lo`` rows, any trailing shape).
+        """Resample along axis 0 of ``x`` (``hi - lo`` rows, any trailing shape, uint8 values).
 
-        Returns float64 holding uint8 values (or the gathered rows for nearest). Axis 0 is the contracted
-        one so every block is ``W @ x[i0:i1]`` with a long contiguous right-hand side, BLAS's best case.
+        Returns float32 holding uint8 values (or the gathered rows for nearest). Pillow's 8-bit resampling
+        is integer arithmetic (22-bit fixed-point weights, round half up, clip to 0..255 after each pass);
+        here each output row is one float32 vector-matrix product over exactly its taps (memory-bound, so
+        float32 halves the time), and the outputs whose float32 sum is within the error bound of a
+        rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial sum is
+        exact. The result is bit-identical to Pillow.
         """
         if self.index is not None:
             return x[self.index]
-        flat = np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape[0], -1)
-        out = np.empty((self.n, flat.shape[1]), dtype=np.float64)
-        for a, b, i0, i1, w in self.chunks:
-            out[a:b] = w @ flat[i0:i1]  # (matmul's out= takes a slow non-BLAS path in numpy 2)
-        return _round_clip(out).reshape((self.n,) + x.shape[1:])
-
-
-def _round_clip(x: np.ndarray) -> np.ndarray:
-    # Pillow: (2**21 + sum) >> 22, clipped to 0..255; x already holds sum * 2**-22 exactly.
-    x += 0.5
-    np.floor(x, out=x)
-    np.clip(x, 0.0, 255.0, out=x)
-    return x
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
+        out = np.empty((self.n, flat.shape[1]), dtype=np.float32)
+        for i, (a, b, w) in enumerate(self.taps):
+            np.dot(w, flat[a:b], out=out[i])
+        out += np.float32(0.5)
+        res = np.floor(out)
+        out -= res  # the fraction, exact (Sterbenz)
+        out -= np.float32(0.5)
+        np.abs(out, out=out)  # 0.5 - distance to the rounding boundary
+        near = np.flatnonzero(out > self._threshold)  # (np.modf and 2-D np.nonzero are several x slower)
+        if near.size:
+            ii, cc = np.divmod(near, out.shape[1])
+            vals = flat[self._rows[ii], cc[:, None]].astype(np.float64)
+            exact = np.einsum("ij,ij->i", vals, self._wide[ii])
+            res[ii, cc] = np.floor(exact + 0.5)
+        np.clip(res, 0.0, 255.0, out=res)
+        return res.reshape((self.n,) + x.shape[1:])
 
 
 def _center(resized: int, target: int) -> tuple[int, int, int]:
@@ -305,20 +317,38 @@ class _Plan:
         self.cols = _Axis(w, rw, x0, x0 + nx, interpolation)
 
     def resample(self, img: np.ndarray) -> np.ndarray:
-        """uint8 [H, W, C] -> the kept part of the resized image, [ny, nx, C] (float64 or uint8 values)."""
+        """uint8 [H, W, C] -> the kept part of the resized image, [ny, nx, C] (float32 or uint8 values)."""
         rows, cols = self.rows, self.cols
         x = img[rows.lo:rows.hi, cols.lo:cols.hi]
         passes = (rows, 0), (cols, 1)
-        for axis, dim in (passes[::-1] if not self.vertical_first else passes):
-            if axis.identity:
-                continue
-            if dim == 0:
-                x = axis.apply(x)
-            elif axis.index is not None:
-                x = x[:, axis.index]
-            else:
-                x = axis.apply(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+        for axis, dim in (passes if self.vertical_first else passes[::-1]):
+            if not axis.identity:
+                x = _resample_axis(axis, x, dim)
         return x
+
+
+def _resample_axis(axis: _Axis, x: np.ndarray, dim: int) -> np.ndarray:
+    """Resample [A, B, C] along ``dim`` (0 or 1), in strips of the other axis so that a large photo
+    never needs more than ~16 MB of float32 at once."""
+    if axis.index is not None:
+        return x[axis.index] if dim == 0 else x[:, axis.index]
+    other = 1 - dim
+    step = max(1, _STRIP_ELEMENTS // (x.shape[dim] * x.shape[2]))
+    parts = []
+    for s in range(0, x.shape[other], step):
+        if dim == 0:
+            parts.append(axis.apply(x[:, s:s + step]))
+        else:  # the contracted axis goes first, so each product reads whole contiguous rows
+            parts.append(_swap01(axis.apply(_swap01(x[s:s + step]))))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=other)
+
+
+def _swap01(x: np.ndarray) -> np.ndarray:
+    """Contiguous copy of [A, B, C] as [B, A, C]. cv2.transpose moves whole pixels (and reads strided
+    views as they are); numpy's strided copy with a 3-element inner loop is ten times slower."""
+    if x.shape[2] == 1:
+        return cv2.transpose(x[:, :, 0])[:, :, None]
+    return cv2.transpose(x)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -119,8 +119,10 @@ class CaptureReader:
     """A ``cv2.VideoCapture`` (camera, file, URL or GStreamer pipeline)."""
 
     def __init__(self, cap, what: str) -> None:
+        import cv2
+
         self.cap, self.what = cap, what
-        fps = float(cap.get(5) or 0.0)  # cv2.CAP_PROP_FPS
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0 < fps < 1000 else None
 
     def read(self) -> np.ndarray | None:

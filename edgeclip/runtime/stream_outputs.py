@@ -173,16 +173,17 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 class AnnotatedVideo:
     """An annotated video file, opened at the first frame (its size); later frames are resized to fit."""
 
-    def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
+    def __init__(self, path: str | os.PathLike[str], fps: float | None = None) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
             raise OptionError(f"--video-out {self.path}: use a .mp4, .avi, .mkv or .mov file name")
         if not self.path.parent.exists():
             raise OptionError(f"--video-out {self.path}: the folder {self.path.parent} does not exist")
-        if not fps > 0:
+        if fps is not None and not fps > 0:
             raise OptionError(f"--video-fps must be > 0, got {fps}")
-        self.fps, self.fourcc = float(fps), FOURCC[suffix]
+        self.fps = float(fps) if fps else None  # None: the stream sets the source's rate before the first frame
+        self.fourcc = FOURCC[suffix]
         self.writer = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
@@ -193,7 +194,8 @@ class AnnotatedVideo:
         if self.writer is None:
             h, w = image.shape[:2]
             self.size = (w, h)
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps or 10.0,
+                                          (w, h))
             if not self.writer.isOpened():
                 raise SourceError(f"--video-out {self.path}: OpenCV cannot write {self.fourcc} video here; "
                                   f"try an .avi file name (MJPG)")

@@ -1,0 +1,369 @@
+"""Synthetic calibration images made from the model itself: no real image is needed anywhere.
+
+Sources (see ``edgeclip.quant.calibration`` for how they are chosen, cached and recorded):
+
+* ``noise_images``: Gaussian or uniform noise in the model's input space, the baseline (numpy only);
+* ``synthesise`` with a ``bn-stats`` objective (ZeroQ): pixels optimised with Adam so that every
+  BatchNorm layer sees batch statistics equal to its running statistics (BatchNorm towers only);
+* ``synthesise`` with a ``text-guided`` objective (in the spirit of D4C and PSAQ-ViT): pixels optimised
+  so the image embedding matches the text embedding of a prompt (the bundle's labels and generic scene
+  prompts; cosine loss), with natural-image priors (total variation, L2, a random jitter/flip/scale view
+  per step), plus the patch-similarity diversity term on ViTs and the BatchNorm statistics term on
+  BatchNorm towers.
+
+Every generator is deterministic given its seed (each batch has its own seeded generator) and bounded in
+time: batch ``i`` of ``n`` must finish by ``start + budget * (i + 1) / n``; a batch that runs out of time
+stops early and the result says so (``info["truncated"]``), so the budget is never exceeded by more than
+one optimisation step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import OptionError, QuantizationError
+
+log = logging.getLogger("edgeclip.quant")
+
+#: Scene-level prompts mixed with the label prompts so calibration also covers images of no label.
+GENERIC_PROMPTS = (
+    "a photo of an object.", "a photo of a scene.", "an outdoor photo.", "an indoor photo.",
+    "a close-up photo of something.", "a photo of a street.", "a photo of nature.", "a photo of an animal.",
+    "a photo of a vehicle.", "a photo of a person.", "a landscape photo.", "a photo of a room.",
+    "a blurry photo.", "a bright photo.", "a dark photo.", "a photo of food.",
+)
+
+
+@dataclass
+class SynthesisConfig:
+    """Hyper-parameters of the pixel optimisation (the defaults are the measured ones, docs/quantization.md)."""
+
+    batch_size: int = 16
+    steps: int = 200
+    lr: float = 0.1
+    text_weight: float = 1.0
+    bn_weight: float = 0.1
+    diversity_weight: float = 0.1
+    tv_weight: float = 0.1
+    l2_weight: float = 0.005
+    init_std: float = 0.5
+    max_shift: float = 0.125
+    scale: tuple[float, float] = (0.9, 1.1)
+    flip: bool = True
+    generic_fraction: float = 0.25
+    device: str = "cpu"
+
+    def check(self) -> None:
+        """Reject values that cannot work."""
+        if self.batch_size < 1 or self.steps < 1:
+            raise OptionError("synthesis needs batch_size >= 1 and steps >= 1")
+        if not 0.0 <= self.generic_fraction <= 1.0:
+            raise OptionError("generic_fraction must lie in [0, 1]")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able copy (the cache key and the manifest record use it)."""
+        d = asdict(self)
+        d["scale"] = list(self.scale)
+        return d
+
+
+@dataclass
+class SynthResult:
+    """Images (float32 [N, 3, H, W], normalised model input) and what happened while making them."""
+
+    images: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# noise (numpy only)
+# ---------------------------------------------------------------------------------------------------------
+def pixel_bounds(mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest normalised value per channel (pixel 0 and 1), each [3, 1, 1] float32."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+def noise_images(n: int, size: tuple[int, int], mean: Any, std: Any, seed: int = 0,
+                 kind: str = "gaussian") -> np.ndarray:
+    """``n`` noise images in the normalised input space, clipped to valid pixels.
+
+    ``gaussian``: N(0, 1) per normalised value (what the normalisation maps typical images to);
+    ``uniform``: pixels uniform in [0, 1] before normalisation.
+    """
+    rng = np.random.default_rng(seed)
+    lo, hi = pixel_bounds(mean, std)
+    h, w = size
+    if kind == "gaussian":
+        x = rng.standard_normal((n, 3, h, w), dtype=np.float32)
+    elif kind == "uniform":
+        u = rng.random((n, 3, h, w), dtype=np.float32)
+        x = lo + u * (hi - lo)
+    else:
+        raise OptionError(f"unknown noise kind {kind!r}; use noise (Gaussian) or noise:uniform")
+    return np.clip(x, lo, hi).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the torch tower
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class TorchTower:
+    """The bundle's image tower as a torch module, with what synthesis needs to know about it."""
+
+    encode: Any  # nn.Module: pixel_values -> image_embeds
+    visual: Any  # the module that holds the tower's layers (for hooks)
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    architecture: str
+
+    @property
+    def has_batchnorm(self) -> bool:
+        from .priors import batchnorm_layers
+
+        return bool(batchnorm_layers(self.visual))
+
+    @property
+    def is_vit(self) -> bool:
+        from .priors import vit_blocks
+
+        return bool(vit_blocks(self.visual))
+
+
+def load_torch_tower(bundle: Any, check_onnx: bool = True) -> TorchTower:
+    """Reload the bundle's torch model from ``manifest.model.load`` and check it still matches the ONNX."""
+    load = bundle.model.get("load")
+    if not isinstance(load, dict):
+        raise QuantizationError(f"{bundle.path}: the manifest does not say how to reload the torch model "
+                                f"(model.load); re-export the bundle, or calibrate with --calib noise or real:DIR")
+    try:
+        import torch
+        from ..export.models import load_model
+    except ImportError as exc:
+        raise QuantizationError("synthetic calibration needs torch and open_clip: pip install 'edgeclip[export]'"
+                                ", or calibrate with --calib noise or real:DIR") from exc
+    from ..errors import EdgeclipError
+
+    try:
+        loaded = load_model(**{k: v for k, v in load.items()})
+    except EdgeclipError as exc:
+        raise QuantizationError(f"cannot reload the model this bundle was exported from ({exc}); "
+                                f"calibrate with --calib noise or real:DIR instead") from exc
+    model = loaded.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pre = bundle.preprocess
+    tower = TorchTower(loaded.image_tower.eval(), getattr(model, "visual", model), tuple(pre["size"]),
+                       tuple(pre["mean"]), tuple(pre["std"]), str(bundle.model.get("architecture", "")))
+    if check_onnx:
+        _check_matches_onnx(tower, bundle, torch)
+    return tower
+
+
+def _check_matches_onnx(tower: TorchTower, bundle: Any, torch: Any) -> None:
+    import onnxruntime as ort
+
+    x = noise_images(2, tower.size, tower.mean, tower.std, seed=12345)
+    with torch.no_grad():
+        ref = tower.encode(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(bundle.encoder("image", "fp32")), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    cos = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1) + 1e-12)
+    if float(cos.min()) < 0.999:
+        raise QuantizationError(f"the torch model reloaded from manifest.model.load no longer matches "
+                                f"{bundle.encoder('image', 'fp32').name} (cosine {float(cos.min()):.4f}); the "
+                                f"checkpoint changed since export: re-export the bundle, or calibrate with "
+                                f"--calib noise or real:DIR")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pixel optimisation
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Objective:
+    """Which loss terms a synthesis uses. ``targets``: one L2-normalised text embedding per image."""
+
+    name: str
+    targets: np.ndarray | None = None
+    batchnorm: bool = False
+    diversity: bool = False
+    priors: bool = True  # total variation, L2 and random views
+
+
+def bn_stats_objective(tower: TorchTower) -> Objective:
+    """ZeroQ: BatchNorm statistics only; an OptionError for towers without BatchNorm."""
+    if not tower.has_batchnorm:
+        raise OptionError(f"--calib bn-stats matches BatchNorm statistics, but this {tower.architecture or 'model'} "
+                          f"image tower has no BatchNorm layer (a ViT); use --calib text-guided")
+    return Objective("bn-stats", batchnorm=True, priors=False)
+
+
+def text_guided_objective(tower: TorchTower, targets: np.ndarray) -> Objective:
+    """Text-guided synthesis; adds patch diversity on ViTs and BatchNorm statistics on BatchNorm towers."""
+    return Objective("text-guided", targets=np.asarray(targets, dtype=np.float32),
+                     batchnorm=tower.has_batchnorm, diversity=tower.is_vit)
+
+
+def _init_batch(torch: Any, count: int, size: tuple[int, int], std: float, gen: Any) -> Any:
+    """Smooth random start: low-frequency noise plus a little pixel noise."""
+    import torch.nn.functional as F
+
+    h, w = size
+    low = torch.randn(count, 3, max(2, h // 8), max(2, w // 8), generator=gen)
+    x = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False) * std
+    return x + 0.1 * std * torch.randn(count, 3, h, w, generator=gen)
+
+
+def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
+               config: SynthesisConfig | None = None, time_budget: float | None = None,
+               progress: Callable[[int], None] | None = None) -> SynthResult:
+    """Optimise ``n`` images for ``objective``, batch by batch; deterministic given ``seed``.
+
+    ``progress(k)`` is called after every ``k`` optimisation steps (for a progress bar of
+    ``ceil(n / batch_size) * steps`` steps). Returns the images and ``info`` with the loss terms at the
+    start and the end (measured on the images themselves, without random views), steps run and whether
+    the time budget cut the optimisation short.
+    """
+    import torch
+
+    from .priors import BatchNormStats, PatchDiversity, ViewSampler, l2_prior, total_variation, vit_blocks
+
+    cfg = config or SynthesisConfig()
+    cfg.check()
+    if n < 1:
+        raise OptionError("--images must be >= 1")
+    if objective.targets is not None and len(objective.targets) != n:
+        raise QuantizationError(f"{len(objective.targets)} text targets for {n} images")
+    device = torch.device(cfg.device)
+    tower.encode.to(device)
+    lo_np, hi_np = pixel_bounds(tower.mean, tower.std)
+    lo, hi = torch.from_numpy(lo_np)[None].to(device), torch.from_numpy(hi_np)[None].to(device)
+    targets = torch.from_numpy(objective.targets).to(device) if objective.targets is not None else None
+    bn = BatchNormStats(tower.visual) if objective.batchnorm else None
+    div = PatchDiversity(vit_blocks(tower.visual)) if objective.diversity else None
+    batches = math.ceil(n / cfg.batch_size)
+    out = np.empty((n, 3, *tower.size), dtype=np.float32)
+    start = time.monotonic()
+    steps_run: list[int] = []
+    first: list[dict[str, float]] = []
+    last: list[dict[str, float]] = []
+
+    def terms(x: Any, tgt: Any) -> dict[str, Any]:
+        if bn:
+            bn.reset()
+        if div:
+            div.reset()
+        emb = tower.encode(x)
+        t: dict[str, Any] = {}
+        if tgt is not None:
+            t["text_cosine"] = torch.nn.functional.cosine_similarity(emb, tgt, dim=-1).mean()
+        if bn:
+            t["bn_loss"] = bn.loss()
+        if div:
+            t["diversity"] = div.loss()
+        return t
+
+    def total(t: dict[str, Any], x: Any) -> Any:
+        loss = x.new_zeros(())
+        if "text_cosine" in t:
+            loss = loss + cfg.text_weight * (1.0 - t["text_cosine"])
+        if "bn_loss" in t:
+            # alone (ZeroQ) the BN term is the whole objective; with text it is one prior among others
+            loss = loss + (1.0 if objective.name == "bn-stats" else cfg.bn_weight) * t["bn_loss"]
+        if "diversity" in t:
+            loss = loss + cfg.diversity_weight * t["diversity"]
+        if objective.priors:
+            loss = loss + cfg.tv_weight * total_variation(x) + cfg.l2_weight * l2_prior(x)
+        return loss
+
+    def measure(x: Any, tgt: Any) -> dict[str, float]:
+        with torch.no_grad():
+            t = terms(x, tgt)
+            t["tv"] = total_variation(x)
+        return {k: round(float(v), 6) for k, v in t.items()}
+
+    with contextlib.ExitStack() as stack:
+        for hooks in (bn, div):
+            if hooks is not None:
+                stack.enter_context(hooks)
+        for b in range(batches):
+            sl = slice(b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size))
+            count = sl.stop - sl.start
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            x = _init_batch(torch, count, tower.size, cfg.init_std, gen).to(device)
+            x = torch.max(torch.min(x, hi), lo).requires_grad_(True)
+            tgt = targets[sl] if targets is not None else None
+            first.append(measure(x, tgt))
+            opt = torch.optim.Adam([x], lr=cfg.lr)
+            views = ViewSampler(seed * 1_000_003 + b, cfg.max_shift, cfg.scale, cfg.flip)
+            deadline = start + time_budget * (b + 1) / batches if time_budget else None
+            done = 0
+            for step in range(cfg.steps):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                for group in opt.param_groups:  # cosine decay to 5% of the rate
+                    group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+                opt.zero_grad(set_to_none=True)
+                view = views(x) if objective.priors else x
+                loss = total(terms(view, tgt), x)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    x.copy_(torch.max(torch.min(x, hi), lo))
+                done += 1
+                if progress:
+                    progress(1)
+            if progress and done < cfg.steps:
+                progress(cfg.steps - done)
+            steps_run.append(done)
+            last.append(measure(x, tgt))
+            out[sl] = x.detach().cpu().numpy()
+
+    def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
+        keys = rows[0].keys() if rows else ()
+        return {k: round(float(np.mean([r[k] for r in rows])), 6) for k in keys}
+
+    info = {"objective": objective.name, "steps": cfg.steps, "steps_run": steps_run,
+            "truncated": any(s < cfg.steps for s in steps_run),
+            "seconds": round(time.monotonic() - start, 2), "start": mean_of(first), "end": mean_of(last),
+            "terms": [k for k, on in (("text", objective.targets is not None), ("bn-stats", objective.batchnorm),
+                                      ("patch-diversity", objective.diversity), ("priors", objective.priors)) if on]}
+    if info["truncated"]:
+        log.warning("the time budget (%.0f s) cut synthesis short: %d of %d steps per batch on average; pass a "
+                    "larger --time-budget or fewer --images for better images", time_budget or 0,
+                    int(np.mean(steps_run)), cfg.steps)
+    return SynthResult(out, info)
+
+
+def bn_statistics_loss(tower: TorchTower, images: np.ndarray, batch_size: int = 16) -> float:
+    """Mean ZeroQ BatchNorm-statistics loss of ``images`` (batches of ``batch_size``), for checks and reports."""
+    import torch
+
+    from .priors import BatchNormStats
+
+    vals = []
+    with BatchNormStats(tower.visual) as bn, torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            bn.reset()
+            tower.encode(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])))
+            vals.append(float(bn.loss()))
+    return float(np.mean(vals))
+
+
+def text_cosine(tower: TorchTower, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Cosine between each image's embedding (torch tower) and its target text embedding."""
+    import torch
+
+    with torch.no_grad():
+        emb = tower.encode(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)
+    t = targets / np.linalg.norm(targets, axis=-1, keepdims=True).clip(1e-12)
+    return (emb * t).sum(-1)

@@ -1,0 +1,505 @@
+"""The streaming loop behind ``edgeclip stream``: capture thread, latest-frame mailbox, inference, decisions.
+
+Threads and data flow::
+
+    capture thread                       mailbox (capacity = --batch)           inference (calling thread)
+    reader.read() -> Frame(t_capture) -> put: a full box drops its oldest  ->  take all -> preprocess once
+    lost live source: reopen with           frame (counted); unpaced sources     -> encoder -> probabilities
+    exponential backoff, JSON events        block instead (no drops)             -> EMA -> hysteresis -> events
+
+* **Latest-frame policy.** A live camera is read continuously on its own thread (so OpenCV's internal
+  buffer never fills with old frames) into a mailbox that holds at most ``batch`` frames and drops the
+  oldest when full. A slow model therefore always classifies the newest frames: end-to-end latency
+  (capture -> decision) stays near one inference time instead of growing without bound, and the drops are
+  counted. With ``batch > 1`` the inference step takes every frame waiting in the box as one batch
+  (micro-batching under load, no added wait when the model keeps up).
+* **Unpaced sources** (a video file or folder read as fast as possible) use the same mailbox but the capture
+  thread waits for room instead of dropping, so every frame is classified. ``--fps``/``--realtime`` make
+  them paced like a camera.
+* Everything is bounded: no list grows with the number of frames (latencies live in a fixed reservoir).
+
+This module never imports torch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ImageReadError, OptionError, SourceError
+from .classifier import Classifier
+from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
+from .relabel import LabelReloader, Relabel
+from .sources import FrameReader, SourceSpec
+from .stream_outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
+
+log = logging.getLogger("edgeclip.runtime")
+
+#: End reasons after which ``edgeclip stream`` exits 0.
+CLEAN_END = ("eof", "max_frames", "duration", "stopped", "SIGINT", "SIGTERM", "window_closed")
+
+
+@dataclass
+class Frame:
+    """One captured frame: source frame number, monotonic capture time, source-clock time, wall time."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float
+    t_media: float
+    wall: float
+
+
+class FrameMailbox:
+    """A bounded mailbox of the newest frames: ``put`` drops the oldest when full (or waits, if blocking)."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise OptionError(f"batch must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any, block: bool = False) -> bool:
+        """Deliver an item; False once the mailbox is closed. Non-blocking puts evict the oldest item."""
+        with self._cond:
+            while block and len(self._items) >= self.capacity and not self.closed:
+                self._cond.wait(0.1)
+            if self.closed:
+                return False
+            if len(self._items) >= self.capacity:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float | None = None) -> list[Any]:
+        """Everything waiting (oldest first), after waiting up to ``timeout`` s for at least one item."""
+        with self._cond:
+            if not self._items and not self.closed:
+                self._cond.wait(timeout)
+            out = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return out
+
+    def close(self) -> None:
+        """No more puts; waiting producers and consumers wake up."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    @property
+    def drained(self) -> bool:
+        """Closed and empty: the consumer has seen every frame."""
+        with self._cond:
+            return self.closed and not self._items
+
+
+@dataclass
+class ReconnectPolicy:
+    """Exponential backoff for lost live sources: ``initial`` doubling up to ``maximum`` seconds between
+    attempts; ``give_up`` > 0 ends the stream after that many seconds without frames (0: never)."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    give_up: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise OptionError(f"reconnect delays need 0 < initial ({self.initial}) <= --reconnect-max "
+                              f"({self.maximum})")
+        if self.give_up < 0:
+            raise OptionError(f"--give-up-after must be >= 0 (0 = keep trying), got {self.give_up}")
+
+
+class CaptureWorker:
+    """Reads a source on its own thread into a mailbox; reconnects lost live sources; loops files."""
+
+    def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, lossless: bool,
+                 loop: bool = False, max_frames: int = 0, policy: ReconnectPolicy | None = None) -> None:
+        self.spec, self.mailbox, self.emit = spec, mailbox, emit
+        self.lossless, self.loop, self.max_frames = lossless, loop, max_frames
+        self.policy = policy or ReconnectPolicy()
+        self.reader: FrameReader = spec.open()  # raises SourceError now, on the caller's thread
+        self.fps = spec.nominal_fps(self.reader)
+        self.captured = self.reconnects = self.loops = 0
+        self.end_reason: str | None = None
+        self.error: str | None = None
+        self.stop_event = threading.Event()
+        self._lost_at: float | None = None
+        self._attempts = 0
+        self._delay = self.policy.initial
+        self.thread = threading.Thread(target=self._run, name="edgeclip-capture", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("the capture thread is still blocked in a read; leaving it behind")
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # report, do not die silently in a thread
+            log.exception("capture failed")
+            self.end_reason, self.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.end_reason is None:
+                self.end_reason = "stopped"
+            self.reader.close()
+            self.mailbox.close()
+
+    def _loop(self) -> None:
+        spec = self.spec
+        pace = spec.paced and not spec.live  # files/folders/synthetic played in real time
+        period = 1.0 / self.fps
+        k, media_offset, t0 = 0, 0.0, time.monotonic()
+        last_ok = t0
+        while not self.stop_event.is_set():
+            if self.max_frames and self.captured >= self.max_frames:
+                self.end_reason = "max_frames"
+                return
+            image = self.reader.read()
+            if self.stop_event.is_set():
+                return
+            if image is None:
+                if spec.live:
+                    if not self._recover(last_ok):
+                        return
+                    continue
+                if self.loop and k > 0:
+                    self.reader.close()
+                    self.reader = spec.open()
+                    media_offset += k * period
+                    k, t0 = 0, time.monotonic()
+                    self.loops += 1
+                    continue
+                self.end_reason = "eof"
+                return
+            if pace:
+                due = t0 + k * period
+                now = time.monotonic()
+                if due > now:
+                    if self.stop_event.wait(due - now):
+                        return
+                elif now - due > 1.0:  # far behind (machine suspended, slow disk): resynchronise
+                    t0 = now - k * period
+            t = time.monotonic()
+            if self._lost_at is not None:
+                self._reconnected(t, last_ok)
+            frame = Frame(image, self.captured, t, t if spec.live else media_offset + k * period, time.time())
+            self.captured += 1
+            k += 1
+            last_ok = t
+            if not self.mailbox.put(frame, block=self.lossless):
+                return
+
+    def _recover(self, last_ok: float) -> bool:
+        """Reopen a lost live source with exponential backoff; False when stopped or giving up."""
+        policy = self.policy
+        if self._lost_at is None:
+            self._lost_at, self._attempts, self._delay = last_ok, 0, policy.initial
+            log.warning("%s: lost (no frame); reconnecting with backoff up to %.0f s", self.spec.text,
+                        policy.maximum)
+            self.emit("source_lost", frame=self.captured - 1, source=self.spec.text)
+        self.reader.close()
+        while not self.stop_event.is_set():
+            down = time.monotonic() - self._lost_at
+            if policy.give_up and down >= policy.give_up:
+                self.end_reason = "source_lost"
+                self.emit("source_gone", frame=self.captured - 1, source=self.spec.text, gap_s=down,
+                          attempts=self._attempts)
+                return False
+            delay = self._delay
+            if policy.give_up:
+                delay = min(delay, max(0.0, policy.give_up - down) + 0.01)
+            if self.stop_event.wait(delay):
+                return False
+            self._attempts += 1
+            self._delay = min(self._delay * 2.0, policy.maximum)
+            try:
+                self.reader = self.spec.open()
+                return True  # the next read says whether frames really flow again
+            except SourceError as exc:
+                log.info("reconnect attempt %d failed: %s", self._attempts, exc)
+        return False
+
+    def _reconnected(self, now: float, last_ok: float) -> None:
+        self.reconnects += 1
+        gap = now - last_ok
+        log.warning("%s: back after %.2f s (%d attempts)", self.spec.text, gap, self._attempts)
+        self.emit("reconnect", frame=self.captured, source=self.spec.text, gap_s=gap, attempts=self._attempts)
+        self._lost_at = None
+
+
+@dataclass
+class StreamOptions:
+    """Everything that shapes a stream run (the CLI's options, validated)."""
+
+    batch: int = 1
+    fps_limit: float = 0.0
+    max_frames: int = 0
+    duration: float = 0.0
+    roi: Roi | None = None
+    threshold: float = 0.0
+    half_life: HalfLife = field(default_factory=lambda: HalfLife(0.5, "s"))
+    margin: float = 0.05
+    min_frames: int = 3
+    summary_every: float = 10.0
+    every_frame: bool = False
+    top_k: int = 3
+    loop: bool = False
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+
+    def __post_init__(self) -> None:
+        for name in ("fps_limit", "duration", "summary_every"):
+            if getattr(self, name) < 0:
+                raise OptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_frames < 0:
+            raise OptionError(f"--max-frames must be >= 0 (0 = no limit), got {self.max_frames}")
+        if self.batch < 1:
+            raise OptionError(f"--batch must be >= 1, got {self.batch}")
+        if self.top_k < 1:
+            raise OptionError(f"--top-k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class FrameResult:
+    """What the pipeline decided for one frame (handed to observers)."""
+
+    frame: Frame
+    names: list[str]
+    probs: np.ndarray
+    smoothed: np.ndarray
+    decision: Decision
+    latency: float
+
+    @property
+    def raw_label(self) -> str:
+        return self.names[int(np.argmax(self.probs))]
+
+
+class StreamPipeline:
+    """Runs a source through a classifier until the source ends, a limit is hit or ``request_stop``."""
+
+    def __init__(self, classifier: Classifier, source: SourceSpec, options: StreamOptions | None = None,
+                 sink: JsonLinesSink | None = None, video: AnnotatedVideo | None = None,
+                 window: Window | None = None, reloader: LabelReloader | None = None,
+                 observers: Sequence[Callable[[FrameResult], None]] = ()) -> None:
+        self.clf, self.source = classifier, source
+        self.opts = options or StreamOptions()
+        self.sink, self.video, self.window, self.reloader = sink, video, window, reloader
+        self.observers = list(observers)
+        self.smoother = EmaSmoother(self.opts.half_life)
+        self.decider = LabelDecider(classifier.label_names, self.opts.threshold, self.opts.margin,
+                                    self.opts.min_frames)
+        self.latency = LatencyStats()
+        self.mailbox = FrameMailbox(self.opts.batch)
+        self.capture: CaptureWorker | None = None
+        self.inferred = self.bad_frames = self.relabels = 0
+        self.last: FrameResult | None = None
+        self.end_record: dict[str, Any] | None = None
+        self._stop_reason: str | None = None
+        self._roi_px: tuple[int, int, int, int] | None = None
+        self._roi_shape: tuple[int, ...] | None = None
+
+    # -- control ---------------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Stop after the current batch (safe to call from a signal handler or another thread)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any] | None:
+        return self.sink.emit(event, **fields) if self.sink is not None else None
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Stream until the end; returns the final ``end`` record (reason, totals, latency percentiles)."""
+        opts, spec = self.opts, self.source
+        if opts.loop and spec.live:
+            raise OptionError("--loop replays files and folders; live sources reconnect by themselves")
+        if self.reloader is not None:
+            first = self.reloader.load("start")
+            self._apply(first)
+        lossless = not spec.paced
+        self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, lossless=lossless, loop=opts.loop,
+                                           max_frames=opts.max_frames, policy=opts.reconnect)
+        if self.video is not None and not self.video.fps:
+            self.video.fps = cap.fps
+        self.emit("start", source=spec.text, kind=spec.kind, live=spec.live, paced=spec.paced,
+                  source_fps=cap.fps, bundle=str(self.clf.bundle.path), model=self.clf.bundle.model.get("id"),
+                  backend=self.clf.encoder.name, precision=self.clf.precision, labels=self.clf.label_names,
+                  batch=opts.batch, half_life=str(opts.half_life), threshold=opts.threshold,
+                  hysteresis={"margin": opts.margin, "min_frames": opts.min_frames},
+                  roi=None if opts.roi is None else [opts.roi.x, opts.roi.y, opts.roi.w, opts.roi.h])
+        t_start = time.monotonic()
+        self._t_start = self._t_summary = t_start
+        self._prev = (0, 0, 0)  # captured, inferred, dropped at the last summary
+        reason = "stopped"
+        next_slot = t_start
+        cap.start()
+        try:
+            while True:
+                if self._stop_reason is not None:
+                    reason = self._stop_reason
+                    break
+                now = time.monotonic()
+                if opts.duration and now - t_start >= opts.duration:
+                    reason = "duration"
+                    break
+                if self.reloader is not None:
+                    result = self.reloader.poll()
+                    if result is not None:
+                        self._apply(result)
+                if opts.fps_limit and now < next_slot:
+                    time.sleep(min(next_slot - now, 0.1))
+                    continue
+                frames = self.mailbox.take(timeout=0.1)
+                if frames:
+                    next_slot = max(next_slot + 1.0 / opts.fps_limit, time.monotonic()) if opts.fps_limit else 0
+                    self._infer(frames)
+                elif self.mailbox.drained:
+                    reason = cap.end_reason or "eof"
+                    break
+                if opts.summary_every and time.monotonic() - self._t_summary >= opts.summary_every:
+                    self._summary()
+        finally:
+            cap.stop()
+            self.mailbox.close()
+            cap.join(timeout=3.0)
+        return self._end(reason)
+
+    # -- inference -------------------------------------------------------------------------------------
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        roi = self.opts.roi
+        if roi is None:
+            return image
+        if image.shape[:2] != self._roi_shape:  # recomputed only when the frame size changes
+            self._roi_px, self._roi_shape = roi.pixels(image.shape[1], image.shape[0]), image.shape[:2]
+        x, y, w, h = self._roi_px
+        return image[y:y + h, x:x + w]
+
+    def _infer(self, frames: list[Frame]) -> None:
+        clf = self.clf
+        th, tw = clf.preprocessor.config.size
+        pixels = np.empty((len(frames), 3, th, tw), dtype=np.float32)
+        good: list[Frame] = []
+        for f in frames:
+            try:
+                pixels[len(good)] = clf.preprocessor(self._crop(f.image))  # preprocessing: once per frame
+                good.append(f)
+            except ImageReadError as exc:
+                self.bad_frames += 1
+                if self.bad_frames <= 5:
+                    log.warning("frame %d skipped: %s", f.index, exc)
+        if not good:
+            return
+        probs = clf.probabilities(clf.embed_pixels(pixels[:len(good)]))
+        names = clf.label_names
+        for f, p in zip(good, probs):
+            smoothed = self.smoother.update(p, f.t_media)
+            decision = self.decider.update(smoothed)
+            latency = time.monotonic() - f.t_capture
+            self.latency.add(latency)
+            self.inferred += 1
+            result = FrameResult(f, names, p, smoothed, decision, latency)
+            self.last = result
+            if decision.changed:
+                self.emit("label", wall=f.wall, frame=f.index, label=decision.label, score=decision.score,
+                          previous=decision.previous, latency_ms=latency * 1000.0, top=self._top(smoothed, names))
+            if self.opts.every_frame:
+                best = int(np.argmax(p))
+                self.emit("frame", wall=f.wall, frame=f.index, label=decision.label, score=decision.score,
+                          raw_label=names[best], raw_score=float(p[best]), latency_ms=latency * 1000.0)
+            if self.video is not None or self.window is not None:
+                self._draw(result)
+            for observer in self.observers:
+                observer(result)
+
+    def _top(self, scores: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+        k = min(self.opts.top_k, len(names))
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [{"label": names[i], "score": float(scores[i])} for i in order]
+
+    def _draw(self, r: FrameResult) -> None:
+        roi = self._roi_px if self.opts.roi is not None else None
+        fps = self.inferred / max(time.monotonic() - self._t_start, 1e-6)
+        img = annotate(r.frame.image, [f"{r.decision.label} {r.decision.score:.2f}",
+                                       f"#{r.frame.index}  {fps:.1f} fps  {r.latency * 1000:.0f} ms"], roi)
+        if self.video is not None:
+            self.video.write(img)
+        if self.window is not None and not self.window.show(img):
+            self.request_stop("window_closed")
+
+    def _apply(self, result: Relabel) -> None:
+        if not result.ok:
+            log.warning("relabel (%s) failed, keeping the current labels: %s", result.reason, result.error)
+            self.emit("relabel_error", reason=result.reason, error=result.error,
+                      file=str(self.reloader.path) if self.reloader else None)
+            return
+        old = list(self.clf.label_names)
+        self.clf.set_labels(result.names, result.matrix)
+        self.decider.set_names(result.names)
+        self.smoother.reset()
+        self.relabels += 1
+        log.info("relabelled (%s): %d labels in %.2f s", result.reason, len(result.names), result.seconds)
+        self.emit("relabel", reason=result.reason, labels=result.names, count=len(result.names),
+                  previous_count=len(old), seconds=result.seconds,
+                  file=str(self.reloader.path) if self.reloader else None,
+                  frame=self.last.frame.index if self.last else None)
+
+    # -- metrics ---------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """Totals so far (frames, drops, reconnects, memory)."""
+        cap = self.capture
+        rss = rss_bytes()
+        return {"captured": cap.captured if cap else 0, "inferred": self.inferred, "dropped": self.mailbox.dropped,
+                "bad_frames": self.bad_frames, "reconnects": cap.reconnects if cap else 0,
+                "relabels": self.relabels, "rss_mb": None if rss is None else round(rss / 2**20, 2)}
+
+    def _summary(self) -> None:
+        now = time.monotonic()
+        dt = max(now - self._t_summary, 1e-9)
+        m = self.metrics()
+        pc, pi, pd = self._prev
+        d = self.last.decision if self.last else None
+        self.emit("summary", frame=self.last.frame.index if self.last else None,
+                  elapsed_s=now - self._t_start, label=d.label if d else None, score=d.score if d else None,
+                  capture_fps=(m["captured"] - pc) / dt, inference_fps=(m["inferred"] - pi) / dt,
+                  latency_ms=LatencyStats.summary_ms(self.latency.take_recent()),
+                  dropped_interval=m["dropped"] - pd, **m)
+        self._prev = (m["captured"], m["inferred"], m["dropped"])
+        self._t_summary = now
+
+    def _end(self, reason: str) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self._t_start, 1e-9)
+        m = self.metrics()
+        d = self.last.decision if self.last else None
+        record = {"reason": reason, "frame": self.last.frame.index if self.last else None, "elapsed_s": elapsed,
+                  "label": d.label if d else None, "score": d.score if d else None,
+                  "capture_fps": m["captured"] / elapsed, "inference_fps": m["inferred"] / elapsed,
+                  "latency_ms": LatencyStats.summary_ms(self.latency.sample), **m}
+        if self.capture is not None and self.capture.error:
+            record["error"] = self.capture.error
+        self.emit("end", **record)
+        self.end_record = record
+        return record
