@@ -81,4 +81,3 @@ def bundle_copy(tmp_path: Path, tiny_vit_bundle: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_vit_bundle, dst)
     return dst
-
