@@ -10,14 +10,14 @@ Data (real images, see ../shared/data/README.md):
   * CIFAR-10 train (50,000 32x32 JPEGs, 10 classes), all of it;
   * Imagenette train (9,469 224x224 photos, 10 classes) minus a deterministic held-out part:
     HELD-OUT RULE: inside every class folder the file names are sorted (Python ``sorted``, byte order);
-    the image with sorted index i is held out iff ``i % 5 == 0`` (20%, 1,896 images). Held-out images are
-    never decoded for training; their relative paths are written to ``<out>/heldout_imagenette.txt``.
+    the image with sorted index i is held out iff ``i % 5 == 0`` (20%). Held-out images are
+    never decoded for training (1,899 images); their relative paths are written to ``<out>/heldout_imagenette.txt``.
 
 Captions: every training image gets one caption per step, made from its class name and one of the 80
 OpenAI ImageNet prompt templates (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``) drawn at
 random, so the text tower learns to read real prompts, not class ids.
 
-False negatives: a batch of 256 images from 20 classes holds ~13 images per class, so the plain CLIP loss
+False negatives: a batch of 128 images from 20 classes holds ~6 images per class, so the plain CLIP loss
 (one positive on the diagonal) would push apart pairs that match. We use a multi-positive target instead:
 for image i and caption j the target is 1 when both come from the same class (dataset + class), each row
 normalised to sum to 1, and the loss is the soft-target cross-entropy in both directions (image->text and
@@ -329,6 +329,118 @@ def verify_local_dir(out: Path, model, tokenizer, sets: dict, n: int = 300) -> d
     return res
 
 
+def write_model_card(out: Path, name: str | None = None) -> Path:
+    """README.md model card for a trained proxy folder, from its train_log.json."""
+    s = json.loads((out / "train_log.json").read_text())
+    name = name or f"proxy-{s['model']}"
+    cfg = s["model_cfg"]
+    v = cfg["vision_cfg"]
+    if s["model"] == "vit":
+        tower = (f"open_clip VisionTransformer: {v['image_size']} px input, {v['patch_size']} px patches "
+                 f"({(v['image_size'] // v['patch_size']) ** 2} patch tokens + class token), width {v['width']}, "
+                 f"{v['layers']} layers, {v['width'] // v['head_width']} heads, MLP ratio {v['mlp_ratio']}, "
+                 f"LayerNorm, GELU")
+    else:
+        tower = (f"open_clip ModifiedResNet: {v['image_size']} px input, layers {v['layers']}, width "
+                 f"{v['width']} (3-conv stem, BatchNorm bottlenecks, anti-aliased avg-pool strides, "
+                 f"attention pooling with {v['width'] * 32 // v['head_width']} heads)")
+    t = cfg["text_cfg"]
+    zs = s["zero_shot_top1"]
+    size = (out / "open_clip_model.safetensors").stat().st_size
+    hist = "\n".join(f"| {h['step']} | {h['cifar10_test_subset']:.2f} | {h['imagenette_heldout']:.2f} |"
+                     for h in s.get("history", []))
+    rc = s.get("reload_check", {})
+    rc_txt = "; ".join(f"{k}: fp32 {r['fp32_in_memory']:.2f}% vs fp16 local-dir {r['fp16_local_dir']:.2f}% "
+                       f"on {r['n']} images" for k, r in rc.items())
+    init = s.get("init_log")
+    init_cmd = init_txt = ""
+    if init:
+        init_cmd = init["command"] + "\n"
+        init_txt = (f"\nTwo stages: the first command trained from random weights ({init['steps_done']} steps, "
+                    f"{init['train_minutes']:.1f} min, ending at {init['zero_shot_top1']['cifar10_test']:.2f}% "
+                    f"CIFAR-10 / {init['zero_shot_top1']['imagenette_heldout']:.2f}% Imagenette held-out); the "
+                    f"second continued from its checkpoint (`--init`) with a fresh warmup + cosine cycle. "
+                    f"The numbers below describe the second stage.")
+    tgt_c = 70.0 if s["model"] == "vit" else 75.0
+    missed = [f"CIFAR-10 {zs['cifar10_test']:.2f}% < {tgt_c:.0f}%"] if zs["cifar10_test"] < tgt_c else []
+    missed += [f"Imagenette {zs['imagenette_heldout']:.2f}% < 60%"] if zs["imagenette_heldout"] < 60 else []
+    target_txt = (f"Project targets (issue 3): >= {tgt_c:.0f}% CIFAR-10, >= 60% Imagenette held-out: "
+                  + ("met." if not missed else "**not met** (" + "; ".join(missed) + ") within the ~1 h CPU "
+                     "budget; still a trained model, good enough to show accuracy changes, but weaker than planned."))
+    text = f"""# {name}: a small CLIP-architecture proxy model (trained here, not a general-purpose CLIP)
+
+**What it is.** An `open_clip.model.CLIP` with the standard architecture, small: image tower {tower};
+text tower a causal transformer (width {t['width']}, {t['layers']} layers, {t['heads']} heads, context length
+{t['context_length']}, the real CLIP BPE tokenizer and its 49,408-token vocabulary, argmax/EOT pooling);
+joint embedding {cfg['embed_dim']}. {s['params']['total'] / 1e6:.2f}M parameters
+({s['params']['visual'] / 1e6:.2f}M in the image tower; most of the rest is the token embedding table).
+Weights: `open_clip_model.safetensors`, fp16, {size / 1e6:.2f} MB, no pickle.
+
+It was trained from scratch in this project, on a 2-core CPU, on **20 classes only**: CIFAR-10 train (all
+50,000 images) and 80% of Imagenette train (10 classes), with captions made from the class name and the 80
+OpenAI ImageNet prompt templates. It knows those 20 concepts and little else.
+
+**What it is for.** Demos and quantization/export research in edgeclip: it is a real, trained CLIP-style
+model whose zero-shot accuracy on real images moves when something (INT8, preprocessing, export) breaks it,
+which a randomly initialised model cannot show. Use it to compare fp32 vs INT8, ONNX vs torch, OpenCV vs
+PIL preprocessing.
+
+**What it is not.** Not a general-purpose CLIP and not comparable to OpenAI/LAION checkpoints: labels
+outside the 20 training classes give meaningless scores, and the accuracies below are on these two
+datasets only. Its timings say nothing about real CLIP models (measure ViT-B/32 / RN50 for that).
+
+## Load
+```python
+import open_clip
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:edgeclip/models/{name}")
+tokenizer = open_clip.get_tokenizer("local-dir:edgeclip/models/{name}")
+model = model.float().eval()  # weights are stored in fp16
+```
+Preprocessing (`preprocess_cfg` in `open_clip_config.json`): resize shortest side to {v['image_size']} px
+(bicubic), center crop, OpenAI CLIP mean/std.
+
+## Measured zero-shot top-1 (80-template ensemble, labels = class names)
+| set | images | top-1 |
+| --- | ---: | ---: |
+| CIFAR-10 test (`cifar10-test.tar`; labels airplane ... truck) | {zs['cifar10_test_n']} | {zs['cifar10_test']:.2f}% |
+| Imagenette held-out part of train (labels tench ... parachute) | {zs['imagenette_heldout_n']} | {zs['imagenette_heldout']:.2f}% |
+
+{target_txt}
+
+Measured by `scripts/train_proxy_clip.py` at the end of training, fp32 weights, open_clip's eval
+preprocessing. Reload check through `local-dir:` with the fp16 file: {rc_txt}.
+
+Per-epoch monitor (1,000-image CIFAR-10 test subset, full held-out Imagenette):
+
+| step | CIFAR-10 subset | Imagenette held-out |
+| ---: | ---: | ---: |
+{hist}
+
+## Training
+```
+{init_cmd}{s['command']}
+```{init_txt}
+- data: `../shared/data/cifar10-train.tar` ({s['train_images']['cifar10']} images) + `imagenette-train.tar`
+  minus the held-out part ({s['train_images']['imagenette']} images, each seen {s['imagenette_repeat']}x per epoch);
+  all decoded once at {v['image_size']} px with open_clip's eval transform, then random resized crop
+  (scale 0.35-1), horizontal flip and light colour jitter per batch.
+- **held-out rule**: {s['heldout_rule']} (20%); the list (paths relative to the unpacked
+  archive) is `heldout_imagenette.txt` beside this card. Never trained on; use it for any accuracy check.
+- captions: one of the 80 templates at random per image per step; loss: CLIP contrastive loss with a
+  multi-positive target (every same-class image/caption pair in the batch is a positive), both directions.
+- batch {s['batch_size']}, AdamW (lr {s['lr']}, betas 0.9/0.98, weight decay {s['weight_decay']} on matrices),
+  {s['warmup_steps']} warmup steps then cosine; {s['steps_done']} steps done
+  (~{s['steps_done'] * s['batch_size'] / (s['train_images']['cifar10'] + s['imagenette_repeat'] * s['train_images']['imagenette']):.1f} epochs){"; ViT patch dropout " + str(s['patch_dropout_train']) + " while training (none at inference)" if s.get('patch_dropout_train') else ""}.
+- {s['train_minutes']:.1f} min of training at {s['img_per_s']:.1f} img/s, {s['threads']} torch thread on a shared
+  2-core AVX2 CPU, torch {s['torch']}, open_clip {s['open_clip']}, seed {s['seed']}. The run used a
+  `--max-minutes` budget; where the machine was slower than planned the cosine schedule followed elapsed time,
+  so a re-run with the same seed reaches similar, not bit-identical, weights.
+- data terms: CIFAR-10 and Imagenette (ImageNet terms) are for research use; so is this model.
+"""
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 def param_groups(model, weight_decay: float):
@@ -476,6 +588,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patch-dropout", type=float, default=None,
                     help="ViT only: fraction of patch tokens dropped per training image (default 0.5 for vit, "
                          "0 for rn); not used at inference")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this local-dir checkpoint (same config) instead of random weights")
     ap.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
     ap.add_argument("--eval-every-epochs", type=float, default=1.0, help="subset eval period (0: off)")
     ap.add_argument("--profile", type=float, default=None, metavar="SECONDS",
@@ -562,6 +676,17 @@ def main(argv=None) -> int:
 
     cfg = model_config(args.model, S, args.context_length, tiny=args.tiny)
     model = build_model(cfg, args.patch_dropout)
+    if args.init is not None:  # continue from a saved local-dir checkpoint (same model config)
+        from safetensors.torch import load_file
+
+        init_cfg = json.loads((args.init / "open_clip_config.json").read_text())["model_cfg"]
+        if init_cfg != cfg:
+            raise ValueError(f"--init {args.init} has model_cfg {init_cfg}, this run builds {cfg}: pass the "
+                             f"same --model/--image-size/--context-length/--tiny")
+        sd = {k: v.float() if v.is_floating_point() else v
+              for k, v in load_file(str(args.init / "open_clip_model.safetensors")).items()}
+        model.load_state_dict(sd)
+        log(f"initialised from {args.init}")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=args.context_length)  # SimpleTokenizer (CLIP BPE)
@@ -619,6 +744,9 @@ def main(argv=None) -> int:
         "context_length": args.context_length, "seed": args.seed, "epochs_planned": args.epochs,
         "steps_planned": steps, "steps_done": done, "batch_size": args.batch_size, "lr": lr,
         "weight_decay": args.weight_decay, "patch_dropout_train": args.patch_dropout, "warmup_steps": warmup, "imagenette_repeat": args.imagenette_repeat,
+        "init": str(args.init) if args.init else None,
+        "init_log": (json.loads((args.init / "train_log.json").read_text())
+                     if args.init and (args.init / "train_log.json").is_file() else None),
         "train_images": {"cifar10": len(c_paths), "imagenette": len(i_paths)},
         "heldout_rule": f"Imagenette train: sorted index within class folder % {HELDOUT_MOD} == 0",
         "train_minutes": train_s / 60, "img_per_s": ips, "threads": args.threads, "torch": torch.__version__,
@@ -630,6 +758,7 @@ def main(argv=None) -> int:
     }
     (args.out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "train_log.txt").write_text("\n".join(log_lines) + "\n")
+    write_model_card(args.out)
     log(f"saved {args.out} ({size / 1e6:.2f} MB safetensors)")
     if tmp is not None:
         tmp.cleanup()

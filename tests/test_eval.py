@@ -69,3 +69,12 @@ def test_contradictory_eval_options(tiny_vit_bundle: Path, small_dataset: Path, 
     assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--engine", "torch", "--precision", "int8"]) == 2
     assert "--engine torch" in capsys.readouterr().err
     assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--against-precision", "int8"]) == 2
+
+
+def test_class_map_mismatch_names_both_sides(tiny_vit_bundle: Path, small_dataset: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    cmap = tmp_path / "classes.tsv"
+    cmap.write_text("cat\tkitten\ndog\tpuppy\nship\tboat\ntrucks\tlorry\n")
+    assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--classes", str(cmap)]) == 2
+    err = capsys.readouterr().err
+    assert "no name for folder(s) truck" in err and "do not exist: trucks" in err

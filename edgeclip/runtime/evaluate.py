@@ -54,7 +54,10 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
     if class_map is not None:
         missing = [f for f in folders if f not in class_map]
         if missing:
-            raise OptionError(f"the class map has no name for folder(s) {', '.join(missing[:5])}")
+            unused = sorted(set(class_map) - set(folders))
+            raise OptionError(f"the class map has no name for folder(s) {', '.join(missing[:5])}"
+                              + (f"; it names folder(s) that do not exist: {', '.join(unused[:5])} (a typo in "
+                                 f"the map?)" if unused else "") + "; add a line 'folder<TAB>name' for each")
     names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
     allowed = None
     if files_from:
