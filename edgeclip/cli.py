@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeclipError as exc:
         print(f"edgeclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"edgeclip {args.command}: interrupted", file=sys.stderr)
         return 130

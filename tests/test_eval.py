@@ -53,7 +53,8 @@ def test_report_files_class_map_and_held_out_list(tiny_vit_bundle: Path, small_d
     cmap = tmp_path / "classes.tsv"
     cmap.write_text("cat\tkitten\ndog\tpuppy\nship\tboat\ntruck\tlorry\n")
     held = tmp_path / "held.txt"
-    held.write_text("\n".join(f"{c}/{n:04d}.jpg" for c in ("cat", "ship") for n in range(5)))
+    held.write_text("# held-out files, relative to a folder above the dataset\n"
+                    + "\n".join(f"data/ds/{c}/{n:04d}.jpg" for c in ("cat", "ship") for n in range(5)))
     out, png = tmp_path / "r.json", tmp_path / "c.png"
     assert main(["-q", "eval", str(tiny_vit_bundle), str(small_dataset), "--classes", str(cmap), "--files-from",
                  str(held), "--json", str(out), "--confusion", str(png), "--against", str(tiny_vit_bundle)]) == 0

@@ -297,7 +297,10 @@ def _load_model(model: str | None, pretrained: str | None, config: str | None, s
                               f"{', '.join(open_clip.list_pretrained_tags_by_model(spec)) or 'none known'}), "
                               f"--pretrained /path/to/weights, or --pretrained none for random weights")
         if pretrained == "none":
-            return _open_clip_create(open_clip, spec, None, f"{spec} (random weights)", "open_clip-random")
+            torch.manual_seed(seed)  # reproducible: quantize and bench reload the same weights from manifest.model.load
+            loaded = _open_clip_create(open_clip, spec, None, f"{spec} (random weights)", "open_clip-random")
+            loaded.details["random_weights_seed"] = seed
+            return loaded
         if Path(pretrained).is_file():
             return _open_clip_create(open_clip, spec, pretrained, f"{spec}:{pretrained}", "open_clip-checkpoint")
         if open_clip.get_pretrained_cfg(spec, pretrained) == {}:

@@ -43,8 +43,8 @@ def read_class_map(path: str | Path) -> dict[str, str]:
 
 def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, files_from: str | Path | None = None,
                  limit: int = 0, seed: int = 0) -> Dataset:
-    """Scan ``root/<class>/*``; ``files_from`` restricts to listed paths (relative to root), ``limit`` samples
-    that many files evenly over classes (deterministic for a seed)."""
+    """Scan ``root/<class>/*``; ``files_from`` restricts to listed paths (relative to root or to a folder above
+    it; ``#`` lines are comments), ``limit`` samples that many files (deterministic for a seed)."""
     root = Path(root)
     if not root.is_dir():
         raise OptionError(f"{root}: dataset folder not found (expected <root>/<class>/<image files>)")
@@ -60,8 +60,11 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
                                  f"the map?)" if unused else "") + "; add a line 'folder<TAB>name' for each")
     names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
     allowed = None
-    if files_from:
-        allowed = {line.strip() for line in Path(files_from).read_text(encoding="utf-8").splitlines() if line.strip()}
+    if files_from:  # listed paths may be relative to root or to a parent of it: match on path suffixes
+        listed = [line.strip() for line in Path(files_from).read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.startswith("#")]
+        allowed = {"/".join(parts[i:]) for entry in listed for parts in [Path(entry).parts]
+                   for i in range(len(parts))}
     files, targets = [], []
     for i, f in enumerate(folders):
         for p in sorted((root / f).iterdir()):
