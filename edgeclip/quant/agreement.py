@@ -1,0 +1,59 @@
+"""How closely an INT8 image encoder follows fp32: embedding cosine and zero-shot top-1 agreement."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def run_onnx(path: Path, images: np.ndarray, batch_size: int = 16, threads: int = 0,
+             progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Raw embeddings of ``images`` from an ONNX image encoder on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    outs = []
+    for i in range(0, len(images), batch_size):
+        outs.append(sess.run(None, {name: np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)})[0])
+        if progress:
+            progress(min(batch_size, len(images) - i))
+    return np.concatenate(outs, axis=0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def zero_shot_probs(embeds: np.ndarray, labels: np.ndarray, logit_scale: float) -> np.ndarray:
+    """softmax(logit_scale * cosine(image, label)) over the labels, [N, L] float64."""
+    z = logit_scale * (_unit(embeds) @ _unit(labels).T)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, logit_scale: float) -> dict[str, Any]:
+    """Agreement of ``candidate`` embeddings with ``reference`` (same images).
+
+    ``top1_agreement``: share of images whose zero-shot label is the same; ``mean_cosine`` /
+    ``min_cosine``: embedding cosine; ``mean_kl``: KL(reference || candidate) of the label probabilities.
+    """
+    ref, cand = _unit(reference), _unit(candidate)
+    cos = (ref * cand).sum(-1)
+    p = zero_shot_probs(reference, labels, logit_scale)
+    q = zero_shot_probs(candidate, labels, logit_scale)
+    kl = (p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12)))).sum(-1)
+    return {"top1_agreement": float((p.argmax(-1) == q.argmax(-1)).mean()), "mean_cosine": float(cos.mean()),
+            "min_cosine": float(cos.min()), "mean_kl": float(kl.mean()), "images": int(len(ref))}
+
+
+def drop_points(agreement: dict[str, Any]) -> float:
+    """Top-1 disagreement with fp32 in percentage points (what ``--max-drop`` bounds)."""
+    return 100.0 * (1.0 - float(agreement["top1_agreement"]))

@@ -1,0 +1,308 @@
+"""INT8 recipes: how an fp32 image encoder becomes ``image_encoder.int8.<target>.onnx``.
+
+One recipe per target, as data (``RECIPES``), applied by one function (``quantize_onnx``) on top of ONNX
+Runtime's ``quantize_static`` (QDQ format). Only *weighted* layers are quantized: ``Conv``, and
+``MatMul``/``Gemm`` whose second input is a constant weight (QKV, projections, MLP, the patch conv, the
+ResNet convs). Attention's activation x activation MatMuls, LayerNorm, Softmax, GELU and residual adds
+stay fp32.
+
+``tensorrt``: explicit quantization for TensorRT 10+: symmetric INT8 activations and weights (zero points
+0, int8), per-channel weights, Q/DQ on the *inputs* of the weighted layers only (no output quantization,
+biases stay float: TensorRT fuses DQ -> Conv/MatMul -> bias itself and has no INT32 DequantizeLinear), and
+every other consumer of a quantized tensor reads the float tensor (so residual adds and LayerNorms never
+see a Q/DQ pair). What is checked without TensorRT is asserted by ``tests/test_quant_structure.py``.
+
+``cpu``: the fastest accurate recipe for ONNX Runtime's CPU kernels (measured; docs/quantization.md):
+static QDQ with U8 (asymmetric) activations and S8 weights, inputs *and* outputs quantized so ORT fuses
+QLinearConv / QLinearMatMul, per-channel weights for Conv and per-tensor for MatMul/Gemm, and 7-bit
+weights (``reduce_range``) so AVX2 CPUs without VNNI cannot saturate their 16-bit intermediate sums.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import OptionError, QuantizationError
+
+log = logging.getLogger("edgeclip.quant")
+
+TARGETS = ("cpu", "tensorrt")
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``quantize_onnx`` does for one target."""
+
+    name: str
+    target: str
+    activation_type: str  # "int8" or "uint8"
+    activation_symmetric: bool
+    per_channel: str  # "all", "conv" (Conv per-channel, MatMul/Gemm per-tensor) or "none"
+    reduce_range: bool
+    output_ops: tuple[str, ...]  # op types whose outputs are quantized too (for fused integer kernels)
+    quantize_bias: bool
+    float_consumers_read_float: bool
+    calib_method: str  # the measured default
+    op_types: tuple[str, ...] = WEIGHTED_OPS
+    percentile: float = 99.999
+
+    def record(self) -> dict[str, Any]:
+        """The recipe as recorded in the manifest."""
+        d = asdict(self)
+        d["op_types"] = list(self.op_types)
+        return d
+
+
+RECIPES: dict[str, Recipe] = {
+    "tensorrt": Recipe("tensorrt-qdq-s8s8-symmetric-per-channel", "tensorrt", "int8", True, "all", False,
+                       output_ops=(), quantize_bias=False, float_consumers_read_float=True,
+                       calib_method="percentile"),
+    "cpu": Recipe("cpu-qdq-u8s8-7bit", "cpu", "uint8", False, "conv", True,
+                  output_ops=("Conv",), quantize_bias=True, float_consumers_read_float=False,
+                  calib_method="percentile"),
+}
+
+#: Alternatives measured for the CPU target (scripts/compare_cpu_recipes.py); not used by default.
+CPU_CANDIDATES: dict[str, Recipe] = {
+    "qdq-u8s8-per-tensor": Recipe("qdq-u8s8-per-tensor", "cpu", "uint8", False, "none", False, WEIGHTED_OPS,
+                                  True, False, "minmax"),
+    "qdq-u8s8-per-channel": Recipe("qdq-u8s8-per-channel", "cpu", "uint8", False, "all", False, WEIGHTED_OPS,
+                                   True, False, "minmax"),
+    "qdq-u8s8-all-outputs-7bit": Recipe("qdq-u8s8-all-outputs-7bit", "cpu", "uint8", False, "conv", True,
+                                        WEIGHTED_OPS, True, False, "minmax"),
+    "qdq-u8s8-7bit (cpu)": RECIPES["cpu"],
+    "qdq-s8s8-symmetric": Recipe("qdq-s8s8-symmetric", "cpu", "int8", True, "none", False, WEIGHTED_OPS, True,
+                                 False, "minmax"),
+}
+
+
+def recipe_for(target: str) -> Recipe:
+    """The recipe of ``target``; OptionError for an unknown target."""
+    if target not in RECIPES:
+        raise OptionError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
+    return RECIPES[target]
+
+
+def int8_file_name(target: str) -> str:
+    """``image_encoder.int8.<target>.onnx``."""
+    return f"image_encoder.int8.{target}.onnx"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model preparation and node selection
+# ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Silence ONNX Runtime's quantization tool (prints and root-logger warnings) for the duration."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def prepare_fp32(src: Path, dst: Path) -> Path:
+    """The fp32 model the quantizer starts from: ORT basic graph optimisations + ONNX shape inference.
+
+    (ONNX Runtime's ``quant_pre_process`` without its symbolic shape inference, which rejects the dynamic
+    Reshapes of exported attention.) Falls back to a plain copy if the optimisation fails.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with quiet_onnxruntime():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    except Exception as exc:  # ORT raises many types; an unoptimised model still quantizes
+        log.warning("quantization pre-processing failed (%s); quantizing the model as exported", exc)
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def weighted_nodes(model: Any, op_types: Sequence[str] = WEIGHTED_OPS) -> list[str]:
+    """Names of the nodes a recipe may quantize: Conv, and MatMul/Gemm with a constant weight input."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in op_types or len(node.input) < 2 or not node.name:
+            continue
+        if node.input[1] in inits or node.input[1] in consts:
+            out.append(node.name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration data
+# ---------------------------------------------------------------------------------------------------------
+def _data_reader(images: np.ndarray, input_name: str, batch_size: int) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ArrayReader(CalibrationDataReader):
+        """Batches of a float32 array; supports ``set_range`` for strided (memory-bounded) collection."""
+
+        def __init__(self) -> None:
+            self.batches = [np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)
+                            for i in range(0, len(images), batch_size)]
+            self.lo, self.hi = 0, len(self.batches)
+            self.pos = 0
+
+        def get_next(self) -> dict | None:
+            if self.lo + self.pos >= self.hi:
+                return None
+            batch = self.batches[self.lo + self.pos]
+            self.pos += 1
+            return {input_name: batch}
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.lo, self.hi, self.pos = start_index, min(end_index, len(self.batches)), 0
+
+    return ArrayReader()
+
+
+def _method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise OptionError(f"unknown --calib-method {name!r}; use one of {', '.join(CALIB_METHODS)}")
+    return table[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantization
+# ---------------------------------------------------------------------------------------------------------
+def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, method: str | None = None,
+                  exclude: Sequence[str] = (), nodes: Sequence[str] | None = None,
+                  ranges_cache: Path | None = None, batch_size: int = 8,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Quantize the prepared fp32 model ``fp32`` with ``recipe``, calibrated on ``images``; writes ``out``.
+
+    ``exclude`` keeps those weighted nodes in fp32; ``nodes`` (default: all weighted nodes) limits what is
+    quantized. ``ranges_cache`` (a JSON file) stores the calibrated tensor ranges: when it exists the
+    calibration pass is skipped, so rebuilding with other exclusions is cheap.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    method = method or recipe.calib_method
+    calib = _method(method)
+    model = onnx.load(str(fp32), load_external_data=False)
+    candidates = list(nodes) if nodes is not None else weighted_nodes(model, recipe.op_types)
+    unknown = set(exclude) - set(weighted_nodes(model, recipe.op_types))
+    if unknown:
+        raise QuantizationError(f"cannot exclude {sorted(unknown)[:3]}: not weighted nodes of {fp32.name}")
+    selected = [n for n in candidates if n not in set(exclude)]
+    if not selected:
+        raise QuantizationError("nothing left to quantize: every weighted layer is excluded")
+    input_name = model.graph.input[0].name
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": recipe.activation_symmetric,
+        "WeightSymmetric": True,
+        "CalibStridedMinMax": 1,  # one batch at a time: bounded memory for big towers and histograms
+        "CalibTensorRangeSymmetric": recipe.activation_symmetric,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = recipe.percentile
+    no_output = [op for op in recipe.op_types if op not in recipe.output_ops]
+    if no_output:
+        extra["OpTypesToExcludeOutputQuantization"] = no_output
+    if not recipe.quantize_bias:
+        extra["QuantizeBias"] = False
+    if recipe.per_channel == "conv":
+        by_name = {n.name: n for n in model.graph.node}
+        extra["TensorQuantOverrides"] = {by_name[n].input[1]: [{"axis": 0}] for n in selected
+                                         if by_name[n].op_type == "Conv"}
+    act = QuantType.QInt8 if recipe.activation_type == "int8" else QuantType.QUInt8
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="edgeclip-quant-") as tmp:
+        raw = Path(tmp) / "qdq.onnx"
+        try:
+            with quiet_onnxruntime():
+                quantize_static(str(fp32), str(raw), _data_reader(images, input_name, batch_size),
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
+                                per_channel=recipe.per_channel == "all", reduce_range=recipe.reduce_range,
+                                activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=selected,
+                                calibrate_method=calib, extra_options=extra,
+                                calibration_cache_path=str(ranges_cache) if ranges_cache else None)
+        except QuantizationError:
+            raise
+        except Exception as exc:  # ORT's quantizer raises many types
+            raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} recipe: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+        q = onnx.load(str(raw))
+    if recipe.float_consumers_read_float:
+        reconnect_float_consumers(q, set(selected))
+    props = {"edgeclip.version": __version__, "edgeclip.precision": "int8", "edgeclip.int8_target": recipe.target,
+             "edgeclip.int8_recipe": recipe.name, "edgeclip.calib_method": method, **(metadata or {})}
+    keep = {p.key: p.value for p in q.metadata_props if not p.key.startswith("edgeclip.")}
+    del q.metadata_props[:]
+    for k, v in {**keep, **props}.items():
+        q.metadata_props.add(key=k, value=str(v))
+    q.producer_name, q.producer_version = "edgeclip", __version__
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(q, str(out))
+    onnx.checker.check_model(str(out))
+    return out
+
+
+def reconnect_float_consumers(model: Any, quantized: set[str]) -> None:
+    """Make every consumer that is not a quantized node read the float tensor instead of ``DQ(Q(x))``.
+
+    ONNX Runtime's quantizer rewires *all* consumers of a quantized activation to the DequantizeLinear
+    output, so a residual Add or a Shape next to a quantized MatMul would read the quantized copy. For
+    TensorRT that puts Q/DQ pairs where they do not belong; this puts the float tensor back and drops Q/DQ
+    nodes left without consumers.
+    """
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    for node in nodes:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.name in quantized:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                continue  # a DQ of a constant weight (only quantized nodes read those)
+            node.input[i] = q.input[0]
+    # drop Q/DQ nodes whose outputs nobody reads any more
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+
+
+def ranges_cache_name(calib_key: str, fp32_sha: str, recipe: Recipe, method: str) -> str:
+    """File name (in the bundle's ``.work``) of the calibrated ranges for this set, model, recipe, method."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([calib_key, fp32_sha, recipe.activation_symmetric, list(recipe.op_types),
+                                   method, recipe.percentile, __version__]).encode()).hexdigest()[:16]
+    return f"ranges-{h}.json"

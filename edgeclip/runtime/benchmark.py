@@ -1,0 +1,207 @@
+"""Latency and throughput of image-encoder variants, measured side by side (torch-free).
+
+A *variant* is a name plus a ``run(batch)`` callable (ONNX Runtime fp32, ONNX Runtime INT8 per target,
+TensorRT, or a PyTorch eager peer built by the caller). Measurement is fair on a shared, noisy machine:
+
+* warm-up runs are excluded;
+* rounds are *interleaved*: every round times every variant at every batch size, in an order that rotates
+  from round to round, so a burst of load from another process hits all variants alike;
+* ratios are *paired*: per round, the reference's median latency over the variant's, and the median of
+  those per-round ratios is reported (so slow drift of the machine's load cancels out).
+
+Latency is per call (one batch); throughput is ``batch / median latency`` in images per second.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import OptionError
+
+
+@dataclass
+class Variant:
+    """One thing to time: ``run`` takes a float32 [B, 3, H, W] batch."""
+
+    name: str
+    backend: str
+    precision: str
+    run: Callable[[np.ndarray], Any]
+    target: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Measurement:
+    """Timings (seconds) of one variant at one batch size, grouped by round."""
+
+    variant: str
+    batch: int
+    rounds: list[list[float]] = field(default_factory=list)
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.asarray([t for r in self.rounds for t in r], dtype=np.float64)
+
+    def summary(self) -> dict[str, float]:
+        t = self.times * 1000.0
+        p50 = float(np.percentile(t, 50))
+        return {"p50_ms": p50, "p95_ms": float(np.percentile(t, 95)), "mean_ms": float(t.mean()),
+                "min_ms": float(t.min()), "runs": int(t.size), "throughput": 1000.0 * self.batch / p50,
+                "ms_per_image": p50 / self.batch}
+
+
+def paired_ratio(variant: Measurement, reference: Measurement) -> float:
+    """Median over rounds of (reference median latency / variant median latency): the speed-up."""
+    ratios = [float(np.median(r)) / float(np.median(v)) for v, r in zip(variant.rounds, reference.rounds) if v and r]
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
+def machine_facts() -> dict[str, Any]:
+    """Where the numbers were taken: CPU model and flags of interest, cores, load, library versions."""
+    facts: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                             "cpus": os.cpu_count()}
+    try:
+        facts["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                facts["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                                     "asimddp", "i8mm", "sve"})
+                break
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return facts
+
+
+def measure(variants: Sequence[Variant], inputs: dict[int, np.ndarray], rounds: int = 10, warmup: int = 2,
+            min_round_seconds: float = 0.0, progress: Callable[[int], None] | None = None) -> list[Measurement]:
+    """Time every variant at every batch size in interleaved rounds; returns one Measurement per pair.
+
+    Each round runs every (variant, batch) ``reps`` times, ``reps`` chosen once after warm-up so that one
+    round of one pair takes about ``min_round_seconds`` (at least 1 run).
+    """
+    if rounds < 1 or warmup < 0:
+        raise OptionError("--rounds must be >= 1 and --warmup >= 0")
+    if not variants:
+        raise OptionError("nothing to benchmark")
+    pairs = [(v, b) for b in inputs for v in variants]
+    reps: dict[tuple[str, int], int] = {}
+    for v, b in pairs:
+        elapsed = 0.0
+        for _ in range(max(1, warmup)):
+            t = time.perf_counter()
+            v.run(inputs[b])
+            elapsed = time.perf_counter() - t
+        reps[(v.name, b)] = max(1, int(min_round_seconds / max(elapsed, 1e-6))) if min_round_seconds else 1
+    out = {(v.name, b): Measurement(v.name, b) for v, b in pairs}
+    for r in range(rounds):
+        shift = r % len(pairs)
+        for v, b in pairs[shift:] + pairs[:shift]:
+            times = []
+            for _ in range(reps[(v.name, b)]):
+                t = time.perf_counter()
+                v.run(inputs[b])
+                times.append(time.perf_counter() - t)
+            out[(v.name, b)].rounds.append(times)
+        if progress:
+            progress(1)
+    return [out[(v.name, b)] for v, b in pairs]
+
+
+def report(variants: Sequence[Variant], results: Sequence[Measurement], reference: str | None,
+           peer: str | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-able report: per (variant, batch) summary plus paired ratios vs ``reference`` and ``peer``."""
+    by = {(m.variant, m.batch): m for m in results}
+    info = {v.name: v for v in variants}
+    rows = []
+    for m in results:
+        v = info[m.variant]
+        row: dict[str, Any] = {"variant": m.variant, "backend": v.backend, "precision": v.precision,
+                               "target": v.target, "batch": m.batch, **m.summary()}
+        for key, ref in (("vs_reference", reference), ("vs_peer", peer)):
+            if ref and (ref, m.batch) in by:
+                row[key] = paired_ratio(m, by[(ref, m.batch)])
+        if v.note:
+            row["note"] = v.note
+        rows.append(row)
+    return {"reference": reference, "peer": peer, "results": rows, "machine": machine_facts(), **(meta or {})}
+
+
+def format_table(rep: dict[str, Any]) -> str:
+    """A plain-text table of the report."""
+    ref, peer = rep.get("reference") or "-", rep.get("peer") or "-"
+    head = (f"{'batch':>5}  {'variant':<28} {'p50 ms':>9} {'p95 ms':>9} {'img/s':>8} "
+            f"{'vs ' + ref:>22} {'vs ' + peer:>22}")
+    lines = [head, "-" * len(head)]
+    for r in rep["results"]:
+        def ratio(key: str) -> str:
+            v = r.get(key)
+            return f"{v:.2f}x" if v is not None and np.isfinite(v) else "-"
+        lines.append(f"{r['batch']:>5}  {r['variant']:<28} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
+                     f"{r['throughput']:>8.1f} {ratio('vs_reference'):>22} {ratio('vs_peer'):>22}")
+    return "\n".join(lines)
+
+
+def write_json(rep: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Save the report as indented JSON."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rep, indent=2, default=float) + "\n", encoding="utf-8")
+    return p
+
+
+def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
+    """A grouped bar chart of throughput per variant and batch size, speed-ups vs the reference on top."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise OptionError("--png needs matplotlib: pip install matplotlib (or 'edgeclip[report]')") from exc
+    rows = rep["results"]
+    batches = sorted({r["batch"] for r in rows})
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    width = 0.8 / max(1, len(names))
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches) + 1, 4.2), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        for i, name in enumerate(names):
+            r = next((x for x in rows if x["variant"] == name and x["batch"] == b), None)
+            if r is None:
+                continue
+            bar = ax.bar(i * width, r["throughput"], width * 0.9, label=name)
+            ratio = r.get("vs_reference")
+            if ratio is not None and np.isfinite(ratio):
+                ax.annotate(f"{ratio:.2f}x", (i * width, r["throughput"]), ha="center", va="bottom", fontsize=8)
+            bar[0].set_color(f"C{i}")
+        ax.set_title(f"batch {b}")
+        ax.set_xticks([])
+        ax.set_ylabel("images / s")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or f"image encoder throughput (x = vs {rep.get('reference')})")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
