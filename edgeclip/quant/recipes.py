@@ -13,9 +13,10 @@ every other consumer of a quantized tensor reads the float tensor (so residual a
 see a Q/DQ pair). What is checked without TensorRT is asserted by ``tests/test_quant_structure.py``.
 
 ``cpu``: the fastest accurate recipe for ONNX Runtime's CPU kernels (measured; docs/quantization.md):
-static QDQ with U8 (asymmetric) activations and S8 weights, inputs *and* outputs quantized so ORT fuses
-QLinearConv / QLinearMatMul, per-channel weights for Conv and per-tensor for MatMul/Gemm, and 7-bit
-weights (``reduce_range``) so AVX2 CPUs without VNNI cannot saturate their 16-bit intermediate sums.
+static QDQ with U8 (asymmetric) activations and S8 weights; Conv inputs and outputs quantized so ORT fuses
+``QLinearConv``, MatMul/Gemm inputs quantized and outputs float so ORT fuses ``MatMulIntegerToFloat``;
+per-channel weights for Conv and per-tensor for MatMul/Gemm; 7-bit weights (``reduce_range``) so AVX2
+CPUs without VNNI cannot saturate their 16-bit intermediate sums.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ GENERIC_PROMPTS = (
 
 @dataclass
 class SynthesisConfig:
-    """Hyper-parameters of the pixel optimisation (the defaults are the measured ones, docs/quantization.md)."""
+    """Hyper-parameters of the pixel optimisation (defaults checked on the proxies, docs/quantization.md)."""
 
     batch_size: int = 16
     steps: int = 200

@@ -150,14 +150,15 @@ def report(variants: Sequence[Variant], results: Sequence[Measurement], referenc
 def format_table(rep: dict[str, Any]) -> str:
     """A plain-text table of the report."""
     ref, peer = rep.get("reference") or "-", rep.get("peer") or "-"
-    head = (f"{'batch':>5}  {'variant':<28} {'p50 ms':>9} {'p95 ms':>9} {'img/s':>8} "
+    w = max([28] + [len(r["variant"]) for r in rep["results"]])
+    head = (f"{'batch':>5}  {'variant':<{w}} {'p50 ms':>9} {'p95 ms':>9} {'img/s':>8} "
             f"{'vs ' + ref:>22} {'vs ' + peer:>22}")
     lines = [head, "-" * len(head)]
     for r in rep["results"]:
         def ratio(key: str) -> str:
             v = r.get(key)
             return f"{v:.2f}x" if v is not None and np.isfinite(v) else "-"
-        lines.append(f"{r['batch']:>5}  {r['variant']:<28} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
+        lines.append(f"{r['batch']:>5}  {r['variant']:<{w}} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
                      f"{r['throughput']:>8.1f} {ratio('vs_reference'):>22} {ratio('vs_peer'):>22}")
     return "\n".join(lines)
 
