@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a small open_clip-architecture CLIP model from scratch on real images (CPU).
+"""Train a small open_clip-architecture CLIP model from scratch on real images (CPU or GPU).
 
 Pretrained CLIP weights cannot be downloaded in this project, so accuracy questions (INT8 quantization,
 preprocessing parity, ...) are judged on *proxy* CLIP models trained here: the exact open_clip
@@ -23,10 +23,10 @@ for image i and caption j the target is 1 when both come from the same class (da
 normalised to sum to 1, and the loss is the soft-target cross-entropy in both directions (image->text and
 text->image), averaged. With one positive per row this is exactly the CLIP loss.
 
-Speed on a 2-core CPU: all training images are decoded once with open_clip's own eval transform (resize
-shortest side to the model size, bicubic, center crop) into one uint8 array in memory; augmentation
-(random resized crop + horizontal flip in one ``affine_grid``/``grid_sample`` call, light colour jitter)
-runs batched in torch. Optimiser AdamW, linear warmup then cosine decay, weight decay on matrices only.
+Speed (a 2-core CPU by default; ``--device cuda`` on a GPU): all training images are decoded once with
+open_clip's own eval transform (resize shortest side to the model size, bicubic, center crop) into one
+uint8 array in memory (on the GPU with ``--device cuda``); augmentation (random resized crop + horizontal
+flip in one ``affine_grid``/``grid_sample`` call, light colour jitter) runs batched in torch. Optimiser AdamW, linear warmup then cosine decay, weight decay on matrices only.
 
 Output: an open_clip ``local-dir:`` checkpoint (``open_clip_config.json`` + ``open_clip_model.safetensors``
 in fp16, no pickle), ``train_log.json`` (config, command, accuracies) and ``heldout_imagenette.txt``.
@@ -35,6 +35,7 @@ re-evaluated on a few hundred images as a check.
 
 Examples:
     python scripts/train_proxy_clip.py --model vit --out /tmp/proxy-vit
+    python scripts/train_proxy_clip.py --model vit --device cuda --epochs 26 --decode-workers 8 --out /tmp/proxy-vit
     python scripts/train_proxy_clip.py --model rn --epochs 1 --limit-images 512 --out /tmp/t  # smoke test
 """
 from __future__ import annotations
@@ -105,10 +106,13 @@ def count_params(model: torch.nn.Module) -> dict:
 
 # ------------------------------------------------------------------------------------------------- data
 
-def unpack(archive: Path, dest: Path) -> None:
-    if not archive.is_file():
-        raise FileNotFoundError(f"{archive} not found (pass --data DIR holding the shared data archives)")
-    subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+def unpack(data: Path, name: str, dest: Path) -> None:
+    """Unpack data/<name> or its compressed form data/<name>.xz (scripts/pack_proxy_data.py) into dest."""
+    for archive in (data / name, data / f"{name}.xz"):
+        if archive.is_file():
+            subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+            return
+    raise FileNotFoundError(f"{data / name} not found (pass --data DIR holding the shared data archives)")
 
 
 def read_imagenette_classes(data: Path) -> dict[str, str]:
@@ -179,29 +183,48 @@ def decode_images(paths: list[Path], size: int) -> np.ndarray:
     return out
 
 
+def decode_images_parallel(paths: list[Path], size: int, workers: int) -> np.ndarray:
+    """decode_images split over `workers` processes (same result, in order)."""
+    if workers <= 1 or len(paths) < 2 * workers:
+        return decode_images(paths, size)
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [paths[i::workers] for i in range(workers)]  # interleaved: even load per worker
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    with ProcessPoolExecutor(workers) as pool:
+        for i, arr in enumerate(pool.map(decode_images, chunks, [size] * workers)):
+            out[i::workers] = arr
+    return out
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [0, 1] -> CLIP-normalised (same arithmetic as Normalize)."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def to_model_input(u8: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> normalised float NCHW (same arithmetic as ToTensor + Normalize)."""
-    x = u8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(u8.permute(0, 3, 1, 2).float().div_(255.0))
 
 
 def augment(u8: torch.Tensor, gen: torch.Generator, scale=(0.35, 1.0), jitter: float = 0.2) -> torch.Tensor:
     """Batched RandomResizedCrop + horizontal flip (one grid_sample) + light colour jitter.
 
-    u8: uint8 [B, H, W, 3]; returns normalised float [B, 3, H, W]."""
+    u8: uint8 [B, H, W, 3] on the generator's device; returns normalised float [B, 3, H, W]."""
     b, h, w, _ = u8.shape
+    dev = u8.device
     x = u8.permute(0, 3, 1, 2).float().div_(255.0)
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
-    logr = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    area = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen)
+    logr = torch.empty(b, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
     r = torch.exp(logr)
     cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
     ch = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coords
-    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - ch)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
+    cx = (torch.rand(b, generator=gen, device=dev) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coords
+    cy = (torch.rand(b, generator=gen, device=dev) * 2 - 1) * (1 - ch)
+    flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0] = cw * flip
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = ch
@@ -209,18 +232,16 @@ def augment(u8: torch.Tensor, gen: torch.Generator, scale=(0.35, 1.0), jitter: f
     grid = F.affine_grid(theta, (b, 3, h, w), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if jitter > 0:  # brightness, contrast, saturation, each in [1-j, 1+j], applied to 80% of images
-        on = (torch.rand(b, 1, 1, 1, generator=gen) < 0.8).float()
-        bri = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
-        con = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
-        sat = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter
+        on = (torch.rand(b, 1, 1, 1, generator=gen, device=dev) < 0.8).float()
+        bri = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen, device=dev) * 2 - 1) * jitter
+        con = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen, device=dev) * 2 - 1) * jitter
+        sat = 1 + on * (torch.rand(b, 1, 1, 1, generator=gen, device=dev) * 2 - 1) * jitter
         x = x * bri
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         x = (x - gray.mean(dim=(2, 3), keepdim=True)) * con + gray.mean(dim=(2, 3), keepdim=True)
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         x = (gray + (x - gray) * sat).clamp_(0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return normalize(x).contiguous()
 
 
 class TrainSet:
@@ -235,6 +256,11 @@ class TrainSet:
         tok = tokenizer(prompts)
         self.tokens = tok.view(len(class_names), len(OPENAI_IMAGENET_TEMPLATES), -1)
         self.sample_weights = sample_weights  # integer repeat count per image per epoch
+
+    def to(self, device: str) -> "TrainSet":
+        """Move images, labels and caption tokens to `device` (augmentation then runs there too)."""
+        self.images, self.labels, self.tokens = (t.to(device) for t in (self.images, self.labels, self.tokens))
+        return self
 
     def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
         idx = np.arange(len(self.labels))
@@ -264,9 +290,10 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, labels: torch
 def zero_shot_weights(model, tokenizer, class_names: list[str]) -> torch.Tensor:
     """[C, D] classifier: mean of the L2-normalised embeddings of the 80 templates, renormalised."""
     model.eval()
+    dev = next(model.parameters()).device
     ws = []
     for c in class_names:
-        t = tokenizer([tpl(c) for tpl in OPENAI_IMAGENET_TEMPLATES])
+        t = tokenizer([tpl(c) for tpl in OPENAI_IMAGENET_TEMPLATES]).to(dev)
         e = F.normalize(model.encode_text(t), dim=-1).mean(0)
         ws.append(F.normalize(e, dim=-1))
     return torch.stack(ws)
@@ -277,10 +304,11 @@ def zero_shot_accuracy(model, tokenizer, class_names, images_u8: torch.Tensor, l
                        batch: int = 500) -> float:
     w = zero_shot_weights(model, tokenizer, class_names)
     model.eval()
+    dev = w.device
     correct = 0
     for i in range(0, len(labels), batch):
-        f = F.normalize(model.encode_image(to_model_input(images_u8[i:i + batch])), dim=-1)
-        correct += (f @ w.t()).argmax(1).eq(labels[i:i + batch]).sum().item()
+        f = F.normalize(model.encode_image(to_model_input(images_u8[i:i + batch].to(dev))), dim=-1)
+        correct += (f @ w.t()).argmax(1).eq(labels[i:i + batch].to(dev)).sum().item()
     return 100.0 * correct / max(1, len(labels))
 
 
@@ -361,12 +389,31 @@ def write_model_card(out: Path, name: str | None = None) -> Path:
                     f"CIFAR-10 / {init['zero_shot_top1']['imagenette_heldout']:.2f}% Imagenette held-out); the "
                     f"second continued from its checkpoint (`--init`) with a fresh warmup + cosine cycle. "
                     f"The numbers below describe the second stage.")
+    device = s.get("device", "cpu")
+    where = "a 2-core CPU" if device == "cpu" else f"one {device} GPU"
+    hardware = (f"{s['threads']} torch thread on a shared 2-core AVX2 CPU" if device == "cpu"
+                else f"one {device} GPU")
+    pack = s.get("data_pack")
+    pack_cmd = "python scripts/pack_proxy_data.py --out .devdata  # the --data folder below\n" if pack else ""
+    pack_txt = (f"\n  Imagenette photos came through `scripts/pack_proxy_data.py` (shrunk to {pack['imagenette_size']} px "
+                f"with the same eval transform and re-encoded at JPEG quality {pack['imagenette_quality']} to carry "
+                f"them to the GPU machine; CIFAR-10 files unchanged)." if pack else "")
+    if s["steps_done"] < s["steps_planned"]:
+        budget_txt = (f"The `--max-minutes` budget stopped it after {s['steps_done']} of {s['steps_planned']} planned "
+                      f"steps, the cosine schedule following elapsed time: a re-run reaches similar, not "
+                      f"bit-identical, weights.")
+    elif device == "cpu":
+        budget_txt = "It ran every planned step on the step schedule: a re-run with the same seed repeats it."
+    else:
+        budget_txt = ("It ran every planned step; GPU kernels are not bit-deterministic, so a re-run with the same "
+                      "seed reaches similar, not bit-identical, weights.")
+    notes_txt = "".join(f"\n- {n}" for n in s.get("notes", []))
     tgt_c = 70.0 if s["model"] == "vit" else 75.0
     missed = [f"CIFAR-10 {zs['cifar10_test']:.2f}% < {tgt_c:.0f}%"] if zs["cifar10_test"] < tgt_c else []
     missed += [f"Imagenette {zs['imagenette_heldout']:.2f}% < 60%"] if zs["imagenette_heldout"] < 60 else []
     target_txt = (f"Project targets (issue 3): >= {tgt_c:.0f}% CIFAR-10, >= 60% Imagenette held-out: "
-                  + ("met." if not missed else "**not met** (" + "; ".join(missed) + ") within the ~1 h CPU "
-                     "budget; still a trained model, good enough to show accuracy changes, but weaker than planned."))
+                  + ("met." if not missed else "**not met** (" + "; ".join(missed) + ") within the "
+                     "training budget; still a trained model, good enough to show accuracy changes, but weaker than planned."))
     text = f"""# {name}: a small CLIP-architecture proxy model (trained here, not a general-purpose CLIP)
 
 **What it is.** An `open_clip.model.CLIP` with the standard architecture, small: image tower {tower};
@@ -376,7 +423,7 @@ joint embedding {cfg['embed_dim']}. {s['params']['total'] / 1e6:.2f}M parameters
 ({s['params']['visual'] / 1e6:.2f}M in the image tower; most of the rest is the token embedding table).
 Weights: `open_clip_model.safetensors`, fp16, {size / 1e6:.2f} MB, no pickle.
 
-It was trained from scratch in this project, on a 2-core CPU, on **20 classes only**: CIFAR-10 train (all
+It was trained from scratch in this project, on {where}, on **20 classes only**: CIFAR-10 train (all
 50,000 images) and 80% of Imagenette train (10 classes), with captions made from the class name and the 80
 OpenAI ImageNet prompt templates. It knows those 20 concepts and little else.
 
@@ -418,12 +465,12 @@ Per-epoch monitor (1,000-image CIFAR-10 test subset, full held-out Imagenette):
 
 ## Training
 ```
-{init_cmd}{s['command']}
+{pack_cmd}{init_cmd}{s['command']}
 ```{init_txt}
 - data: `../shared/data/cifar10-train.tar` ({s['train_images']['cifar10']} images) + `imagenette-train.tar`
   minus the held-out part ({s['train_images']['imagenette']} images, each seen {s['imagenette_repeat']}x per epoch);
   all decoded once at {v['image_size']} px with open_clip's eval transform, then random resized crop
-  (scale 0.35-1), horizontal flip and light colour jitter per batch.
+  (scale 0.35-1), horizontal flip and light colour jitter per batch.{pack_txt}
 - **held-out rule**: {s['heldout_rule']} (20%); the list (paths relative to the unpacked
   archive) is `heldout_imagenette.txt` beside this card. Never trained on; use it for any accuracy check.
 - captions: one of the 80 templates at random per image per step; loss: CLIP contrastive loss with a
@@ -431,10 +478,8 @@ Per-epoch monitor (1,000-image CIFAR-10 test subset, full held-out Imagenette):
 - batch {s['batch_size']}, AdamW (lr {s['lr']}, betas 0.9/0.98, weight decay {s['weight_decay']} on matrices),
   {s['warmup_steps']} warmup steps then cosine; {s['steps_done']} steps done
   (~{s['steps_done'] * s['batch_size'] / (s['train_images']['cifar10'] + s['imagenette_repeat'] * s['train_images']['imagenette']):.1f} epochs){"; ViT patch dropout " + str(s['patch_dropout_train']) + " while training (none at inference)" if s.get('patch_dropout_train') else ""}.
-- {s['train_minutes']:.1f} min of training at {s['img_per_s']:.1f} img/s, {s['threads']} torch thread on a shared
-  2-core AVX2 CPU, torch {s['torch']}, open_clip {s['open_clip']}, seed {s['seed']}. The run used a
-  `--max-minutes` budget; where the machine was slower than planned the cosine schedule followed elapsed time,
-  so a re-run with the same seed reaches similar, not bit-identical, weights.
+- {s['train_minutes']:.1f} min of training at {s['img_per_s']:.1f} img/s, {hardware}, torch {s['torch']}, open_clip
+  {s['open_clip']}, seed {s['seed']}. {budget_txt}{notes_txt}
 - data terms: CIFAR-10 and Imagenette (ImageNet terms) are for research use; so is this model.
 """
     (out / "README.md").write_text(text)
@@ -465,8 +510,9 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: float, weight_decay: float,
                 warmup: int, seed: int, max_seconds: float | None = None, log_every: int = 20,
                 eval_fn=None, eval_every_steps: int = 0, log=print, channels_last: bool = False) -> list[float]:
-    """Run `steps` optimiser steps; returns the per-step losses."""
-    gen = torch.Generator().manual_seed(seed)
+    """Run `steps` optimiser steps on the device holding trainset; returns the per-step losses."""
+    dev = trainset.images.device
+    gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     n_tpl = trainset.tokens.shape[1]
@@ -477,25 +523,31 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
     t0 = time.time()
     seen = 0
     time_limited = False
+    t_warm = None  # when warmup ended
     model.train()
     for step in range(steps):
         if pos + batch_size > len(order):
             order = trainset.epoch_order(rng)
             pos = 0
             epoch += 1
-        idx = torch.from_numpy(order[pos:pos + batch_size])
+        idx = torch.from_numpy(order[pos:pos + batch_size]).to(dev)
         pos += batch_size
         labels = trainset.labels[idx]
-        tpl = torch.randint(0, n_tpl, (len(idx),), generator=gen)
+        tpl = torch.randint(0, n_tpl, (len(idx),), generator=gen, device=dev)
         text = trainset.tokens[labels, tpl]
         images = augment(trainset.images[idx], gen)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        # schedule progress: by steps (deterministic); with a time budget, by elapsed time when that is
-        # further along, so a slow (shared) machine still ends with an annealed LR instead of a cut-off run
+        # schedule progress: by steps (deterministic); with a time budget, by the share of the post-warmup
+        # budget spent when that is further along, so a slow (shared) machine still ends with an annealed LR
+        # instead of a cut-off run. A machine fast enough for the planned steps never leaves the step schedule.
         sched_step = step
         if max_seconds is not None and step >= warmup:
-            sched_step = max(step, int(warmup + (steps - warmup) * (time.time() - t0) / max_seconds))
+            if t_warm is None:
+                t_warm = time.time()
+            left = max_seconds - (t_warm - t0)
+            spent = (time.time() - t_warm) / left if left > 0 else 1.0
+            sched_step = max(step, int(warmup + (steps - warmup) * spent))
             time_limited = time_limited or sched_step > step
         for g in opt.param_groups:
             g["lr"] = lr_at(sched_step, steps, lr, warmup)
@@ -507,39 +559,39 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
+        losses.append(loss.detach())  # no per-step device sync; read when logging
         seen += len(idx)
         elapsed = time.time() - t0
         if log_every and ((step + 1) % log_every == 0 or step == 0 or step + 1 == steps):
             ips = seen / elapsed
             eta = (steps - step - 1) * batch_size / ips
-            recent = float(np.mean(losses[-log_every:]))
+            recent = torch.stack(losses[-log_every:]).mean().item()
             log(f"step {step + 1}/{steps} epoch {epoch} loss {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"scale {model.logit_scale.exp().item():.1f} {ips:.1f} img/s elapsed {elapsed / 60:.1f} min "
                 f"ETA {eta / 60:.1f} min")
         if eval_fn is not None and eval_every_steps and (step + 1) % eval_every_steps == 0 and step + 1 < steps:
             eval_fn(step + 1)
             model.train()
-        if max_seconds is not None and (elapsed > max_seconds or sched_step >= steps - 1):
-            log(f"time budget reached after {step + 1} steps ({elapsed / 60:.1f} min): stopping")
+        if max_seconds is not None and step + 1 < steps and (elapsed > max_seconds or sched_step >= steps - 1):
+            log(f"time budget reached after {step + 1} of {steps} steps ({elapsed / 60:.1f} min): stopping")
             break
     if time_limited:
         log("NOTE: the LR schedule followed the time budget (machine slower than planned): this run is not "
             "bit-reproducible from --seed alone")
-    return losses
+    return torch.stack(losses).float().cpu().tolist() if losses else []
 
 
 def profile(arch: str, image_size: int, batch_size: int, seconds: float, context_length: int, threads: int,
-            channels_last: bool, patch_dropout: float = 0.0) -> float:
+            channels_last: bool, patch_dropout: float = 0.0, device: str = "cpu") -> float:
     torch.set_num_threads(threads)
     cfg = model_config(arch, image_size, context_length)
-    model = build_model(cfg, patch_dropout)
+    model = build_model(cfg, patch_dropout).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     tok = open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
     n = 512
     imgs = np.random.default_rng(0).integers(0, 255, (n, image_size, image_size, 3), dtype=np.uint8)
-    ts = TrainSet(imgs, np.arange(n) % 10, list(CIFAR_CLASSES), tok)
+    ts = TrainSet(imgs, np.arange(n) % 10, list(CIFAR_CLASSES), tok).to(device)
     t0 = time.time()
     train_steps(model, ts, steps=2, batch_size=batch_size, lr=1e-3, weight_decay=0.05, warmup=1, seed=0,
                 log_every=0, channels_last=channels_last)  # warm-up
@@ -551,7 +603,7 @@ def profile(arch: str, image_size: int, batch_size: int, seconds: float, context
         k += 1
     ips = k * batch_size / (time.time() - t1)
     p = count_params(model)
-    print(f"profile {arch} size {image_size} bs {batch_size} threads {threads} cl {channels_last} "
+    print(f"profile {arch} {device} size {image_size} bs {batch_size} threads {threads} cl {channels_last} "
           f"pd {patch_dropout}: "
           f"{ips:.1f} img/s, params total {p['total'] / 1e6:.2f}M visual {p['visual'] / 1e6:.2f}M "
           f"(warm-up {t1 - t0:.1f}s)", flush=True)
@@ -585,6 +637,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 per run is the most efficient on a shared 2-core machine)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default: cpu)")
+    ap.add_argument("--decode-workers", type=int, default=1,
+                    help="processes decoding the images once before training (default 1)")
     ap.add_argument("--patch-dropout", type=float, default=None,
                     help="ViT only: fraction of patch tokens dropped per training image (default 0.5 for vit, "
                          "0 for rn); not used at inference")
@@ -600,10 +655,13 @@ def main(argv=None) -> int:
         args.patch_dropout = 0.5 if args.model == "vit" else 0.0
     if args.profile is not None:
         profile(args.model, args.image_size, args.batch_size, args.profile, args.context_length, args.threads,
-                args.channels_last, args.patch_dropout)
+                args.channels_last, args.patch_dropout, args.device)
         return 0
 
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log_lines = []
@@ -622,7 +680,7 @@ def main(argv=None) -> int:
         work = args.workdir
         work.mkdir(parents=True, exist_ok=True)
     for a in ("cifar10-train.tar", "cifar10-test.tar", "imagenette-train.tar"):
-        unpack(args.data / a, work)
+        unpack(args.data, a, work)
     cifar_train_root = work / "cifar10" / "train"
     cifar_test_root = work / "cifar10" / "test"
     inet_root = work / "imagenette" / "train"
@@ -665,12 +723,15 @@ def main(argv=None) -> int:
 
     S = args.image_size
     t0 = time.time()
-    imgs = np.concatenate([decode_images(c_paths, S), decode_images(i_paths, S)])
+    def decode(paths):
+        return decode_images_parallel(paths, S, args.decode_workers)
+
+    imgs = np.concatenate([decode(c_paths), decode(i_paths)])
     labels = np.concatenate([c_labels, i_labels])
     weights = np.concatenate([np.ones(len(c_labels), dtype=np.int64),
                               np.full(len(i_labels), args.imagenette_repeat, dtype=np.int64)])
-    test_u8 = torch.from_numpy(decode_images(test_paths, S))
-    held_u8 = torch.from_numpy(decode_images(held_paths, S))
+    test_u8 = torch.from_numpy(decode(test_paths))
+    held_u8 = torch.from_numpy(decode(held_paths))
     log(f"decoded {len(c_paths)} CIFAR-10 + {len(i_paths)} Imagenette train, {len(test_paths)} CIFAR-10 test, "
         f"{len(held_paths)} held-out Imagenette at {S}px in {time.time() - t0:.1f}s")
 
@@ -687,10 +748,11 @@ def main(argv=None) -> int:
               for k, v in load_file(str(args.init / "open_clip_model.safetensors")).items()}
         model.load_state_dict(sd)
         log(f"initialised from {args.init}")
+    model = model.to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=args.context_length)  # SimpleTokenizer (CLIP BPE)
-    trainset = TrainSet(imgs, labels, cifar_names + inet_names, tokenizer, weights)
+    trainset = TrainSet(imgs, labels, cifar_names + inet_names, tokenizer, weights).to(args.device)
     assert (trainset.tokens.argmax(-1) < args.context_length - 0).all()
     n_trunc = int((trainset.tokens[..., -1] != 0).sum())
     params = count_params(model)
@@ -748,8 +810,13 @@ def main(argv=None) -> int:
         "init_log": (json.loads((args.init / "train_log.json").read_text())
                      if args.init and (args.init / "train_log.json").is_file() else None),
         "train_images": {"cifar10": len(c_paths), "imagenette": len(i_paths)},
+        "data_pack": (json.loads((args.data / "PACK.json").read_text()) if (args.data / "PACK.json").is_file()
+                      else None),
         "heldout_rule": f"Imagenette train: sorted index within class folder % {HELDOUT_MOD} == 0",
-        "train_minutes": train_s / 60, "img_per_s": ips, "threads": args.threads, "torch": torch.__version__,
+        "train_minutes": train_s / 60, "img_per_s": ips, "threads": args.threads,
+        "device": (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
+                   else "cpu"),
+        "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "zero_shot_top1": {"cifar10_test": acc_c, "cifar10_test_n": len(test_labels),
                            "imagenette_heldout": acc_i, "imagenette_heldout_n": len(held_labels)},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,8 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 def tp():
     spec = importlib.util.spec_from_file_location("train_proxy_clip", REPO / "scripts" / "train_proxy_clip.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # worker processes (decode_images_parallel) find its functions by name
     spec.loader.exec_module(mod)
-    return mod
+    yield mod
+    sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +117,50 @@ def test_local_dir_roundtrip(tp, tmp_path):
     with safe_open(str(tmp_path / "open_clip_model.safetensors"), "pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert torch.float32 not in dtypes and torch.float16 in dtypes
+
+
+def _tiny_run(tp, images, labels, **kw):
+    torch.manual_seed(0)
+    model = tp.build_model(tp.model_config("vit", 64, 16, tiny=True))
+    ts = tp.TrainSet(images, labels, list(tp.CIFAR_CLASSES), tp.open_clip.get_tokenizer("ViT-B-32", context_length=16))
+    return tp.train_steps(model, ts, steps=8, batch_size=16, lr=1e-3, weight_decay=0.0, warmup=2, seed=0,
+                          log_every=0, **kw)
+
+
+def test_time_budget_leaves_a_fast_run_on_the_step_schedule(tp, cifar64, one_thread):
+    paths, labels = cifar64
+    images = tp.decode_images(paths, 64)
+    plain = _tiny_run(tp, images, labels)
+    budgeted = _tiny_run(tp, images, labels, max_seconds=3600)
+    assert budgeted == plain  # same seed, budget never binding: bit-identical losses
+    cut = _tiny_run(tp, images, labels, max_seconds=1e-3)
+    assert 1 <= len(cut) < 8  # an exhausted budget stops the run early
+
+
+def test_parallel_decode_matches_serial(tp, cifar64):
+    paths = cifar64[0][:12]
+    assert np.array_equal(tp.decode_images_parallel(paths, 64, 3), tp.decode_images(paths, 64))
+
+
+def test_packed_data_unpacks_like_the_originals(tp, cifar64, tmp_path):
+    """scripts/pack_proxy_data.py: CIFAR archives recompressed losslessly; photos shrunk, same names."""
+    spec = importlib.util.spec_from_file_location("pack_proxy_data", REPO / "scripts" / "pack_proxy_data.py")
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    src = tmp_path / "src.tar"
+    with tarfile.open(src, "w") as tar:
+        for i, p in enumerate(cifar64[0][:5]):
+            tar.add(p, arcname=f"imagenette/train/n0{i % 2}/{p.name}")
+    pack.recompress(src, tmp_path / "cifar10-train.tar.xz")
+    assert pack.shrink_imagenette(src, tmp_path / "imagenette-train.tar.xz", 48, 95) == 5
+    for name, size in (("cifar10-train.tar", 32), ("imagenette-train.tar", 48)):
+        dest = tmp_path / name.split("-")[0]
+        dest.mkdir()
+        tp.unpack(tmp_path, name, dest)
+        files = sorted(dest.rglob("*.jpg"))
+        assert sorted(f.name for f in files) == sorted(p.name for p in cifar64[0][:5])
+        assert tp.decode_images(files, size).shape == (5, size, size, 3)
+    orig = {p.name: p.read_bytes() for p in cifar64[0][:5]}
+    assert all(f.read_bytes() == orig[f.name] for f in (tmp_path / "cifar10").rglob("*.jpg"))
+    with pytest.raises(FileNotFoundError, match="--data"):
+        tp.unpack(tmp_path, "cifar10-test.tar", tmp_path)
