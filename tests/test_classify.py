@@ -56,6 +56,23 @@ def test_rows_match_the_classifier_on_the_same_images(tiny_vit_bundle: Path, pho
     assert np.allclose([float(r["score"]) for r in rows], [p.score for p in preds], atol=1e-5)
 
 
+def test_classify_files_reads_a_generator_lazily(tiny_vit_bundle: Path, photo_folder: Path) -> None:
+    files = sorted(photo_folder.glob("*.jpg"))
+    pulled: list[Path] = []
+
+    def source():
+        for f in files:
+            pulled.append(f)
+            yield f
+
+    results = Classifier(tiny_vit_bundle).classify_files(source(), batch_size=3, workers=2)
+    first = next(results)
+    assert first.path == files[0] and len(pulled) <= 6  # this batch and the one decoding ahead
+    rest = list(results)
+    assert [r.path for r in [first, *rest]] == files
+    assert {r.path.name for r in rest if r.error} == {"notes.jpg", "truncated.jpg"}
+
+
 def test_table_output_and_contradictions(tiny_vit_bundle: Path, photo_folder: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "ship_*"), "--format", "table"]) == 0
     lines = capsys.readouterr().out.splitlines()

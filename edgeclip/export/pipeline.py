@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import __version__
-from ..bundle import Bundle, BundleDraft, create_bundle
+from ..bundle import BundleDraft, create_bundle
 from ..runtime.labels import Label, embed_labels
 from ..runtime.text import TextEncoder, write_labels
 from ..runtime.tokenizer import DEFAULT_VOCAB, ClipTokenizer
@@ -67,10 +67,10 @@ def export_bundle(loaded: LoadedModel, out: Path, labels: Sequence[Label], templ
 
         step("exporting the text encoder")
         ids = torch.from_numpy(tokenizer(list(PARITY_PROMPTS)))
-        files = export_onnx(loaded.text_tower, ids[:1], draft.new_file("text_encoder.onnx"),
-                            "input_ids", "text_embeds", opset, {**meta, "edgeclip.tower": "text"})
-        parity["text_encoder"] = check_parity(loaded.text_tower, files[0], [ids[:1], ids], tol)
-        record_onnx(draft, files, "text_encoder", precision="fp32")
+        text_files = export_onnx(loaded.text_tower, ids[:1], draft.new_file("text_encoder.onnx"),
+                                 "input_ids", "text_embeds", opset, {**meta, "edgeclip.tower": "text"})
+        parity["text_encoder"] = check_parity(loaded.text_tower, text_files[0], [ids[:1], ids], tol)
+        record_onnx(draft, text_files, "text_encoder", precision="fp32")
         draft.manifest["parity"] = parity
         draft.manifest["export"]["seconds"] = round(time.perf_counter() - t0, 2)
 
@@ -80,7 +80,7 @@ def export_bundle(loaded: LoadedModel, out: Path, labels: Sequence[Label], templ
         draft.manifest["tokenizer"] = tokenizer.manifest_section(f"tokenizer/{vocab.name}")
 
         step(f"embedding {len(labels)} labels x {len(templates)} templates")
-        encoder = TextEncoder(Bundle(draft.path, draft.manifest, verified=False))
+        encoder = TextEncoder(tokenizer, text_files[0])
         matrix = embed_labels(labels, templates, encoder)
         write_labels(draft, labels, template_name, templates, matrix)
     return Path(out)

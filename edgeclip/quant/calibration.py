@@ -158,7 +158,7 @@ def text_targets(bundle: Bundle, n: int, seed: int, generic_fraction: float) -> 
         rows.append(matrix[i % len(names)])
         what.append(names[i % len(names)])
     if n_generic:
-        generic = TextEncoder(bundle)(list(GENERIC_PROMPTS))
+        generic = TextEncoder.from_bundle(bundle)(list(GENERIC_PROMPTS))
         generic = generic / np.linalg.norm(generic, axis=-1, keepdims=True).clip(1e-12)
         for i in range(n_generic):
             rows.append(generic[i % len(generic)])

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -138,25 +138,25 @@ class Classifier:
         except Exception as exc:  # a decoder crash on one file must not end a batch of thousands
             return path, None, f"{path}: {type(exc).__name__}: {exc}"
 
-    def classify_files(self, paths: Sequence[Path], batch_size: int = 32, workers: int = 0,
+    def classify_files(self, paths: Iterable[Path], batch_size: int = 32, workers: int = 0,
                        top_k: int | None = None, keep_embeddings: bool = False,
                        progress: Callable[[int], None] | None = None) -> Iterator[FileResult]:
         """Classify files in input order; unreadable files yield a FileResult with ``error`` set.
 
         Decoding and preprocessing run on ``workers`` threads (default: CPU count) one batch ahead of
-        inference.
+        inference. ``paths`` is consumed lazily, one batch ahead, so it may be a generator of any length.
         """
         workers = workers or min(8, os.cpu_count() or 2)
-        batches = list(iter_batches(paths, batch_size))
+        batches = iter(iter_batches(paths, batch_size))
         with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-            def load(batch: list[Path]) -> list:
-                return list(pool.map(self._load, batch))
+            def load_next() -> Future | None:
+                batch = next(batches, None)
+                return None if batch is None else ahead.submit(lambda: list(pool.map(self._load, batch)))
 
-            future = ahead.submit(load, batches[0]) if batches else None
-            for i in range(len(batches)):
+            future = load_next()
+            while future is not None:
                 loaded = future.result()
-                if i + 1 < len(batches):  # decode the next batch while this one runs on the encoder
-                    future = ahead.submit(load, batches[i + 1])
+                future = load_next()  # decode the next batch while this one runs on the encoder
                 yield from self._run_loaded(loaded, top_k, keep_embeddings)
                 if progress:
                     progress(len(loaded))

@@ -76,7 +76,7 @@ class LabelReloader:
         self.interval, self.settle = max(0.01, float(interval)), max(0.0, float(settle))
         self.template_name, self.templates = (resolve_templates(templates) if templates
                                               else bundle_templates(bundle))
-        self.encoder = TextEncoder(bundle, providers, threads)  # fails now if the bundle has no text tower
+        self.encoder = TextEncoder.from_bundle(bundle, providers, threads)  # fails now if the bundle has no text tower
         self._seen = _stat_key(self.path)
         self._changed_at: float | None = None
         self._changed_key: tuple[int, int, int] | None = None

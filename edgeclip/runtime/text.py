@@ -16,11 +16,18 @@ from .tokenizer import ClipTokenizer
 class TextEncoder:
     """Encodes strings to raw (unnormalised) CLIP text embeddings with the bundle's text tower."""
 
-    def __init__(self, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, tokenizer: ClipTokenizer, onnx_path: str | os.PathLike[str],
+                 providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.backend = OrtBackend(onnx_path, list(providers or ["cpu"]), threads)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0) -> TextEncoder:
+        """The bundle's tokenizer and fp32 ``text_encoder.onnx``."""
         if "tokenizer" not in bundle.manifest:
             raise BundleError(f"{bundle.path}: the manifest has no tokenizer section; re-export the bundle")
-        self.tokenizer = ClipTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"])
-        self.backend = OrtBackend(bundle.encoder("text"), list(providers or ["cpu"]), threads)
+        return cls(ClipTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
+                   providers, threads)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Raw text embeddings [n, D] for ``texts``."""
@@ -32,7 +39,7 @@ def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], templa
                    progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray]:
     """Re-embed a new label set inside an existing bundle (atomically) and return (names, matrix)."""
     bundle = load_bundle(path)
-    matrix = embed_labels(labels, templates, TextEncoder(bundle, providers), progress=progress)
+    matrix = embed_labels(labels, templates, TextEncoder.from_bundle(bundle, providers), progress=progress)
     with update_bundle(bundle.path) as draft:
         write_labels(draft, labels, template_name, templates, matrix)
     return [lab.name for lab in labels], matrix
