@@ -79,3 +79,29 @@ def test_class_map_mismatch_names_both_sides(tiny_vit_bundle: Path, small_datase
     assert main(["eval", str(tiny_vit_bundle), str(small_dataset), "--classes", str(cmap)]) == 2
     err = capsys.readouterr().err
     assert "no name for folder(s) truck" in err and "do not exist: trucks" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,cifar_target", [("proxy-vit", 70.0), ("proxy-rn", 75.0)])
+def test_builtin_proxies_meet_their_accuracy_targets(model: str, cifar_target: float, cifar_test: Path,
+                                                     imagenette_train: Path, tmp_path: Path) -> None:
+    """The shipped proxies: CIFAR-10 test (10,000) and held-out Imagenette zero-shot top-1, runtime = torch."""
+    from edgeclip.export.models import MODELS_DIR
+
+    repo = Path(__file__).resolve().parents[1]
+    bundle = tmp_path / model
+    assert main(["-q", "export", "--model", model, "--out", str(bundle)]) == 0
+    out = tmp_path / "cifar.json"
+    assert main(["-q", "eval", str(bundle), str(cifar_test), "--json", str(out)]) == 0
+    cifar = json.loads(out.read_text())
+    assert cifar["count"] == 10_000 and cifar["top1"] >= cifar_target, cifar["top1"]
+    held = {}
+    for engine in ("runtime", "torch"):
+        out = tmp_path / f"inet-{engine}.json"
+        assert main(["-q", "eval", str(bundle), str(imagenette_train), "--engine", engine,
+                     "--classes", str(repo / "scripts" / "data" / "imagenette-classes.tsv"),
+                     "--files-from", str(MODELS_DIR / model / "heldout_imagenette.txt"), "--json", str(out)]) == 0
+        held[engine] = json.loads(out.read_text())
+    assert held["runtime"]["count"] == held["torch"]["count"] == 1899
+    assert held["runtime"]["top1"] >= 60.0, held["runtime"]["top1"]
+    assert abs(held["runtime"]["top1"] - held["torch"]["top1"]) <= 0.1
