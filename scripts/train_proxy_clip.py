@@ -26,7 +26,8 @@ text->image), averaged. With one positive per row this is exactly the CLIP loss.
 Speed (a 2-core CPU by default; ``--device cuda`` on a GPU): all training images are decoded once with
 open_clip's own eval transform (resize shortest side to the model size, bicubic, center crop) into one
 uint8 array in memory (on the GPU with ``--device cuda``); augmentation (random resized crop + horizontal
-flip in one ``affine_grid``/``grid_sample`` call, light colour jitter) runs batched in torch. Optimiser AdamW, linear warmup then cosine decay, weight decay on matrices only.
+flip in one ``affine_grid``/``grid_sample`` call, light colour jitter) runs batched in torch. Optimiser
+AdamW, linear warmup then cosine decay, weight decay on matrices only.
 
 Output: an open_clip ``local-dir:`` checkpoint (``open_clip_config.json`` + ``open_clip_model.safetensors``
 in fp16, no pickle), ``train_log.json`` (config, command, accuracies) and ``heldout_imagenette.txt``.
@@ -395,9 +396,14 @@ def write_model_card(out: Path, name: str | None = None) -> Path:
                 else f"one {device} GPU")
     pack = s.get("data_pack")
     pack_cmd = "python scripts/pack_proxy_data.py --out .devdata  # the --data folder below\n" if pack else ""
-    pack_txt = (f"\n  Imagenette photos came through `scripts/pack_proxy_data.py` (shrunk to {pack['imagenette_size']} px "
-                f"with the same eval transform and re-encoded at JPEG quality {pack['imagenette_quality']} to carry "
-                f"them to the GPU machine; CIFAR-10 files unchanged)." if pack else "")
+    pack_txt = (f"\n  Imagenette photos came through `scripts/pack_proxy_data.py` (shrunk to "
+                f"{pack['imagenette_size']} px with the same eval transform and re-encoded at JPEG quality "
+                f"{pack['imagenette_quality']} to carry them to the GPU machine; CIFAR-10 files unchanged)."
+                if pack else "")
+    be = s.get("bundle_eval")
+    bundle_txt = (f"\n\n`edgeclip eval` on a bundle exported from the shipped fp16 weights, on the original image "
+                  f"files: CIFAR-10 {be['cifar10_test']:.2f}%, Imagenette held-out {be['imagenette_heldout']:.2f}% "
+                  f"({be['note']})." if be else "")
     if s["steps_done"] < s["steps_planned"]:
         budget_txt = (f"The `--max-minutes` budget stopped it after {s['steps_done']} of {s['steps_planned']} planned "
                       f"steps, the cosine schedule following elapsed time: a re-run reaches similar, not "
@@ -455,7 +461,7 @@ Preprocessing (`preprocess_cfg` in `open_clip_config.json`): resize shortest sid
 {target_txt}
 
 Measured by `scripts/train_proxy_clip.py` at the end of training, fp32 weights, open_clip's eval
-preprocessing. Reload check through `local-dir:` with the fp16 file: {rc_txt}.
+preprocessing. Reload check through `local-dir:` with the fp16 file: {rc_txt}.{bundle_txt}
 
 Per-epoch monitor (1,000-image CIFAR-10 test subset, full held-out Imagenette):
 
@@ -805,7 +811,8 @@ def main(argv=None) -> int:
         "model": args.model, "model_cfg": cfg, "params": params, "image_size": S,
         "context_length": args.context_length, "seed": args.seed, "epochs_planned": args.epochs,
         "steps_planned": steps, "steps_done": done, "batch_size": args.batch_size, "lr": lr,
-        "weight_decay": args.weight_decay, "patch_dropout_train": args.patch_dropout, "warmup_steps": warmup, "imagenette_repeat": args.imagenette_repeat,
+        "weight_decay": args.weight_decay, "patch_dropout_train": args.patch_dropout, "warmup_steps": warmup,
+        "imagenette_repeat": args.imagenette_repeat,
         "init": str(args.init) if args.init else None,
         "init_log": (json.loads((args.init / "train_log.json").read_text())
                      if args.init and (args.init / "train_log.json").is_file() else None),

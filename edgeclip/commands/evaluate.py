@@ -46,7 +46,8 @@ def _runtime_embedder(args, bundle_path: str, precision: str, target, names: lis
 
     clf = Classifier(bundle_path, precision=precision, target=target, backend=args.backend,
                      providers=providers_of(args), threads=args.threads)
-    matrix = embed_labels([Label(n) for n in names], templates, TextEncoder.from_bundle(clf.bundle, providers_of(args)))
+    encoder = TextEncoder.from_bundle(clf.bundle, providers_of(args))
+    matrix = embed_labels([Label(n) for n in names], templates, encoder)
 
     def embed(files: list[Path]):
         embs, failed, ok = [], [], np.zeros(len(files), bool)
