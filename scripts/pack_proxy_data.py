@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import shutil
@@ -31,16 +30,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from edgeclip.bundle import sha256_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def recompress(src: Path, dst: Path) -> None:
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(args.data / "imagenette-classes.tsv", tmp / "imagenette-classes.tsv")
         files = {}
         for p in sorted(tmp.iterdir()):
-            files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             p.replace(args.out / p.name)
     (args.out / "PACK.json").write_text(json.dumps({
         "source": str(args.data), "imagenette_size": args.size, "imagenette_quality": args.quality,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from edgeclip.bundle import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,25 +145,34 @@ def test_parallel_decode_matches_serial(tp, cifar64):
     assert np.array_equal(tp.decode_images_parallel(paths, 64, 3), tp.decode_images(paths, 64))
 
 
-def test_packed_data_unpacks_like_the_originals(tp, cifar64, tmp_path):
+def test_packed_data_unpacks_like_the_originals(tp, cifar64, tmp_path, capsys):
     """scripts/pack_proxy_data.py: CIFAR archives recompressed losslessly; photos shrunk, same names."""
     spec = importlib.util.spec_from_file_location("pack_proxy_data", REPO / "scripts" / "pack_proxy_data.py")
     pack = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pack)
-    src = tmp_path / "src.tar"
-    with tarfile.open(src, "w") as tar:
-        for i, p in enumerate(cifar64[0][:5]):
-            tar.add(p, arcname=f"imagenette/train/n0{i % 2}/{p.name}")
-    pack.recompress(src, tmp_path / "cifar10-train.tar.xz")
-    assert pack.shrink_imagenette(src, tmp_path / "imagenette-train.tar.xz", 48, 95) == 5
+    data, out = tmp_path / "data", tmp_path / "pack"
+    data.mkdir()
+    assert pack.main(["--data", str(data), "--out", str(out)]) == 2
+    assert "cifar10-train.tar not found" in capsys.readouterr().err
+    images = cifar64[0][:5]
+    for name, prefix in (("cifar10-train", "cifar10/train/c"), ("cifar10-test", "cifar10/test/c"),
+                         ("imagenette-train", "imagenette/train/n0")):
+        with tarfile.open(data / f"{name}.tar", "w") as tar:
+            for i, p in enumerate(images):
+                tar.add(p, arcname=f"{prefix}{i % 2}/{p.name}")
+    (data / "imagenette-classes.tsv").write_text("n00\ttench\nn01\tchurch\n")
+    assert pack.main(["--data", str(data), "--out", str(out), "--size", "48"]) == 0
+    manifest = json.loads((out / "PACK.json").read_text())
+    assert manifest["imagenette_images"] == 5 and manifest["imagenette_size"] == 48
+    assert all(sha256_file(out / n) == f["sha256"] for n, f in manifest["files"].items())
     for name, size in (("cifar10-train.tar", 32), ("imagenette-train.tar", 48)):
         dest = tmp_path / name.split("-")[0]
         dest.mkdir()
-        tp.unpack(tmp_path, name, dest)
+        tp.unpack(out, name, dest)
         files = sorted(dest.rglob("*.jpg"))
-        assert sorted(f.name for f in files) == sorted(p.name for p in cifar64[0][:5])
+        assert sorted(f.name for f in files) == sorted(p.name for p in images)
         assert tp.decode_images(files, size).shape == (5, size, size, 3)
-    orig = {p.name: p.read_bytes() for p in cifar64[0][:5]}
+    orig = {p.name: p.read_bytes() for p in images}
     assert all(f.read_bytes() == orig[f.name] for f in (tmp_path / "cifar10").rglob("*.jpg"))
     with pytest.raises(FileNotFoundError, match="--data"):
         tp.unpack(tmp_path, "cifar10-test.tar", tmp_path)
