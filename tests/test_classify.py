@@ -97,3 +97,19 @@ def test_ten_thousand_images_without_torch(tiny_vit_bundle: Path, cifar_test: Pa
     assert len(rows) == 10_000
     assert len({r["path"] for r in rows}) == 10_000
     assert all(r["label"] and not r["error"] for r in rows)
+
+
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path: Path) -> None:
+    """Phone photos: the runtime decodes them as displayed (EXIF orientation 6 = rotate 90 degrees clockwise)."""
+    from PIL import Image
+
+    pixels = np.zeros((40, 80, 3), np.uint8)
+    pixels[:, :40] = 255  # left half white
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    photo.save(path, exif=exif.tobytes(), quality=95)
+    upright = read_image(path)
+    assert upright.shape == (80, 40, 3)
+    assert upright[:30].mean() > 200 and upright[-30:].mean() < 50  # the white half is now on top
