@@ -26,19 +26,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgeclip.commands.export import PROXY_LABELS  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
 from edgeclip.runtime.decisions import HalfLife  # noqa: E402
 from edgeclip.runtime.sources import parse_source  # noqa: E402
 from edgeclip.runtime.stream import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
 from edgeclip.runtime.stream_outputs import JsonLinesSink, rss_bytes  # noqa: E402
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
 
 def export_tiny(out: Path) -> Path:
     """Export the built-in tiny ViT with the CIFAR-10 labels (in a subprocess: torch stays out of this one)."""
     subprocess.run([sys.executable, "-m", "edgeclip.cli", "-q", "export", "--model", "edgeclip-tiny-vit",
-                    "--labels", *CIFAR10, "--out", str(out)], check=True, cwd=REPO)
+                    "--labels", *PROXY_LABELS, "--out", str(out)], check=True, cwd=REPO)
     return out
 
 

@@ -54,14 +54,6 @@ def no_smoothing(**kw) -> StreamOptions:
     return StreamOptions(half_life=HalfLife(0.0), margin=0.0, min_frames=1, summary_every=0, **kw)
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.results = []
-
-    def __call__(self, r) -> None:
-        self.results.append(r)
-
-
 @pytest.fixture(scope="module")
 def clf(tiny_vit_bundle: Path) -> Classifier:
     return Classifier(tiny_vit_bundle, threads=1)
@@ -100,34 +92,34 @@ def segment_video(tmp_path_factory: pytest.TempPathFactory, cifar_test: Path, cl
 
 # -- files -----------------------------------------------------------------------------------------------
 def test_video_file_every_frame_matches_classify(clf: Classifier, segment_video: dict) -> None:
-    got = Collect()
-    end = StreamPipeline(clf, parse_source(str(segment_video["path"])), no_smoothing(), observers=[got]).run()
+    got: list = []
+    end = StreamPipeline(clf, parse_source(str(segment_video["path"])), no_smoothing(), observers=[got.append]).run()
     assert end["reason"] == "eof" and end["dropped"] == 0
-    assert [r.frame.index for r in got.results] == list(range(SEGMENTS * HOLD))  # unpaced file: no frame lost
-    assert [r.decision.label for r in got.results] == segment_video["labels"]
+    assert [r.frame.index for r in got] == list(range(SEGMENTS * HOLD))  # unpaced file: no frame lost
+    assert [r.decision.label for r in got] == segment_video["labels"]
     expected = [p.label for p in clf.classify(segment_video["frames"], top_k=1)]
-    assert [r.raw_label for r in got.results] == expected
-    np.testing.assert_allclose(np.stack([r.probs for r in got.results]), segment_video["probs"], atol=1e-5)
+    assert [r.raw_label for r in got] == expected
+    np.testing.assert_allclose(np.stack([r.probs for r in got]), segment_video["probs"], atol=1e-5)
     # media timestamps follow the file's frame rate, not the processing speed
-    assert [r.frame.t_media for r in got.results[:3]] == pytest.approx([0.0, 0.1, 0.2])
+    assert [r.frame.t_media for r in got[:3]] == pytest.approx([0.0, 0.1, 0.2])
 
 
 def test_loop_restarts_a_file_and_media_time_goes_on(clf: Classifier, segment_video: dict) -> None:
-    got = Collect()
+    got: list = []
     n = SEGMENTS * HOLD
     end = StreamPipeline(clf, parse_source(str(segment_video["path"])), no_smoothing(loop=True, max_frames=n + 5),
-                         observers=[got]).run()
+                         observers=[got.append]).run()
     assert end["reason"] == "max_frames" and end["inferred"] == n + 5
-    assert [r.raw_label for r in got.results[n:]] == segment_video["labels"][:5]
-    assert got.results[n].frame.t_media == pytest.approx(n / VIDEO_FPS)
+    assert [r.raw_label for r in got[n:]] == segment_video["labels"][:5]
+    assert got[n].frame.t_media == pytest.approx(n / VIDEO_FPS)
 
 
 def test_roi_is_applied_before_preprocessing(clf: Classifier, segment_video: dict) -> None:
-    got = Collect()
+    got: list = []
     opts = no_smoothing(roi=Roi.parse("8,16,64,48"), max_frames=2 * HOLD)
-    StreamPipeline(clf, parse_source(str(segment_video["path"])), opts, observers=[got]).run()
+    StreamPipeline(clf, parse_source(str(segment_video["path"])), opts, observers=[got.append]).run()
     crops = [f[16:64, 8:72] for f in segment_video["frames"][:2 * HOLD]]
-    np.testing.assert_allclose(np.stack([r.probs for r in got.results]),
+    np.testing.assert_allclose(np.stack([r.probs for r in got]),
                                clf.probabilities(clf.embed(crops)), atol=1e-5)
 
 
@@ -136,14 +128,14 @@ def test_smoothing_and_hysteresis_follow_segments(clf: Classifier, segment_video
     segment settles on its own label."""
     half_life, min_frames = HalfLife.parse("0.1s"), 2  # 0.1 s = one frame of the 10 fps file
     opts = StreamOptions(half_life=half_life, margin=0.0, min_frames=min_frames, summary_every=0, batch=3)
-    got = Collect()
-    StreamPipeline(clf, parse_source(str(segment_video["path"])), opts, observers=[got]).run()
+    got: list = []
+    StreamPipeline(clf, parse_source(str(segment_video["path"])), opts, observers=[got.append]).run()
     ema, decider = EmaSmoother(half_life), LabelDecider(clf.label_names, margin=0.0, min_frames=min_frames)
     expected = [decider.update(ema.update(p, i / VIDEO_FPS)).label for i, p in enumerate(segment_video["probs"])]
-    assert [r.decision.label for r in got.results] == expected
+    assert [r.decision.label for r in got] == expected
     for s in range(SEGMENTS):
-        assert got.results[(s + 1) * HOLD - 1].decision.label == segment_video["labels"][s * HOLD]
-    changes = [r for r in got.results if r.decision.changed]
+        assert got[(s + 1) * HOLD - 1].decision.label == segment_video["labels"][s * HOLD]
+    changes = [r for r in got if r.decision.changed]
     assert len(changes) >= SEGMENTS  # each segment's label differs from the previous one
 
 
@@ -251,10 +243,10 @@ class SlowEncoder:
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_slow_model_drops_frames_and_latency_stays_bounded(tiny_vit_bundle: Path, batch: int) -> None:
+def test_slow_model_drops_frames_and_latency_stays_bounded(tiny_vit_bundle: Path, clf: Classifier,
+                                                            batch: int) -> None:
     delay, fps, seconds = 0.05, 100.0, 1.5
-    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(open_image_encoder(
-        Classifier(tiny_vit_bundle, threads=1).bundle, threads=1), delay))
+    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(open_image_encoder(clf.bundle, threads=1), delay))
     source = parse_source("synthetic://64x48", fps=fps)
     assert source.paced
     end = StreamPipeline(slow, source, StreamOptions(duration=seconds, summary_every=0, batch=batch)).run()
@@ -335,11 +327,11 @@ def test_mjpeg_http_stream_reconnects_after_a_drop(clf: Classifier, segment_vide
     server = MjpegServer(frames, first=12)
     events = tmp_path / "events.jsonl"
     sink = JsonLinesSink(events)
-    got = Collect()
+    got: list = []
     try:
         url = server.url if scheme == "http" else "mjpeg+" + server.url
         opts = no_smoothing(max_frames=40, reconnect=ReconnectPolicy(initial=0.2, maximum=1.0))
-        end = StreamPipeline(clf, parse_source(url, timeout=5), opts, sink=sink, observers=[got]).run()
+        end = StreamPipeline(clf, parse_source(url, timeout=5), opts, sink=sink, observers=[got.append]).run()
     finally:
         sink.close()
         server.close()
@@ -351,7 +343,7 @@ def test_mjpeg_http_stream_reconnects_after_a_drop(clf: Classifier, segment_vide
     assert 0.2 <= rec["gap_s"] < 5 and rec["attempts"] >= 1 and rec["frame"] >= 11
     assert server.connections >= 2
     # the frames after the reconnection are classified like the images the server sent
-    after = [r for r in got.results if r.frame.index > rec["frame"]]
+    after = [r for r in got if r.frame.index > rec["frame"]]
     assert after, "no frame classified after the reconnection"
     expected = {clf.label_names[int(np.argmax(p))] for p in clf.probabilities(clf.embed(frames))}
     assert {r.raw_label for r in after} <= expected

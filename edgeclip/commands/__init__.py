@@ -26,6 +26,14 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
 
 
+def check_backend_options(args: argparse.Namespace) -> None:
+    """Reject option combinations of add_backend_options that cannot mean anything (--target with fp32)."""
+    from ..errors import OptionError
+
+    if args.precision == "fp32" and args.target:
+        raise OptionError("--target picks an INT8 recipe: use it with --precision int8, or drop it")
+
+
 def providers_of(args: argparse.Namespace) -> list[str]:
     """The --providers list."""
     return [p.strip() for p in args.providers.split(",") if p.strip()]

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import IO, Iterable
 
-from . import add_backend_options, add_label_options, labels_from_args, progress_bar, providers_of
+from . import (add_backend_options, add_label_options, check_backend_options, labels_from_args, progress_bar,
+               providers_of)
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -103,8 +104,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise OptionError("--top-k must be >= 1")
-    if args.precision == "fp32" and args.target:
-        raise OptionError("--target picks an INT8 recipe: use it with --precision int8, or drop it")
+    check_backend_options(args)
     paths = expand_inputs(args.paths)
     clf = Classifier(args.bundle, precision=args.precision, target=args.target, backend=args.backend,
                      providers=providers_of(args), threads=args.threads, top_k=args.top_k)

@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import Any
 
-from . import add_backend_options, providers_of
+from . import add_backend_options, check_backend_options, providers_of
 
 EPILOG = """\
 sources:
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--video-out", default=None, metavar="FILE",
                    help="write classified frames with label and score drawn on them (.mp4, .avi, .mkv)")
     g.add_argument("--video-fps", type=float, default=None,
-                   help="frame rate of --video-out (default: the source's rate, or --fps-limit if set)")
+                   help="frame rate of --video-out (default: --fps-limit for a paced source, else the source's rate)")
     g.add_argument("--show", action="store_true", help="show an annotated window (needs a display; q quits)")
 
     g = p.add_argument_group("live relabelling")
@@ -104,8 +104,7 @@ def _options(args: argparse.Namespace) -> Any:
     from ..runtime.decisions import HalfLife, Roi
     from ..runtime.stream import ReconnectPolicy, StreamOptions
 
-    if args.precision == "fp32" and args.target:
-        raise OptionError("--target picks an INT8 recipe: use it with --precision int8, or drop it")
+    check_backend_options(args)
     if args.video_fps is not None and not args.video_out:
         raise OptionError("--video-fps sets the rate of --video-out; pass --video-out FILE too, or drop it")
     if args.watch_interval <= 0:
@@ -155,9 +154,8 @@ def run_stream(args: argparse.Namespace) -> int:
                      providers=providers_of(args), threads=args.threads)
     reloader = (LabelReloader(clf.bundle, args.labels_watch, args.templates, args.watch_interval,
                               providers=providers_of(args)) if args.labels_watch else None)
-    video = None
-    if args.video_out:  # default rate: --fps-limit for a paced source, else the source's own (known once open)
-        video = AnnotatedVideo(args.video_out, args.video_fps or (args.fps_limit if spec.paced else 0) or None)
+    # without --video-fps the pipeline picks the rate (--fps-limit for a paced source, else the source's own)
+    video = AnnotatedVideo(args.video_out, args.video_fps) if args.video_out else None
     sink = JsonLinesSink(args.jsonl, append=args.append)
     pipeline = StreamPipeline(clf, spec, options, sink=sink, video=video, window=window, reloader=reloader)
 

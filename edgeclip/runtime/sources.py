@@ -22,6 +22,7 @@ This module never imports torch.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -38,7 +39,6 @@ from .images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
 
 log = logging.getLogger("edgeclip.runtime")
 
-KINDS = ("camera", "file", "folder", "url", "mjpeg", "gstreamer", "synthetic")
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FOLDER_FPS = 10.0
 
@@ -62,8 +62,9 @@ def _build_flag(name: str) -> bool | None:
     return None if m is None else m.group(1).upper().startswith("YES")
 
 
+@functools.lru_cache(maxsize=None)
 def opencv_has(backend: str) -> bool:
-    """Whether this OpenCV can use a video I/O backend (``GSTREAMER``, ``FFMPEG``, ``V4L2``)."""
+    """Whether this OpenCV can use a video I/O backend (``GSTREAMER``, ``FFMPEG``, ``V4L2``); asked once each."""
     import cv2
 
     flag = _build_flag({"GSTREAMER": "GStreamer", "FFMPEG": "FFMPEG", "V4L2": "v4l/v4l2"}.get(backend, backend))
@@ -144,7 +145,7 @@ class FolderReader:
     """Image files of a folder, in name order; unreadable files are skipped with a warning."""
 
     def __init__(self, files: list[Path], fps: float | None) -> None:
-        self.files, self.fps, self.pos, self.skipped = files, fps, 0, 0
+        self.files, self.fps, self.pos = files, fps, 0
 
     def read(self) -> np.ndarray | None:
         while self.pos < len(self.files):
@@ -153,7 +154,6 @@ class FolderReader:
             try:
                 return read_image(path)
             except EdgeclipError as exc:
-                self.skipped += 1
                 log.warning("skipping %s", exc)
         return None
 
@@ -308,13 +308,6 @@ class SourceSpec:
         if reader is not None and reader.fps:
             return float(reader.fps)
         return DEFAULT_FOLDER_FPS if self.kind == "folder" else 30.0
-
-    def describe(self) -> str:
-        if self.kind == "gstreamer":
-            return f"gstreamer pipeline {self.target}"
-        if self.kind == "folder":
-            return f"folder {self.target} ({len(self.files)} images)"
-        return f"{self.kind} {self.target}"
 
     def open(self) -> FrameReader:
         """Open the source; raises SourceError saying what failed and what to try."""

@@ -124,14 +124,15 @@ class ReconnectPolicy:
 class CaptureWorker:
     """Reads a source on its own thread into a mailbox; reconnects lost live sources; loops files."""
 
-    def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, lossless: bool,
-                 loop: bool = False, max_frames: int = 0, policy: ReconnectPolicy | None = None) -> None:
+    def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, loop: bool = False,
+                 max_frames: int = 0, policy: ReconnectPolicy | None = None) -> None:
         self.spec, self.mailbox, self.emit = spec, mailbox, emit
-        self.lossless, self.loop, self.max_frames = lossless, loop, max_frames
+        self.lossless = not spec.paced  # unpaced sources wait for room in the mailbox instead of dropping
+        self.loop, self.max_frames = loop, max_frames
         self.policy = policy or ReconnectPolicy()
         self.reader: FrameReader = spec.open()  # raises SourceError now, on the caller's thread
         self.fps = spec.nominal_fps(self.reader)
-        self.captured = self.reconnects = self.loops = 0
+        self.captured = self.reconnects = 0
         self.end_reason: str | None = None
         self.error: str | None = None
         self.stop_event = threading.Event()
@@ -186,7 +187,6 @@ class CaptureWorker:
                     self.reader = spec.open()
                     media_offset += k * period
                     k, t0 = 0, time.monotonic()
-                    self.loops += 1
                     continue
                 self.end_reason = "eof"
                 return
@@ -312,10 +312,7 @@ class StreamPipeline:
         self.capture: CaptureWorker | None = None
         self.inferred = self.bad_frames = self.relabels = 0
         self.last: FrameResult | None = None
-        self.end_record: dict[str, Any] | None = None
         self._stop_reason: str | None = None
-        self._roi_px: tuple[int, int, int, int] | None = None
-        self._roi_shape: tuple[int, ...] | None = None
 
     # -- control ---------------------------------------------------------------------------------------
     def request_stop(self, reason: str = "stopped") -> None:
@@ -327,8 +324,10 @@ class StreamPipeline:
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
 
-    def emit(self, event: str, **fields: Any) -> dict[str, Any] | None:
-        return self.sink.emit(event, **fields) if self.sink is not None else None
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one event to the sink, if there is one."""
+        if self.sink is not None:
+            self.sink.emit(event, **fields)
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -339,11 +338,10 @@ class StreamPipeline:
         if self.reloader is not None:
             first = self.reloader.load("start")
             self._apply(first)
-        lossless = not spec.paced
-        self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, lossless=lossless, loop=opts.loop,
-                                           max_frames=opts.max_frames, policy=opts.reconnect)
-        if self.video is not None and not self.video.fps:
-            self.video.fps = cap.fps
+        self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, loop=opts.loop, max_frames=opts.max_frames,
+                                           policy=opts.reconnect)
+        if self.video is not None:  # default rate: --fps-limit for a paced source, else the source's own
+            self.video.fps = self.video.fps or (opts.fps_limit if spec.paced else 0) or cap.fps
         self.emit("start", source=spec.text, kind=spec.kind, live=spec.live, paced=spec.paced,
                   source_fps=cap.fps, bundle=str(self.clf.bundle.path), model=self.clf.bundle.model.get("id"),
                   backend=self.clf.encoder.name, precision=self.clf.precision, labels=self.clf.label_names,
@@ -388,23 +386,15 @@ class StreamPipeline:
         return self._end(reason)
 
     # -- inference -------------------------------------------------------------------------------------
-    def _crop(self, image: np.ndarray) -> np.ndarray:
-        roi = self.opts.roi
-        if roi is None:
-            return image
-        if image.shape[:2] != self._roi_shape:  # recomputed only when the frame size changes
-            self._roi_px, self._roi_shape = roi.pixels(image.shape[1], image.shape[0]), image.shape[:2]
-        x, y, w, h = self._roi_px
-        return image[y:y + h, x:x + w]
-
     def _infer(self, frames: list[Frame]) -> None:
-        clf = self.clf
+        clf, roi = self.clf, self.opts.roi
         th, tw = clf.preprocessor.config.size
         pixels = np.empty((len(frames), 3, th, tw), dtype=np.float32)
         good: list[Frame] = []
         for f in frames:
+            box = None if roi is None else roi.pixels(f.image.shape[1], f.image.shape[0])
             try:
-                pixels[len(good)] = clf.preprocessor(self._crop(f.image))  # preprocessing: once per frame
+                pixels[len(good)] = clf.preprocessor(f.image, roi=box)  # preprocessing: once per frame
                 good.append(f)
             except ImageReadError as exc:
                 self.bad_frames += 1
@@ -440,10 +430,11 @@ class StreamPipeline:
         return [{"label": names[i], "score": float(scores[i])} for i in order]
 
     def _draw(self, r: FrameResult) -> None:
-        roi = self._roi_px if self.opts.roi is not None else None
+        image, roi = r.frame.image, self.opts.roi
+        box = None if roi is None else roi.pixels(image.shape[1], image.shape[0])
         fps = self.inferred / max(time.monotonic() - self._t_start, 1e-6)
-        img = annotate(r.frame.image, [f"{r.decision.label} {r.decision.score:.2f}",
-                                       f"#{r.frame.index}  {fps:.1f} fps  {r.latency * 1000:.0f} ms"], roi)
+        img = annotate(image, [f"{r.decision.label} {r.decision.score:.2f}",
+                               f"#{r.frame.index}  {fps:.1f} fps  {r.latency * 1000:.0f} ms"], box)
         if self.video is not None:
             self.video.write(img)
         if self.window is not None and not self.window.show(img):
@@ -475,31 +466,27 @@ class StreamPipeline:
                 "bad_frames": self.bad_frames, "reconnects": cap.reconnects if cap else 0,
                 "relabels": self.relabels, "rss_mb": None if rss is None else round(rss / 2**20, 2)}
 
+    def _record(self, now: float, since: float, prev: tuple[int, int, int],
+                latencies: Sequence[float]) -> dict[str, Any]:
+        """Totals, the current decision, and rates and latency percentiles since ``since`` (counts then ``prev``)."""
+        dt = max(now - since, 1e-9)
+        m = self.metrics()
+        d = self.last.decision if self.last else None
+        return {"frame": self.last.frame.index if self.last else None, "elapsed_s": now - self._t_start,
+                "label": d.label if d else None, "score": d.score if d else None,
+                "capture_fps": (m["captured"] - prev[0]) / dt, "inference_fps": (m["inferred"] - prev[1]) / dt,
+                "latency_ms": LatencyStats.summary_ms(latencies), **m}
+
     def _summary(self) -> None:
         now = time.monotonic()
-        dt = max(now - self._t_summary, 1e-9)
-        m = self.metrics()
-        pc, pi, pd = self._prev
-        d = self.last.decision if self.last else None
-        self.emit("summary", frame=self.last.frame.index if self.last else None,
-                  elapsed_s=now - self._t_start, label=d.label if d else None, score=d.score if d else None,
-                  capture_fps=(m["captured"] - pc) / dt, inference_fps=(m["inferred"] - pi) / dt,
-                  latency_ms=LatencyStats.summary_ms(self.latency.take_recent()),
-                  dropped_interval=m["dropped"] - pd, **m)
-        self._prev = (m["captured"], m["inferred"], m["dropped"])
+        record = self._record(now, self._t_summary, self._prev, self.latency.take_recent())
+        self.emit("summary", dropped_interval=record["dropped"] - self._prev[2], **record)
+        self._prev = (record["captured"], record["inferred"], record["dropped"])
         self._t_summary = now
 
     def _end(self, reason: str) -> dict[str, Any]:
-        now = time.monotonic()
-        elapsed = max(now - self._t_start, 1e-9)
-        m = self.metrics()
-        d = self.last.decision if self.last else None
-        record = {"reason": reason, "frame": self.last.frame.index if self.last else None, "elapsed_s": elapsed,
-                  "label": d.label if d else None, "score": d.score if d else None,
-                  "capture_fps": m["captured"] / elapsed, "inference_fps": m["inferred"] / elapsed,
-                  "latency_ms": LatencyStats.summary_ms(self.latency.sample), **m}
+        record = {"reason": reason, **self._record(time.monotonic(), self._t_start, (0, 0, 0), self.latency.sample)}
         if self.capture is not None and self.capture.error:
             record["error"] = self.capture.error
         self.emit("end", **record)
-        self.end_record = record
         return record

@@ -48,13 +48,12 @@ class LatencyStats:
     def __init__(self, window: int = 2048, reservoir: int = 4096, seed: int = 0) -> None:
         self.recent: deque[float] = deque(maxlen=window)
         self.sample: list[float] = []
-        self.capacity, self.count, self.max = reservoir, 0, 0.0
+        self.capacity, self.count = reservoir, 0
         self._rng = random.Random(seed)
 
     def add(self, seconds: float) -> None:
         """Record one latency (Vitter's algorithm R keeps the reservoir a uniform sample)."""
         self.count += 1
-        self.max = max(self.max, seconds)
         self.recent.append(seconds)
         if len(self.sample) < self.capacity:
             self.sample.append(seconds)
@@ -112,7 +111,6 @@ class JsonLinesSink:
         else:
             self.out, self._own = target, False
         self._lock = threading.Lock()
-        self.count = 0
         self.closed = False
 
     def emit(self, event: str, wall: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -127,7 +125,6 @@ class JsonLinesSink:
                 try:
                     self.out.write(line)
                     self.out.flush()
-                    self.count += 1
                 except (BrokenPipeError, ValueError):  # reader went away (`| head`): stop writing, keep running
                     self.closed = True
         return record
@@ -182,11 +179,10 @@ class AnnotatedVideo:
             raise OptionError(f"--video-out {self.path}: the folder {self.path.parent} does not exist")
         if fps is not None and not fps > 0:
             raise OptionError(f"--video-fps must be > 0, got {fps}")
-        self.fps = float(fps) if fps else None  # None: the stream sets the source's rate before the first frame
+        self.fps = float(fps) if fps else None  # None: the stream picks the rate before the first frame
         self.fourcc = FOURCC[suffix]
         self.writer = None
         self.size: tuple[int, int] | None = None
-        self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
         import cv2
@@ -194,15 +190,13 @@ class AnnotatedVideo:
         if self.writer is None:
             h, w = image.shape[:2]
             self.size = (w, h)
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps or 10.0,
-                                          (w, h))
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
             if not self.writer.isOpened():
                 raise SourceError(f"--video-out {self.path}: OpenCV cannot write {self.fourcc} video here; "
                                   f"try an .avi file name (MJPG)")
         if (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(image)
-        self.frames += 1
 
     def close(self) -> None:
         if self.writer is not None:
