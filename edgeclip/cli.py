@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -55,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgeclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
-        sys.stderr.close()
+        # point stdout at /dev/null so the interpreter's final flush does not fail again (Python docs' recipe)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (embedded use)
+            pass
         return 0
     except KeyboardInterrupt:
         print(f"edgeclip {args.command}: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -113,3 +114,27 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path: Path) -> 
     upright = read_image(path)
     assert upright.shape == (80, 40, 3)
     assert upright[:30].mean() > 200 and upright[-30:].mean() < 50  # the white half is now on top
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tiny_vit_bundle: Path, cifar_test: Path) -> None:
+    """`edgeclip classify ... | head -1`: exit 0, nothing on stderr about the broken pipe."""
+    code = ("import sys\nfrom edgeclip.cli import main\n"
+            f"sys.exit(main(['-q', 'classify', {str(tiny_vit_bundle)!r}, {str(cifar_test / 'cat')!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"path")
+    proc.stdout.close()  # like `head -1` exiting
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Broken pipe" not in err and "Exception ignored" not in err, err
+
+
+def test_a_broken_pipe_leaves_stderr_usable(tiny_vit_bundle: Path, photo_folder: Path,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    class ClosedPipe(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "cat_*.jpg")]) == 0
+    print("still usable", file=sys.stderr)
+    assert "still usable" in capsys.readouterr().err

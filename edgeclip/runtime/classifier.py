@@ -147,16 +147,16 @@ class Classifier:
         inference. ``paths`` is consumed lazily, one batch ahead, so it may be a generator of any length.
         """
         workers = workers or min(8, os.cpu_count() or 2)
-        batches = iter(iter_batches(paths, batch_size))
-        with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-            def load_next() -> Future | None:
+        batches = iter_batches(paths, batch_size)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            def load_next() -> list[Future] | None:
                 batch = next(batches, None)
-                return None if batch is None else ahead.submit(lambda: list(pool.map(self._load, batch)))
+                return None if batch is None else [pool.submit(self._load, p) for p in batch]
 
-            future = load_next()
-            while future is not None:
-                loaded = future.result()
-                future = load_next()  # decode the next batch while this one runs on the encoder
+            pending = load_next()
+            while pending is not None:
+                loaded = [f.result() for f in pending]
+                pending = load_next()  # decode the next batch while this one runs on the encoder
                 yield from self._run_loaded(loaded, top_k, keep_embeddings)
                 if progress:
                     progress(len(loaded))

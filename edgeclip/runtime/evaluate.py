@@ -61,8 +61,8 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
     names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
     allowed = None
     if files_from:  # listed paths may be relative to root or to a parent of it: match on path suffixes
-        listed = [line.strip() for line in Path(files_from).read_text(encoding="utf-8").splitlines()
-                  if line.strip() and not line.startswith("#")]
+        lines = (line.strip() for line in Path(files_from).read_text(encoding="utf-8").splitlines())
+        listed = [line for line in lines if line and not line.startswith("#")]
         allowed = {"/".join(parts[i:]) for entry in listed for parts in [Path(entry).parts]
                    for i in range(len(parts))}
     files, targets = [], []
@@ -73,7 +73,8 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
                     files.append(p)
                     targets.append(i)
     if allowed is not None and not files:
-        raise OptionError(f"{files_from}: none of the listed files is under {root} (paths are relative to it)")
+        raise OptionError(f"{files_from}: none of the listed files is under {root} (paths are relative to it "
+                          f"or to a folder above it)")
     t = np.asarray(targets, dtype=np.int64)
     if limit and limit < len(files):
         rng = np.random.default_rng(seed)

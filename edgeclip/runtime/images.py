@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return decode_image(data, str(p))
 
 
-def iter_batches(items: Iterable, size: int) -> Iterable[list]:
+def iter_batches(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of at most ``size`` items."""
     if size < 1:
         raise OptionError(f"batch size must be >= 1 (got {size})")

@@ -245,15 +245,13 @@ class _Axis:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Resample along axis 0 of ``x`` (``hi - lo`` rows, any trailing shape, uint8 values).
 
-        Returns float32 holding uint8 values (or the gathered rows for nearest). Pillow's 8-bit resampling
+        Returns float32 holding uint8 values (not for nearest: callers gather ``index`` rows). Pillow's 8-bit resampling
         is integer arithmetic (22-bit fixed-point weights, round half up, clip to 0..255 after each pass);
         here each output row is one float32 vector-matrix product over exactly its taps (memory-bound, so
         float32 halves the time), and the outputs whose float32 sum is within the error bound of a
         rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial sum is
         exact. The result is bit-identical to Pillow.
         """
-        if self.index is not None:
-            return x[self.index]
         flat = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
         out = np.empty((self.n, flat.shape[1]), dtype=np.float32)
         for i, (a, b, w) in enumerate(self.taps):
