@@ -46,12 +46,13 @@ def shrink_imagenette(src: Path, dst: Path, size: int, quality: int) -> int:
     """Re-encode every photo of the Imagenette archive at `size` px; returns the number of images."""
     import io
 
-    import open_clip
     from PIL import Image
     from tqdm import tqdm
 
-    tf = open_clip.image_transform(size, is_train=False, resize_mode="shortest", interpolation="bicubic")
-    steps = [t for t in tf.transforms if "ToTensor" not in type(t).__name__ and type(t).__name__ != "Normalize"]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_proxy_clip import pil_eval_steps  # the very transform training decodes with
+
+    steps = pil_eval_steps(size)
     n = 0
     with tarfile.open(src) as tin, tarfile.open(dst, "w:xz") as tout:
         members = tin.getmembers()

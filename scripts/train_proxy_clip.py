@@ -42,6 +42,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -198,10 +199,16 @@ def decode_images_parallel(paths: list[Path], size: int, workers: int) -> np.nda
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP mean/std as [1, 3, 1, 1] tensors on ``device``, made once (a host->GPU copy waits for the GPU)."""
+    return (torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1))
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """float NCHW in [0, 1] -> CLIP-normalised (same arithmetic as Normalize)."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
     return (x - mean) / std
 
 
@@ -263,11 +270,12 @@ class TrainSet:
         self.images, self.labels, self.tokens = (t.to(device) for t in (self.images, self.labels, self.tokens))
         return self
 
-    def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+    def epoch_order(self, rng: np.random.Generator) -> torch.Tensor:
+        """One epoch's sample order, on the images' device (one host->device copy per epoch, not per step)."""
         idx = np.arange(len(self.labels))
         if self.sample_weights is not None:
             idx = np.repeat(idx, self.sample_weights)
-        return rng.permutation(idx)
+        return torch.from_numpy(rng.permutation(idx)).to(self.images.device)
 
 
 # ------------------------------------------------------------------------------------------------- loss
@@ -358,10 +366,11 @@ def verify_local_dir(out: Path, model, tokenizer, sets: dict, n: int = 300) -> d
     return res
 
 
-def write_model_card(out: Path, name: str | None = None) -> Path:
-    """README.md model card for a trained proxy folder, from its train_log.json."""
+def write_model_card(out: Path) -> Path:
+    """README.md model card for a trained proxy folder, from its train_log.json (``notes`` and ``bundle_eval``,
+    when present, are added to the log by hand after training; ``--card DIR`` re-renders)."""
     s = json.loads((out / "train_log.json").read_text())
-    name = name or f"proxy-{s['model']}"
+    name = f"proxy-{s['model']}"
     cfg = s["model_cfg"]
     v = cfg["vision_cfg"]
     if s["model"] == "vit":
@@ -536,7 +545,7 @@ def train_steps(model, trainset: TrainSet, *, steps: int, batch_size: int, lr: f
             order = trainset.epoch_order(rng)
             pos = 0
             epoch += 1
-        idx = torch.from_numpy(order[pos:pos + batch_size]).to(dev)
+        idx = order[pos:pos + batch_size]
         pos += batch_size
         labels = trainset.labels[idx]
         tpl = torch.randint(0, n_tpl, (len(idx),), generator=gen, device=dev)
@@ -620,7 +629,7 @@ def profile(arch: str, image_size: int, batch_size: int, seconds: float, context
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["vit", "rn"], required=True)
+    ap.add_argument("--model", choices=["vit", "rn"])
     ap.add_argument("--epochs", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--image-size", type=int, default=64)
@@ -630,7 +639,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-frac", type=float, default=0.03)
     ap.add_argument("--imagenette-repeat", type=int, default=2,
                     help="times each Imagenette training image is seen per epoch (balances 7.6k vs 50k CIFAR)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="training time budget: if the planned steps would take longer, the cosine schedule "
@@ -655,7 +664,14 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every-epochs", type=float, default=1.0, help="subset eval period (0: off)")
     ap.add_argument("--profile", type=float, default=None, metavar="SECONDS",
                     help="only measure train-step throughput on random data for SECONDS and exit")
+    ap.add_argument("--card", type=Path, default=None, metavar="DIR",
+                    help="only rewrite DIR/README.md from DIR/train_log.json (e.g. after adding notes) and exit")
     args = ap.parse_args(argv)
+    if args.card is not None:
+        print(f"wrote {write_model_card(args.card)}")
+        return 0
+    if args.model is None or (args.out is None and args.profile is None):
+        ap.error("--model and --out are required (or --card DIR)")
 
     if args.patch_dropout is None:
         args.patch_dropout = 0.5 if args.model == "vit" else 0.0

@@ -176,3 +176,12 @@ def test_packed_data_unpacks_like_the_originals(tp, cifar64, tmp_path, capsys):
     assert all(f.read_bytes() == orig[f.name] for f in (tmp_path / "cifar10").rglob("*.jpg"))
     with pytest.raises(FileNotFoundError, match="--data"):
         tp.unpack(tmp_path, "cifar10-test.tar", tmp_path)
+
+
+def test_card_is_rendered_from_the_shipped_training_log(tp, tmp_path):
+    """`--card DIR` rebuilds the model card from train_log.json, hand-added notes and bundle numbers included."""
+    shipped = REPO / "edgeclip" / "models" / "proxy-rn"
+    for name in ("train_log.json", "open_clip_model.safetensors"):
+        (tmp_path / name).symlink_to(shipped / name)
+    assert tp.main(["--card", str(tmp_path)]) == 0
+    assert (tmp_path / "README.md").read_text() == (shipped / "README.md").read_text()
