@@ -170,25 +170,36 @@ def validate_manifest(manifest: Any, where: Path | str = MANIFEST) -> None:
             raise BundleError(f"{where}: files[{name!r}] must be a relative path inside the bundle")
 
 
-def verify_files(bundle: Bundle) -> None:
-    """Check size and sha256 of every recorded file; raises BundleError naming the bad file."""
+def file_problem(root: Path, name: str, entry: dict[str, Any]) -> str | None:
+    """Why the recorded file ``name`` does not match its manifest entry (missing, size, sha256), or None."""
+    p = root / name
+    if not p.is_file():
+        return f"listed in the manifest (role {entry['role']}) but missing"
+    if "bytes" in entry and p.stat().st_size != entry["bytes"]:
+        return f"size {p.stat().st_size} bytes, manifest says {entry['bytes']}"
+    digest = sha256_file(p)
+    if digest != entry["sha256"]:
+        return f"sha256 {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...)"
+    return None
+
+
+def verify_files(bundle: Bundle, damaged_engines: list[str] | None = None) -> None:
+    """Check size and sha256 of every recorded file; raises BundleError naming the bad file.
+
+    Engines are a cache (``edgeclip build`` drops a damaged one and rebuilds it): given a list as
+    ``damaged_engines``, the names of missing or damaged engines are appended to it instead of raising.
+    """
     for name, entry in bundle.manifest["files"].items():
-        p = bundle.path / name
-        engine = entry["role"] == "engine"  # a cache: `edgeclip build` drops a damaged engine and rebuilds it
-        if not p.is_file():
-            raise BundleError(f"{p}: listed in the manifest (role {entry['role']}) but missing; "
-                              + (f"run `edgeclip build {bundle.path}`" if engine else
-                                 "the bundle is incomplete, re-export it or restore the file"))
-        if "bytes" in entry and p.stat().st_size != entry["bytes"]:
-            raise BundleError(f"{p}: size {p.stat().st_size} bytes, manifest says {entry['bytes']}; "
-                              + (f"run `edgeclip build {bundle.path}`" if engine else
-                                 "the file is truncated or was replaced, re-export the bundle"))
-        digest = sha256_file(p)
-        if digest != entry["sha256"]:
-            raise BundleError(f"{p}: sha256 {digest[:12]}... does not match the manifest "
-                              f"({entry['sha256'][:12]}...); "
-                              + (f"run `edgeclip build {bundle.path}`" if engine else
-                                 "the file is corrupt or was modified, re-export it"))
+        problem = file_problem(bundle.path, name, entry)
+        if problem is None:
+            continue
+        engine = entry["role"] == "engine"
+        if engine and damaged_engines is not None:
+            damaged_engines.append(name)
+            continue
+        fix = (f"run `edgeclip build {bundle.path}` to drop and rebuild the engine" if engine
+               else "re-export the bundle or restore the file")
+        raise BundleError(f"{bundle.path / name}: {problem}; {fix}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -279,13 +290,22 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False) -> It
 
 
 @contextlib.contextmanager
-def update_bundle(path: str | os.PathLike[str], verify: bool = True) -> Iterator[BundleDraft]:
+def update_bundle(target: str | os.PathLike[str] | Bundle, verify: bool = True) -> Iterator[BundleDraft]:
     """Change an existing bundle atomically.
 
-    The bundle is verified (``verify=False`` only for repairs that drop damaged files), hard-linked (or
-    copied) into a temporary sibling, changed there and swapped in. Write files through ``draft.new_file`` so hard links to the original are never written through.
+    ``target`` is a bundle directory, loaded and verified here (``verify=False`` only for repairs that drop
+    damaged files), or a ``Bundle`` already loaded: its files are not hashed again if it was verified, and
+    its manifest is the one the draft starts from. The files are hard-linked (or copied) into a temporary
+    sibling, changed there and swapped in; a ``Bundle`` passed in then carries the new manifest. Write files
+    through ``draft.new_file`` so hard links to the original are never written through.
     """
-    bundle = load_bundle(path, verify=verify)
+    if isinstance(target, Bundle):
+        bundle = target
+        if verify and not bundle.verified:
+            verify_files(bundle)
+            bundle.verified = True
+    else:
+        bundle = load_bundle(target, verify=verify)
     tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.path.name}.tmp-", dir=bundle.path.parent))
     try:
         for src in bundle.path.rglob("*"):
@@ -304,6 +324,7 @@ def update_bundle(path: str | os.PathLike[str], verify: bool = True) -> Iterator
         yield draft
         _finish(draft)
         _swap_in(tmp, bundle.path)
+        bundle.manifest = draft.manifest  # a Bundle passed in now describes the updated bundle
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -101,3 +101,14 @@ def test_update_writes_new_files_without_touching_hard_linked_originals(bundle_c
         draft.add_file("labels.npy", "label_embeddings")
     assert (keep / "labels.npy").read_bytes() == original
     assert load_bundle(bundle_copy).labels()[1][0, 0] == 1.0
+
+
+def test_update_takes_a_verified_bundle_without_hashing_it_again(bundle_copy: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    b = load_bundle(bundle_copy)
+    monkeypatch.setattr("edgeclip.bundle.verify_files", lambda *a: pytest.fail("verified a second time"))
+    with update_bundle(b) as draft:
+        draft.manifest["note"] = "relabelled"
+    assert b.manifest["note"] == "relabelled"  # the Bundle passed in describes the updated bundle
+    monkeypatch.undo()
+    assert load_bundle(bundle_copy).manifest["note"] == "relabelled"

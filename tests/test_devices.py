@@ -6,10 +6,12 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pytest
 
 from edgeclip.cli import main
-from edgeclip.devices.backends import backend_order
+from edgeclip.bundle import load_bundle
+from edgeclip.devices.backends import backend_order, open_for_profile
 from edgeclip.devices.catalog import get_profile, load_profiles, profile_from_dict
 from edgeclip.devices.detect import detect, l4t_software, parse_tegra_release, run_command
 from edgeclip.errors import DeviceError
@@ -161,3 +163,15 @@ def test_cli_devices_lists_profiles_and_this_machine(capsys: pytest.CaptureFixtu
     assert main(["devices", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["profiles"]) == len(load_profiles()) and data["detected"]["reasons"]
+
+
+def test_open_for_profile_on_a_cpu_profile_opens_onnx_runtime_cpu(tiny_vit_bundle: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load_bundle(tiny_vit_bundle)
+    with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
+        encoder = open_for_profile(bundle, get_profile("x86-avx2"))  # prefers INT8; the bundle has only FP32
+    assert encoder.name == "onnxruntime:cpu" and encoder.path == bundle.encoder("image", "fp32")
+    assert "using the FP32 encoder" in caplog.text
+    height, width = bundle.preprocess["size"]
+    out = encoder.run(np.zeros((2, 3, height, width), np.float32))
+    assert out.shape == (2, int(bundle.model["embed_dim"]))

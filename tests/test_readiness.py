@@ -1,7 +1,6 @@
 """TensorRT readiness without TensorRT: exported bundles pass, hand-built Q/DQ passes, broken files fail clearly."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,45 +15,22 @@ from edgeclip.devices.readiness import check_model, errors, format_findings
 from onnx_models import make_bundle, node, qdq_model, set_initializer, tiny_encoder
 
 
-def _export(tmp_path_factory: pytest.TempPathFactory, model: str) -> Path:
-    out = tmp_path_factory.mktemp("readiness") / model
-    assert main(["-q", "export", "--model", model, "--labels", "cat", "dog", "--out", str(out)]) == 0
-    return out
-
-
-def _bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shared: str, model: str) -> Path:
-    try:  # the session-wide bundle from conftest.py when there is one (exporting takes seconds)
-        return request.getfixturevalue(shared)
-    except pytest.FixtureLookupError:
-        return _export(tmp_path_factory, model)
-
-
-@pytest.fixture(scope="module")
-def vit_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _bundle(request, tmp_path_factory, "tiny_vit_bundle", "edgeclip-tiny-vit")
-
-
-@pytest.fixture(scope="module")
-def rn_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _bundle(request, tmp_path_factory, "tiny_rn_bundle", "edgeclip-tiny-rn")
-
-
 def _messages(findings) -> str:
     return "\n".join(str(f) for f in errors(findings))
 
 
 @pytest.mark.parametrize("which", ["vit", "rn"])
 def test_exported_fp32_encoders_are_ready_for_tensorrt_10(which: str, request: pytest.FixtureRequest) -> None:
-    bundle = load_bundle(request.getfixturevalue(f"{which}_bundle"))
+    bundle = load_bundle(request.getfixturevalue(f"tiny_{which}_bundle"))
     for tower in ("image", "text"):
         findings = check_model(bundle.encoder(tower), "10.3")
         assert not errors(findings), format_findings(findings)
 
 
-def test_tensorrt_8_2_cannot_parse_the_vit_but_can_the_resnet(vit_bundle: Path, rn_bundle: Path) -> None:
-    vit = _messages(check_model(load_bundle(vit_bundle).encoder("image"), "8.2"))
+def test_tensorrt_8_2_cannot_parse_the_vit_but_can_the_resnet(tiny_vit_bundle: Path, tiny_rn_bundle: Path) -> None:
+    vit = _messages(check_model(load_bundle(tiny_vit_bundle).encoder("image"), "8.2"))
     assert "LayerNormalization needs TensorRT >= 8.6" in vit and "Mod needs TensorRT >= 8.5" in vit
-    assert not errors(check_model(load_bundle(rn_bundle).encoder("image"), "8.2"))
+    assert not errors(check_model(load_bundle(tiny_rn_bundle).encoder("image"), "8.2"))
 
 
 def test_hand_built_qdq_model_is_ready_and_runs() -> None:
@@ -135,11 +111,11 @@ def test_old_opset_warns() -> None:
     assert not errors(findings) and "opset 16 < 17" in format_findings(findings)
 
 
-def test_cli_check_reports_and_sets_the_exit_status(tmp_path: Path, vit_bundle: Path,
+def test_cli_check_reports_and_sets_the_exit_status(tmp_path: Path, tiny_vit_bundle: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    assert main(["build", str(vit_bundle), "--check", "--device", "jetson-orin-nano"]) == 0
+    assert main(["build", str(tiny_vit_bundle), "--check", "--device", "jetson-orin-nano"]) == 0
     assert "ready for TensorRT" in capsys.readouterr().out
-    assert main(["build", str(vit_bundle), "--check", "--device", "jetson-nano"]) == 1
+    assert main(["build", str(tiny_vit_bundle), "--check", "--device", "jetson-nano"]) == 1
     assert "LayerNormalization needs TensorRT >= 8.6" in capsys.readouterr().out
 
     broken = qdq_model()
@@ -154,12 +130,7 @@ def test_cli_check_reports_and_sets_the_exit_status(tmp_path: Path, vit_bundle: 
     assert main(["build", str(tmp_path / "broken.onnx"), "--check", "--device", "desktop-gpu"]) == 1
 
 
-def test_check_runs_on_the_tensorrt_int8_output_of_edgeclip_quantize(tmp_path: Path, vit_bundle: Path) -> None:
-    if importlib.util.find_spec("edgeclip.commands.quantize") is None:
-        pytest.skip("`edgeclip quantize` is not in this build yet: nothing to check")
-    import shutil
-
-    bundle = shutil.copytree(vit_bundle, tmp_path / "bundle")
-    assert main(["-q", "quantize", str(bundle), "--target", "tensorrt"]) == 0
-    findings = check_model(load_bundle(bundle).encoder("image", "int8", "tensorrt"), "10.3")
+def test_check_runs_on_the_tensorrt_int8_output_of_edgeclip_quantize(bundle_copy: Path) -> None:
+    assert main(["-q", "quantize", str(bundle_copy), "--target", "tensorrt"]) == 0
+    findings = check_model(load_bundle(bundle_copy).encoder("image", "int8", "tensorrt"), "10.3")
     assert not errors(findings), format_findings(findings)

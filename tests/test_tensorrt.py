@@ -137,11 +137,26 @@ def test_a_deleted_engine_is_dropped_and_rebuilt(tmp_path: Path) -> None:
     assert load_bundle(bundle).manifest["files"][first.key.file]["role"] == "engine"
 
 
+def test_a_damaged_engine_is_rebuilt_but_a_damaged_onnx_fails_naming_it(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    fake = FakeCompiler()
+    first = build(bundle, fake)
+    (bundle / first.key.file).write_bytes(b"bit rot")
+    again = build(bundle, fake)
+    assert again.built and any(f"dropped the missing or damaged engine {first.key.file}" in n for n in again.notes)
+    load_bundle(bundle)  # verified again: the rebuilt engine is recorded
+    onnx_file = bundle / "image_encoder.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"!")
+    with pytest.raises(BundleError, match=r"image_encoder\.onnx: sha256.*re-export"):
+        build(bundle, fake)
+    assert len(fake.calls) == 2
+
+
 def test_precision_from_profile_and_int8_source(tmp_path: Path) -> None:
     plain = load_bundle(make_bundle(tmp_path / "plain"))
     precision, notes = resolve_precision(plain, ORIN, None)
     assert precision == "fp16" and "quantize" in notes[0]  # the profile prefers INT8, the bundle has none
-    with pytest.raises(DeviceError, match="no INT8 image encoder for TensorRT"):
+    with pytest.raises(DeviceError, match="no image encoder at precision int8 for target tensorrt.*or build FP16"):
         resolve_precision(plain, ORIN, "int8")
     assert resolve_precision(plain, get_profile("jetson-nano"), None) == ("fp16", [])
 
@@ -211,16 +226,9 @@ def _tensorrt_and_gpu():
 
 @pytest.fixture(scope="module")
 def trt_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _tensorrt_and_gpu()
-    from edgeclip.cli import main
-
-    try:
-        src = request.getfixturevalue("tiny_vit_bundle")
-    except pytest.FixtureLookupError:
-        src = tmp_path_factory.mktemp("trt") / "src"
-        assert main(["-q", "export", "--model", "edgeclip-tiny-vit", "--labels", "cat", "dog", "--out", str(src)]) == 0
+    _tensorrt_and_gpu()  # skip before exporting the session's tiny ViT bundle
     dst = tmp_path_factory.mktemp("trt") / "bundle"
-    shutil.copytree(src, dst)
+    shutil.copytree(request.getfixturevalue("tiny_vit_bundle"), dst)
     return dst
 
 

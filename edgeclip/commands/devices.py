@@ -62,7 +62,7 @@ def run_devices(args: argparse.Namespace) -> int:
         print(json.dumps({"profiles": [p.to_dict() for p in profiles.values()],
                           "detected": {"profile": found.profile.to_dict(), "exact": found.exact,
                                        "reasons": found.reasons},
-                          "backends": [vars(c) for c in order] if order else None}, indent=2))
+                          "backends": [vars(c) for c in order] if order else None}, indent=2, default=str))
         return 0
     print(f"{'profile':<17} {'kind':<6} {'SM':<4} {'TRT':<5} {'prec':<5} {'int8':<9} {'batch':<6} "
           f"{'ws MB':>6} {'DLA':<5} backends")

@@ -6,7 +6,6 @@ available one is chosen; the reason every earlier one was skipped is logged.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,31 +13,21 @@ from typing import Sequence
 
 from ..bundle import Bundle
 from ..errors import BackendError, EdgeclipError
+from ..runtime.backends import PROVIDER_ALIASES, Backend
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
 
-ORT_PROVIDER = {"onnxruntime:tensorrt": "TensorrtExecutionProvider", "onnxruntime:cuda": "CUDAExecutionProvider",
-                "onnxruntime:cpu": "CPUExecutionProvider"}
-
 
 @dataclass
 class BackendChoice:
-    """One entry of the order: its label, whether it can run here, and why (not)."""
+    """One entry of the order: its label, whether it can run here, and why (not); ``engine`` for TensorRT."""
 
     label: str
     available: bool
     reason: str
     providers: tuple[str, ...] = ()
-
-
-def _importable(module: str) -> str | None:
-    """None if ``module`` imports, else the reason."""
-    try:
-        importlib.import_module(module)
-        return None
-    except (ImportError, OSError) as exc:
-        return f"{module} does not import ({exc})"
+    engine: Path | None = None
 
 
 def _ort_providers(profile: DeviceProfile, label: str) -> tuple[str, ...]:
@@ -65,7 +54,7 @@ def backend_order(profile: DeviceProfile, bundle: Bundle | None = None, precisio
         if label == "tensorrt":
             out.append(_probe_tensorrt(bundle, precision, have_tensorrt))
             continue
-        wanted = ORT_PROVIDER[label]
+        wanted = PROVIDER_ALIASES[label.split(":", 1)[1]]
         ok = wanted in available_providers
         reason = (f"{wanted} is available" if ok else
                   f"{wanted} is not in this onnxruntime build (has {', '.join(available_providers)})")
@@ -90,18 +79,21 @@ def _probe_tensorrt(bundle: Bundle | None, precision: str, have_tensorrt: bool |
     if have_tensorrt is False:
         return BackendChoice("tensorrt", False, "TensorRT is not installed")
     if have_tensorrt is None:
-        why = _importable("tensorrt")
-        if why is None and _importable("cuda.bindings.runtime") and _importable("cuda.cudart"):
-            why = "cuda-python does not import (pip install cuda-python)"
-        if why:
-            return BackendChoice("tensorrt", False, why)
+        from ..runtime.tensorrt import import_cudart
+        from .engines import import_tensorrt
+
+        try:
+            import_tensorrt(BackendError)
+            import_cudart()
+        except BackendError as exc:
+            return BackendChoice("tensorrt", False, str(exc))
     if bundle is None:
         return BackendChoice("tensorrt", True, "tensorrt and cuda-python import")
     try:
         path = _engine(bundle, precision)
     except EdgeclipError as exc:
         return BackendChoice("tensorrt", False, str(exc))
-    return BackendChoice("tensorrt", True, f"engine {path.name}")
+    return BackendChoice("tensorrt", True, f"engine {path.name}", engine=path)
 
 
 def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
@@ -128,8 +120,8 @@ def _ort_model(bundle: Bundle, profile: DeviceProfile, label: str, precision: st
     return bundle.encoder("image", "fp32")
 
 
-def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str | None = None,
-                       threads: int = 0) -> object:
+def open_for_profile(bundle: Bundle, profile: DeviceProfile, precision: str | None = None,
+                     threads: int = 0) -> Backend:
     """Open the bundle's image encoder on the first backend of the profile's order that works here."""
     from ..runtime.backends import OrtBackend, create_backend
 
@@ -140,7 +132,7 @@ def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str | 
             continue
         try:
             if choice.label == "tensorrt":
-                return create_backend(_engine(bundle, precision), "tensorrt")
+                return create_backend(choice.engine, "tensorrt")
             return OrtBackend(_ort_model(bundle, profile, choice.label, precision), list(choice.providers), threads)
         except EdgeclipError as exc:
             log.warning("device %s: %s failed (%s); falling back", profile.name, choice.label, exc)

@@ -24,6 +24,7 @@ DEVICE_TREE_MODEL = "proc/device-tree/model"
 TEGRA_RELEASE = "etc/nv_tegra_release"
 CPUINFO = "proc/cpuinfo"
 NVIDIA_SMI = ("nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader")
+NVIDIA_SMI_NAMES = ("nvidia-smi", "--query-gpu=name", "--format=csv,noheader")
 VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni")
 
 #: L4T release prefix -> (JetPack, TensorRT it ships); first match wins.
@@ -116,6 +117,14 @@ def parse_nvidia_smi(text: str) -> list[tuple[str, str | None]]:
     return gpus
 
 
+def query_gpus(run: Runner = run_command) -> list[tuple[str, str | None]]:
+    """[(name, compute capability or None)] from nvidia-smi; empty if it is missing or fails."""
+    smi = run(NVIDIA_SMI)
+    if smi is None:  # drivers older than 510 lack compute_cap
+        smi = run(NVIDIA_SMI_NAMES)
+    return parse_nvidia_smi(smi) if smi else []
+
+
 def read_facts(root: str | Path = "/", run: Runner = run_command, machine: str | None = None) -> Facts:
     """Read device-tree model, L4T release, nvidia-smi and /proc/cpuinfo under ``root``."""
     root = Path(root)
@@ -126,10 +135,7 @@ def read_facts(root: str | Path = "/", run: Runner = run_command, machine: str |
     release = _read(root, TEGRA_RELEASE)
     if release is not None:
         facts.l4t = parse_tegra_release(release) or "unknown"
-    smi = run(NVIDIA_SMI)
-    if smi is None:  # drivers older than 510 lack compute_cap
-        smi = run(("nvidia-smi", "--query-gpu=name", "--format=csv,noheader"))
-    facts.gpus = parse_nvidia_smi(smi) if smi else []
+    facts.gpus = query_gpus(run)
     cpuinfo = _read(root, CPUINFO)
     if cpuinfo is not None:
         facts.arch, facts.cpu_model, facts.cpu_flags = parse_cpuinfo(cpuinfo)
@@ -194,7 +200,8 @@ def detect(root: str | Path = "/", run: Runner = run_command, machine: str | Non
     if machine is None and Path(root) == Path("/"):
         machine = platform.machine()
     facts = read_facts(root, run, machine)
-    profiles = list(load_profiles().values())
+    by_name = load_profiles()
+    profiles = list(by_name.values())
     reasons: list[str] = []
     profile, exact = None, False
     if facts.is_jetson or facts.model:
@@ -216,7 +223,7 @@ def detect(root: str | Path = "/", run: Runner = run_command, machine: str | Non
             reasons += cpu_reasons
     if profile is None:
         fallback = "x86-avx2" if (facts.arch or "").startswith("x86") else "arm64-cpu"
-        profile = load_profiles()[fallback]
+        profile = by_name[fallback]
         reasons.append(f"nothing identified this machine; using {fallback}")
     if profile.kind == "cpu" and profile.int8_cpu_flags and not facts.cpu_flags.intersection(profile.int8_cpu_flags):
         profile = profile.with_changes(precision="fp32")
@@ -227,18 +234,18 @@ def detect(root: str | Path = "/", run: Runner = run_command, machine: str | Non
 
 def cuda_compute_capability(run: Runner = run_command) -> str | None:
     """GPU 0's compute capability (``"8.7"``) from CUDA (cuda-python), else nvidia-smi; None if no GPU."""
+    from ..errors import BackendError
+    from ..runtime.tensorrt import import_cudart
+
     try:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # cuda-python < 12.6
+        cudart = import_cudart()
+    except BackendError:
+        cudart = None
+    if cudart is not None:
         attr = cudart.cudaDeviceAttr
         err, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, 0)
         err2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, 0)
         if int(err) == 0 and int(err2) == 0:
             return f"{major}.{minor}"
-    except ImportError:
-        pass
-    out = run(NVIDIA_SMI)
-    gpus = parse_nvidia_smi(out) if out else []
+    gpus = query_gpus(run)
     return gpus[0][1] if gpus else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bundle import Bundle, load_bundle, now_iso, sha256_file, update_bundle
+from ..bundle import Bundle, load_bundle, now_iso, update_bundle, verify_files
 from ..errors import BackendError, BundleError, DeviceError, EdgeclipError
 from .catalog import DeviceProfile
 
@@ -144,12 +144,10 @@ def engine_source(bundle: Bundle, precision: str) -> str:
     if precision not in ENGINE_PRECISIONS:
         raise DeviceError(f"unknown engine precision {precision!r}; use one of {', '.join(ENGINE_PRECISIONS)}")
     if precision == "int8":
-        found = [n for n, e in bundle.files_with_role("image_encoder").items()
-                 if e.get("precision") == "int8" and e.get("target") == "tensorrt"]
-        if not found:
-            raise DeviceError(f"{bundle.path}: no INT8 image encoder for TensorRT (image_encoder.int8.tensorrt.onnx); "
-                              f"run `edgeclip quantize {bundle.path} --target tensorrt` first, or build FP16")
-        return sorted(found)[0]
+        try:
+            return bundle.encoder("image", "int8", "tensorrt").name
+        except BundleError as exc:  # says to run `edgeclip quantize --target tensorrt`
+            raise DeviceError(f"{exc}, or build FP16") from exc
     return bundle.encoder("image", "fp32").name
 
 
@@ -235,19 +233,16 @@ def timing_cache_file(tensorrt: str, sm: str) -> str:
 
 
 def load_for_build(bundle_path: str | Path) -> tuple[Bundle, list[str]]:
-    """Load and verify the bundle, first dropping engines whose files are missing or damaged (a cache)."""
-    try:
-        return load_bundle(bundle_path), []
-    except BundleError:
-        bundle = load_bundle(bundle_path, verify=False)
-        damaged = [n for n, e in bundle.files_with_role("engine").items()
-                   if not (bundle.path / n).is_file() or sha256_file(bundle.path / n) != e["sha256"]]
-        if not damaged:
-            raise
-        with update_bundle(bundle.path, verify=False) as draft:
+    """Load and verify the bundle, dropping engines whose files are missing or damaged (a cache)."""
+    bundle = load_bundle(bundle_path, verify=False)
+    damaged: list[str] = []
+    verify_files(bundle, damaged)  # every other file is verified: a bad one raises, naming it
+    if damaged:
+        with update_bundle(bundle, verify=False) as draft:
             for name in damaged:
                 draft.remove_file(name)
-        return load_bundle(bundle_path), [f"dropped the missing or damaged engine {n}" for n in damaged]
+    bundle.verified = True
+    return bundle, [f"dropped the missing or damaged engine {n}" for n in damaged]
 
 
 def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str | None = None,
@@ -287,7 +282,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     engine, cache = (compile or build_serialized_engine)(onnx_path, key, options)
     seconds = time.perf_counter() - start
     pruned = []
-    with update_bundle(bundle.path) as draft:
+    with update_bundle(bundle) as draft:
         for name, entry in list(draft.manifest["files"].items()):
             if entry.get("role") == "engine" and is_stale(entry, draft.manifest["files"]):
                 draft.remove_file(name)

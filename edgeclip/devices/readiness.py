@@ -18,7 +18,7 @@ from .trt_ops import op_support, parse_version
 
 ERROR, WARNING = "error", "warning"
 DEFAULT_TENSORRT = "10.0"
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
 REQUANTIZE = "re-run `edgeclip quantize BUNDLE --target tensorrt` (symmetric signed INT8, per-channel weights)"
 
 
@@ -59,13 +59,16 @@ def _name(node: Any) -> str:
     return f"{node.op_type} {node.name!r}" if node.name else f"{node.op_type} -> {node.output[0]!r}"
 
 
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node outputs as numpy arrays."""
+def _constants(graph: Any, nodes: list[Any]) -> dict[str, np.ndarray]:
+    """The initializers and Constant-node outputs that Q/DQ nodes read, as numpy arrays."""
     from onnx import helper, numpy_helper
 
-    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in _nodes(graph):
-        if node.op_type == "Constant" and node.attribute:
+    wanted = {name for n in nodes if n.op_type in QDQ for name in n.input if name}
+    if not wanted:
+        return {}
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    for node in nodes:
+        if node.op_type == "Constant" and node.attribute and node.output[0] in wanted:
             attr = node.attribute[0]
             if attr.name == "value":
                 out[node.output[0]] = numpy_helper.to_array(attr.t)
@@ -77,7 +80,7 @@ def _constants(graph: Any) -> dict[str, np.ndarray]:
 def check_opset(model: Any) -> list[Finding]:
     """Opset: >= 13 for per-channel Q/DQ, >= 17 for LayerNormalization as one (FP16-safe) op."""
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in _nodes(model.graph))
+    has_qdq = any(n.op_type in QDQ for n in _nodes(model.graph))
     out = []
     if has_qdq and opset < 13:
         out.append(Finding(ERROR, "model", f"opset {opset} < 13: Q/DQ nodes cannot carry per-channel axes",
@@ -169,8 +172,8 @@ def _scale(node: Any, consts: dict[str, np.ndarray]) -> tuple[np.ndarray | None,
 def check_qdq(model: Any) -> list[Finding]:
     """Q/DQ placement, symmetric signed INT8 and per-channel weights on the output-channel axis."""
     graph = model.graph
-    consts = _constants(graph)
     nodes = list(_nodes(graph))
+    consts = _constants(graph, nodes)
     producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[tuple[Any, int]]] = {}
     for n in nodes:
@@ -178,7 +181,7 @@ def check_qdq(model: Any) -> list[Finding]:
             consumers.setdefault(name, []).append((n, i))
     out: list[Finding] = []
     for node in nodes:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type not in QDQ:
             continue
         src = producer.get(node.input[0])
         weight = consts.get(node.input[0])

@@ -40,7 +40,7 @@ def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], templa
     """Re-embed a new label set inside an existing bundle (atomically) and return (names, matrix)."""
     bundle = load_bundle(path)
     matrix = embed_labels(labels, templates, TextEncoder.from_bundle(bundle, providers), progress=progress)
-    with update_bundle(bundle.path) as draft:
+    with update_bundle(bundle) as draft:  # verified by load_bundle above
         write_labels(draft, labels, template_name, templates, matrix)
     return [lab.name for lab in labels], matrix
 
