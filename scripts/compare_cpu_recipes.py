@@ -42,7 +42,7 @@ def build(bundle_path: str, work: Path, n: int) -> tuple[dict[str, Path], np.nda
     out = {"fp32": fp32}
     for name, recipe in CPU_CANDIDATES.items():
         print(f"building {name}", file=sys.stderr)
-        out[name] = quantize_onnx(recipe, fp32, work / f"{name}.onnx", images, "minmax")
+        out[name] = quantize_onnx(recipe, fp32, work / f"{name}.onnx", images, "minmax", nodes=nodes)
     with quiet_onnxruntime():
         print("building qoperator-u8s8, dynamic-matmul, mixed", file=sys.stderr)
         quantize_static(str(fp32), str(work / "qop.onnx"), _data_reader(images, model.graph.input[0].name, 8),

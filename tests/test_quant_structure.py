@@ -238,8 +238,8 @@ def test_probe_switches_layers_on_and_off(built: dict, tmp_path: Path) -> None:
     cos = (on * real).sum(-1) / np.linalg.norm(on, axis=-1) / np.linalg.norm(real, axis=-1)
     assert cos.min() > 0.999, "all on: the fake-quant probe follows the real INT8 model"
     labels = np.random.default_rng(0).standard_normal((5, ref.shape[1])).astype(np.float32)
-    ranking = layer_sensitivity(probe, images, labels, 100.0)
+    ranking = layer_sensitivity(probe, images, ref, labels, 100.0)
     assert sorted(s.node for s in ranking) == sorted(nodes)
     assert all(a.kl >= b.kl for a, b in zip(ranking, ranking[1:]))
-    k, agreement = plan_exclusions(probe, ranking, images, labels, 100.0, max_drop=0.0)
+    k, agreement = plan_exclusions(probe, ranking, images, ref, labels, 100.0, max_drop=0.0)
     assert 0 <= k <= len(nodes) and agreement["top1_agreement"] == 1.0

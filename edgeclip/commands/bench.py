@@ -83,16 +83,15 @@ def _torch_variant(bundle: Any, threads: int) -> tuple[Any, str | None]:
         import torch
     except ImportError:
         return None, "torch is not installed"
-    from ..errors import EdgeclipError
+    from ..errors import BundleError, EdgeclipError
     from ..runtime.benchmark import Variant
 
-    load = bundle.model.get("load")
-    if not isinstance(load, dict):
-        return None, "the manifest does not say how to reload the torch model (model.load)"
     try:
-        from ..export.models import load_model
+        from ..export.models import load_source_model
 
-        loaded = load_model(**{k: v for k, v in load.items()})
+        loaded = load_source_model(bundle)
+    except BundleError:
+        return None, "the manifest does not say how to reload the torch model (model.load)"
     except (EdgeclipError, ImportError) as exc:
         return None, f"cannot reload the torch model: {exc}"
     tower = loaded.image_tower.eval()

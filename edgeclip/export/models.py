@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, OptionError
+from ..bundle import Bundle
+from ..errors import BundleError, ModelLoadError, OptionError
 
 log = logging.getLogger("edgeclip.export")
 
@@ -265,6 +266,18 @@ def load_model(model: str | None = None, pretrained: str | None = None, config: 
                 for k, v in (("model", model or DEFAULT_MODEL), ("pretrained", pretrained), ("config", config))}
     loaded.details["load"] = {**absolute, "seed": seed}
     return loaded
+
+
+def load_source_model(bundle: Bundle) -> LoadedModel:
+    """The torch model ``bundle`` was exported from, reloaded from ``manifest.model.load``.
+
+    BundleError when the manifest does not record how to load it; the errors of ``load_model`` otherwise.
+    """
+    load = bundle.model.get("load")
+    if not isinstance(load, dict) or not load:
+        raise BundleError(f"{bundle.path}: the manifest does not record how to load the source model "
+                          f"(model.load); re-export the bundle with this edgeclip")
+    return load_model(**load)
 
 
 def _load_model(model: str | None, pretrained: str | None, config: str | None, seed: int) -> LoadedModel:

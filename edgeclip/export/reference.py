@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from ..bundle import Bundle
-from ..errors import BundleError
 from ..runtime.labels import Label, embed_labels
-from .models import load_model
+from .models import load_source_model
 
 
 class TorchReference:
@@ -20,13 +19,9 @@ class TorchReference:
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         import open_clip
 
-        load = bundle.model.get("load")
-        if not load:
-            raise BundleError(f"{bundle.path}: the manifest does not record how to load the source model "
-                              f"(model.load); re-export the bundle with this edgeclip")
         if threads:
             torch.set_num_threads(threads)
-        self.loaded = load_model(**load)
+        self.loaded = load_source_model(bundle)
         self.model = self.loaded.model.eval()
         pre = bundle.preprocess
         self.transform = open_clip.image_transform(

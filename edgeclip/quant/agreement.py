@@ -2,27 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 
-def run_onnx(path: Path, images: np.ndarray, batch_size: int = 16, threads: int = 0,
-             progress: Callable[[int], None] | None = None) -> np.ndarray:
+def run_onnx(path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Raw embeddings of ``images`` from an ONNX image encoder on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    outs = []
-    for i in range(0, len(images), batch_size):
-        outs.append(sess.run(None, {name: np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)})[0])
-        if progress:
-            progress(min(batch_size, len(images) - i))
+    outs = [sess.run(None, {name: np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)})[0]
+            for i in range(0, len(images), batch_size)]
     return np.concatenate(outs, axis=0)
 
 

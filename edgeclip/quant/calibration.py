@@ -34,7 +34,6 @@ from .synthetic import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
 
-SOURCES = ("noise", "bn-stats", "text-guided", "real")
 WORK_DIR = ".work"
 #: Bumped whenever synthesis changes what it makes for the same parameters (invalidates caches).
 SYNTH_VERSION = 1
@@ -71,10 +70,6 @@ class CalibSource:
         if self.kind == "noise":
             return "noise" if self.arg == "gaussian" else f"noise:{self.arg}"
         return f"real:{self.arg}" if self.kind == "real" else self.kind
-
-    @property
-    def synthetic(self) -> bool:
-        return self.kind != "real"
 
 
 @dataclass
@@ -128,8 +123,7 @@ def cache_key(bundle: Bundle, source: CalibSource, n: int, seed: int, time_budge
               config: SynthesisConfig, files: list[Path] | None = None) -> str:
     """Hash of everything the calibration images depend on."""
     files_sha = bundle.manifest["files"]
-    enc = next((e["sha256"] for name, e in files_sha.items()
-                if e.get("role") == "image_encoder" and e.get("precision", "fp32") == "fp32"), None)
+    enc = files_sha[bundle.encoder("image", "fp32").name]["sha256"]
     key: dict[str, Any] = {"version": SYNTH_VERSION, "source": str(source), "images": n, "seed": seed,
                            "encoder": enc, "preprocess": bundle.preprocess}
     if source.kind in ("bn-stats", "text-guided"):
@@ -151,7 +145,7 @@ def text_targets(bundle: Bundle, n: int, seed: int, generic_fraction: float) -> 
     from ..runtime.text import TextEncoder
 
     names, matrix = bundle.labels()
-    n_generic = int(round(n * generic_fraction)) if len(GENERIC_PROMPTS) else 0
+    n_generic = int(round(n * generic_fraction))
     n_label = n - n_generic
     rows, what = [], []
     for i in range(n_label):
@@ -266,7 +260,7 @@ def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_
         objective = text_guided_objective(tower, targets)
     batches = -(-n // cfg.batch_size)
     budget = f", budget {time_budget:.0f} s" if time_budget else ""
-    say(f"synthesising {n} {src} images ({objective.name}: {', '.join(_terms(objective))}; "
+    say(f"synthesising {n} {src} images ({objective.name}: {', '.join(objective.terms)}; "
         f"{batches} batches x {cfg.steps} steps{budget})")
     with tqdm(total=batches * cfg.steps, desc=f"calib {src}", unit="step", disable=not progress,
               dynamic_ncols=True, mininterval=0.5) as bar:
@@ -276,14 +270,6 @@ def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_
     if prompts:
         info["prompts"] = prompts
     return result.images, info
-
-
-def _terms(objective: Any) -> list[str]:
-    out = ["text cosine"] if objective.targets is not None else []
-    out += ["bn-stats"] if objective.batchnorm else []
-    out += ["patch diversity"] if objective.diversity else []
-    out += ["tv/l2/views"] if objective.priors else []
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -77,27 +77,29 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
     config = SynthesisConfig(device=opts.device, **({"steps": opts.steps} if opts.steps else {}))
     calib = calibration_set(bundle, source, opts.images, opts.seed, opts.time_budget, config, opts.cache,
                             progress, say)
-    names, labels = bundle.labels()
+    _, labels = bundle.labels()
     scale = bundle.logit_scale
-    fp32_entry = next(e for n, e in bundle.files_with_role("image_encoder").items()
-                      if e.get("precision", "fp32") == "fp32")
+    source_fp32 = bundle.encoder("image", "fp32")
+    fp32_sha = bundle.manifest["files"][source_fp32.name]["sha256"]
     with tempfile.TemporaryDirectory(prefix="edgeclip-quantize-") as tmp_s:
         tmp = Path(tmp_s)
-        say(f"preparing {bundle.encoder('image', 'fp32').name} for quantization")
-        fp32 = prepare_fp32(bundle.encoder("image", "fp32"), tmp / "fp32.onnx")
-        ranges = (work_dir(bundle) / ranges_cache_name(calib.key, fp32_entry["sha256"], recipe, method)
+        say(f"preparing {source_fp32.name} for quantization")
+        fp32 = prepare_fp32(source_fp32, tmp / "fp32.onnx")
+        nodes = weighted_nodes(_load(fp32), recipe.op_types)
+        ranges = (work_dir(bundle) / ranges_cache_name(calib.key, fp32_sha, recipe, method)
                   if opts.cache else tmp / "ranges.json")
         say(f"quantizing for {opts.target} ({recipe.name}, {method} calibration on {len(calib.images)} images)")
-        int8 = quantize_onnx(recipe, fp32, tmp / "int8.onnx", calib.images, method, ranges_cache=ranges)
+        int8 = quantize_onnx(recipe, fp32, tmp / "int8.onnx", calib.images, method, nodes=nodes,
+                             ranges_cache=ranges)
         say("comparing INT8 with fp32 on the calibration images")
         reference = run_onnx(fp32, calib.images)
         agreement = compare(reference, run_onnx(int8, calib.images), labels, scale)
         excluded: list[str] = []
         sensitivity: list[dict[str, Any]] = []
         if opts.max_drop is not None and drop_points(agreement) > opts.max_drop:
-            excluded, agreement, sensitivity = _mixed_precision(recipe, method, fp32, int8, tmp, calib.images,
-                                                                reference, labels, scale, opts.max_drop, ranges,
-                                                                progress, say)
+            excluded, agreement, sensitivity = _mixed_precision(recipe, method, fp32, nodes, int8, tmp,
+                                                                calib.images, reference, labels, scale,
+                                                                opts.max_drop, ranges, progress, say)
             int8 = tmp / "int8.onnx"
         seconds = round(time.monotonic() - t0, 2)
         record: dict[str, Any] = {
@@ -105,7 +107,7 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
             "calibration": {**calib.record(), "method": method},
             "seconds": seconds, "agreement": {k: agreement[k] for k in ("top1_agreement", "mean_cosine",
                                                                        "min_cosine", "mean_kl", "images")},
-            "excluded_nodes": excluded, "weighted_nodes": len(weighted_nodes(_load(fp32), recipe.op_types)),
+            "excluded_nodes": excluded, "weighted_nodes": len(nodes),
             "max_drop": opts.max_drop, "settings": recipe.record(), "created": now_iso(),
         }
         if sensitivity:
@@ -113,7 +115,7 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
         say(f"writing {record['file']} into {bundle.path}")
         name = int8_file_name(opts.target)
         sheet = f"reports/calibration-{opts.target}.png"
-        with update_bundle(bundle.path) as draft:
+        with update_bundle(bundle) as draft:
             shutil.copyfile(int8, draft.new_file(name))
             draft.add_file(name, "image_encoder", precision="int8", target=opts.target, format="onnx",
                            recipe=recipe.name)
@@ -130,24 +132,26 @@ def _load(path: Path) -> Any:
     return onnx.load(str(path), load_external_data=False)
 
 
-def _mixed_precision(recipe: Any, method: str, fp32: Path, int8: Path, tmp: Path, images: Any, reference: Any,
-                     labels: Any, scale: float, max_drop: float, ranges: Path, progress: bool,
+def _mixed_precision(recipe: Any, method: str, fp32: Path, nodes: list[str], int8: Path, tmp: Path, images: Any,
+                     reference: Any, labels: Any, scale: float, max_drop: float, ranges: Path, progress: bool,
                      say: Callable[[str], None]) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
-    """Keep the most sensitive layers in fp32 until top-1 agreement is within ``max_drop`` points."""
+    """Keep the most sensitive layers in fp32 until top-1 agreement is within ``max_drop`` points.
+
+    ``nodes``: the weighted nodes of ``fp32``; ``reference``: its embeddings of ``images``.
+    """
     from tqdm import tqdm
 
     from .sensitivity import QuantProbe, layer_sensitivity, plan_exclusions
 
-    nodes = weighted_nodes(_load(fp32), recipe.op_types)
     say(f"INT8 changes the label of more than {max_drop:g}% of the calibration images: measuring the "
         f"sensitivity of {len(nodes)} layers")
     probe = QuantProbe(int8, fp32, nodes, tmp / "probe.onnx")
     subset = images[:SENSITIVITY_IMAGES]
     with tqdm(total=len(nodes), desc="sensitivity", unit="layer", disable=not progress, dynamic_ncols=True,
               mininterval=0.5) as bar:
-        ranking = layer_sensitivity(probe, subset, labels, scale, bar.update)
+        ranking = layer_sensitivity(probe, subset, reference[:SENSITIVITY_IMAGES], labels, scale, bar.update)
     with tqdm(desc="mixed precision", unit="try", disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
-        k, _ = plan_exclusions(probe, ranking, images, labels, scale, max_drop, bar.update)
+        k, _ = plan_exclusions(probe, ranking, images, reference, labels, scale, max_drop, bar.update)
     order = [s.node for s in ranking]
     while True:
         if k >= len(order):
@@ -156,7 +160,8 @@ def _mixed_precision(recipe: Any, method: str, fp32: Path, int8: Path, tmp: Path
                                     f"or other calibration images (--images, --calib)")
         excluded = order[:k]
         say(f"keeping {k} of {len(order)} layers in fp32 ({', '.join(excluded[:4])}{', ...' if k > 4 else ''})")
-        out = quantize_onnx(recipe, fp32, tmp / "int8.onnx", images, method, exclude=excluded, ranges_cache=ranges)
+        out = quantize_onnx(recipe, fp32, tmp / "int8.onnx", images, method, exclude=excluded, nodes=nodes,
+                            ranges_cache=ranges)
         agreement = compare(reference, run_onnx(out, images), labels, scale)
         if drop_points(agreement) <= max_drop + 1e-9:
             return excluded, agreement, [s.record() for s in ranking]

@@ -192,13 +192,13 @@ def _method(name: str) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, method: str | None = None,
                   exclude: Sequence[str] = (), nodes: Sequence[str] | None = None,
-                  ranges_cache: Path | None = None, batch_size: int = 8,
-                  metadata: dict[str, str] | None = None) -> Path:
+                  ranges_cache: Path | None = None, batch_size: int = 8) -> Path:
     """Quantize the prepared fp32 model ``fp32`` with ``recipe``, calibrated on ``images``; writes ``out``.
 
-    ``exclude`` keeps those weighted nodes in fp32; ``nodes`` (default: all weighted nodes) limits what is
-    quantized. ``ranges_cache`` (a JSON file) stores the calibrated tensor ranges: when it exists the
-    calibration pass is skipped, so rebuilding with other exclusions is cheap.
+    ``nodes``: the weighted nodes of ``fp32`` for ``recipe.op_types`` when the caller already has them
+    (``weighted_nodes``; found here otherwise); ``exclude`` keeps some of them in fp32. ``ranges_cache`` (a
+    JSON file) stores the calibrated tensor ranges: when it exists the calibration pass is skipped, so
+    rebuilding with other exclusions is cheap.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -207,7 +207,7 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
     calib = _method(method)
     model = onnx.load(str(fp32), load_external_data=False)
     candidates = list(nodes) if nodes is not None else weighted_nodes(model, recipe.op_types)
-    unknown = set(exclude) - set(weighted_nodes(model, recipe.op_types))
+    unknown = set(exclude) - set(candidates)
     if unknown:
         raise QuantizationError(f"cannot exclude {sorted(unknown)[:3]}: not weighted nodes of {fp32.name}")
     selected = [n for n in candidates if n not in set(exclude)]
@@ -252,7 +252,7 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
     if recipe.float_consumers_read_float:
         reconnect_float_consumers(q, set(selected))
     props = {"edgeclip.version": __version__, "edgeclip.precision": "int8", "edgeclip.int8_target": recipe.target,
-             "edgeclip.int8_recipe": recipe.name, "edgeclip.calib_method": method, **(metadata or {})}
+             "edgeclip.int8_recipe": recipe.name, "edgeclip.calib_method": method}
     keep = {p.key: p.value for p in q.metadata_props if not p.key.startswith("edgeclip.")}
     del q.metadata_props[:]
     for k, v in {**keep, **props}.items():

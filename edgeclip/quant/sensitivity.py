@@ -48,8 +48,7 @@ class LayerSensitivity:
 class QuantProbe:
     """Fake-quant model where the quantization of each weighted layer is switched per run."""
 
-    def __init__(self, qdq_path: Path, fp32_path: Path, nodes: Sequence[str], out_path: Path,
-                 threads: int = 0) -> None:
+    def __init__(self, qdq_path: Path, fp32_path: Path, nodes: Sequence[str], out_path: Path) -> None:
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
@@ -119,8 +118,6 @@ class QuantProbe:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(out_path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = next(i.name for i in self.session.get_inputs() if i.name != MASK_INPUT)
 
@@ -135,13 +132,15 @@ class QuantProbe:
         return np.concatenate(outs, axis=0)
 
 
-def layer_sensitivity(probe: QuantProbe, images: np.ndarray, labels: np.ndarray, logit_scale: float,
-                      progress: Callable[[int], None] | None = None) -> list[LayerSensitivity]:
-    """Every weighted layer's sensitivity on ``images``, most sensitive first."""
-    ref = probe.run(images, [])
+def layer_sensitivity(probe: QuantProbe, images: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+                      logit_scale: float, progress: Callable[[int], None] | None = None) -> list[LayerSensitivity]:
+    """Every weighted layer's sensitivity on ``images``, most sensitive first.
+
+    ``reference``: the fp32 model's embeddings of ``images`` (what the probe gives with every layer off).
+    """
     out = []
     for node in probe.nodes:
-        c = compare(ref, probe.run(images, [node]), labels, logit_scale)
+        c = compare(reference, probe.run(images, [node]), labels, logit_scale)
         out.append(LayerSensitivity(node, probe.op_types.get(node, "?"), c["mean_kl"], 1.0 - c["mean_cosine"],
                                     drop_points(c)))
         if progress:
@@ -151,21 +150,21 @@ def layer_sensitivity(probe: QuantProbe, images: np.ndarray, labels: np.ndarray,
 
 
 def plan_exclusions(probe: QuantProbe, ranking: Sequence[LayerSensitivity], images: np.ndarray,
-                    labels: np.ndarray, logit_scale: float, max_drop: float,
+                    reference: np.ndarray, labels: np.ndarray, logit_scale: float, max_drop: float,
                     progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, Any]]:
     """Smallest ``k`` such that keeping the ``k`` most sensitive layers in fp32 meets ``max_drop`` (points).
 
-    Exponential then binary search over ``k`` on the probe; returns ``(k, agreement at k)``. ``k`` equals
-    ``len(ranking)`` when even that does not meet the target.
+    ``reference``: the fp32 model's embeddings of ``images``. Exponential then binary search over ``k`` on
+    the probe; returns ``(k, agreement at k)``. ``k`` equals ``len(ranking)`` when even that does not meet
+    the target.
     """
-    ref = probe.run(images, [])
     order = [s.node for s in ranking]
     memo: dict[int, dict[str, Any]] = {}
 
     def agreement(k: int) -> dict[str, Any]:
         if k not in memo:
             on = order[k:]
-            memo[k] = compare(ref, probe.run(images, on, others=bool(on)), labels, logit_scale)
+            memo[k] = compare(reference, probe.run(images, on, others=bool(on)), labels, logit_scale)
             if progress:
                 progress(1)
         return memo[k]

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import OptionError, QuantizationError
+from ..errors import BundleError, EdgeclipError, OptionError, ParityError, QuantizationError
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -141,22 +141,20 @@ class TorchTower:
         return bool(vit_blocks(self.visual))
 
 
-def load_torch_tower(bundle: Any, check_onnx: bool = True) -> TorchTower:
+def load_torch_tower(bundle: Any) -> TorchTower:
     """Reload the bundle's torch model from ``manifest.model.load`` and check it still matches the ONNX."""
-    load = bundle.model.get("load")
-    if not isinstance(load, dict):
-        raise QuantizationError(f"{bundle.path}: the manifest does not say how to reload the torch model "
-                                f"(model.load); re-export the bundle, or calibrate with --calib noise or real:DIR")
     try:
-        import torch
-        from ..export.models import load_model
+        from ..export.models import load_source_model
+        from ..export.onnx_export import Tolerance, check_parity
     except ImportError as exc:
         raise QuantizationError("synthetic calibration needs torch and open_clip: pip install 'edgeclip[export]'"
                                 ", or calibrate with --calib noise or real:DIR") from exc
-    from ..errors import EdgeclipError
+    import torch
 
     try:
-        loaded = load_model(**{k: v for k, v in load.items()})
+        loaded = load_source_model(bundle)
+    except BundleError as exc:
+        raise QuantizationError(f"{exc}, or calibrate with --calib noise or real:DIR") from exc
     except EdgeclipError as exc:
         raise QuantizationError(f"cannot reload the model this bundle was exported from ({exc}); "
                                 f"calibrate with --calib noise or real:DIR instead") from exc
@@ -166,25 +164,17 @@ def load_torch_tower(bundle: Any, check_onnx: bool = True) -> TorchTower:
     pre = bundle.preprocess
     tower = TorchTower(loaded.image_tower.eval(), getattr(model, "visual", model), tuple(pre["size"]),
                        tuple(pre["mean"]), tuple(pre["std"]), str(bundle.model.get("architecture", "")))
-    if check_onnx:
-        _check_matches_onnx(tower, bundle, torch)
-    return tower
-
-
-def _check_matches_onnx(tower: TorchTower, bundle: Any, torch: Any) -> None:
-    import onnxruntime as ort
-
-    x = noise_images(2, tower.size, tower.mean, tower.std, seed=12345)
-    with torch.no_grad():
-        ref = tower.encode(torch.from_numpy(x)).numpy()
-    sess = ort.InferenceSession(str(bundle.encoder("image", "fp32")), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    cos = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1) + 1e-12)
-    if float(cos.min()) < 0.999:
+    fp32 = bundle.encoder("image", "fp32")
+    x = torch.from_numpy(noise_images(2, tower.size, tower.mean, tower.std, seed=12345))
+    try:  # only the direction matters here: no limit on the absolute difference
+        check_parity(tower.encode, fp32, [x], Tolerance(max_abs=math.inf, min_cosine=0.999))
+    except ParityError as exc:
+        cos = exc.numbers.get("min_cosine")
         raise QuantizationError(f"the torch model reloaded from manifest.model.load no longer matches "
-                                f"{bundle.encoder('image', 'fp32').name} (cosine {float(cos.min()):.4f}); the "
+                                f"{fp32.name} ({f'cosine {cos:.4f}' if cos is not None else exc}); the "
                                 f"checkpoint changed since export: re-export the bundle, or calibrate with "
-                                f"--calib noise or real:DIR")
+                                f"--calib noise or real:DIR") from exc
+    return tower
 
 
 def synthesis_threads(tower: TorchTower, requested: int = 0) -> int:
@@ -219,6 +209,12 @@ class Objective:
     batchnorm: bool = False
     diversity: bool = False
     priors: bool = True  # total variation, L2 and random views
+
+    @property
+    def terms(self) -> list[str]:
+        """The loss terms in use, as recorded in ``info["terms"]`` and the manifest."""
+        return [k for k, on in (("text", self.targets is not None), ("bn-stats", self.batchnorm),
+                                ("patch-diversity", self.diversity), ("priors", self.priors)) if on]
 
 
 def bn_stats_objective(tower: TorchTower) -> Objective:
@@ -361,9 +357,7 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     info = {"objective": objective.name, "steps": cfg.steps, "steps_run": steps_run,
             "truncated": any(s < cfg.steps for s in steps_run),
             "seconds": round(time.monotonic() - start, 2), "threads": threads,
-            "start": mean_of(first), "end": mean_of(last),
-            "terms": [k for k, on in (("text", objective.targets is not None), ("bn-stats", objective.batchnorm),
-                                      ("patch-diversity", objective.diversity), ("priors", objective.priors)) if on]}
+            "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
     if info["truncated"]:
         log.warning("the time budget (%.0f s) cut synthesis short: %d of %d steps per batch on average; pass a "
                     "larger --time-budget or fewer --images for better images", time_budget or 0,

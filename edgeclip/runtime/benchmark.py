@@ -23,7 +23,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..devices.detect import VNNI_FLAGS, parse_cpuinfo
 from ..errors import OptionError
+
+#: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
+CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS})
 
 
 @dataclass
@@ -74,16 +78,14 @@ def machine_facts() -> dict[str, Any]:
         pass
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                facts["cpu"] = line.split(":", 1)[1].strip()
-            if line.startswith(("flags", "Features")):
-                flags = set(line.split(":", 1)[1].split())
-                facts["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
-                                                     "asimddp", "i8mm", "sve"})
-                break
     except OSError:
-        pass
+        text = ""
+    if text:
+        _, model, flags = parse_cpuinfo(text)
+        if model:
+            facts["cpu"] = model
+        if flags:
+            facts["cpu_flags"] = sorted(flags & CPU_FLAGS)
     try:
         import onnxruntime
 
