@@ -71,7 +71,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from edgeclip.runtime.backends import OrtBackend
+    from edgeclip.runtime.backends.onnxruntime import OrtBackend
     from edgeclip.runtime.benchmark import Variant, format_table, measure, report
 
     with tempfile.TemporaryDirectory(prefix="cpu-recipes-") as tmp:

@@ -26,12 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeclip.commands.export import PROXY_LABELS  # noqa: E402
+from edgeclip.cli.export import PROXY_LABELS  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
-from edgeclip.runtime.decisions import HalfLife  # noqa: E402
-from edgeclip.runtime.sources import parse_source  # noqa: E402
-from edgeclip.runtime.stream import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
-from edgeclip.runtime.stream_outputs import JsonLinesSink, rss_bytes  # noqa: E402
+from edgeclip.runtime.stream.decisions import HalfLife  # noqa: E402
+from edgeclip.runtime.stream.sources import parse_source  # noqa: E402
+from edgeclip.runtime.stream.pipeline import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
+from edgeclip.runtime.stream.outputs import JsonLinesSink, rss_bytes  # noqa: E402
 
 
 def export_tiny(out: Path) -> Path:

@@ -79,8 +79,7 @@ def _probe_tensorrt(bundle: Bundle | None, precision: str, have_tensorrt: bool |
     if have_tensorrt is False:
         return BackendChoice("tensorrt", False, "TensorRT is not installed")
     if have_tensorrt is None:
-        from ..runtime.tensorrt import import_cudart
-        from .engines import import_tensorrt
+        from ..runtime.backends.tensorrt import import_cudart, import_tensorrt
 
         try:
             import_tensorrt(BackendError)
@@ -123,7 +122,8 @@ def _ort_model(bundle: Bundle, profile: DeviceProfile, label: str, precision: st
 def open_for_profile(bundle: Bundle, profile: DeviceProfile, precision: str | None = None,
                      threads: int = 0) -> Backend:
     """Open the bundle's image encoder on the first backend of the profile's order that works here."""
-    from ..runtime.backends import OrtBackend, create_backend
+    from ..runtime.backends import create_backend
+    from ..runtime.backends.onnxruntime import OrtBackend
 
     precision = precision or ("int8" if profile.precision == "int8" else "fp32")
     errors = []

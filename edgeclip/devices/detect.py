@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..runtime.cpu import VNNI_FLAGS, parse_cpuinfo
 from .catalog import DeviceProfile, load_profiles
 
 log = logging.getLogger("edgeclip.devices")
@@ -25,7 +26,6 @@ TEGRA_RELEASE = "etc/nv_tegra_release"
 CPUINFO = "proc/cpuinfo"
 NVIDIA_SMI = ("nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader")
 NVIDIA_SMI_NAMES = ("nvidia-smi", "--query-gpu=name", "--format=csv,noheader")
-VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni")
 
 #: L4T release prefix -> (JetPack, TensorRT it ships); first match wins.
 L4T_RELEASES = (
@@ -92,19 +92,6 @@ def l4t_software(l4t: str) -> tuple[str, str] | None:
     return None
 
 
-def parse_cpuinfo(text: str) -> tuple[str | None, str | None, frozenset[str]]:
-    """(arch, model name, flags) from /proc/cpuinfo (x86 ``flags`` or ARM ``Features``)."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    if "flags" in fields:
-        arch = "x86_64" if "lm" in fields["flags"].split() else "x86"
-        return arch, fields.get("model name"), frozenset(fields["flags"].split())
-    if "Features" in fields:
-        return "aarch64", fields.get("model name") or fields.get("CPU part"), frozenset(fields["Features"].split())
-    return None, None, frozenset()
 
 
 def parse_nvidia_smi(text: str) -> list[tuple[str, str | None]]:
@@ -235,7 +222,7 @@ def detect(root: str | Path = "/", run: Runner = run_command, machine: str | Non
 def cuda_compute_capability(run: Runner = run_command) -> str | None:
     """GPU 0's compute capability (``"8.7"``) from CUDA (cuda-python), else nvidia-smi; None if no GPU."""
     from ..errors import BackendError
-    from ..runtime.tensorrt import import_cudart
+    from ..runtime.backends.tensorrt import import_cudart
 
     try:
         cudart = import_cudart()

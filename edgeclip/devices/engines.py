@@ -18,14 +18,13 @@ from typing import Any, Callable
 
 from ..bundle import Bundle, load_bundle, now_iso, update_bundle, verify_files
 from ..errors import BackendError, BundleError, DeviceError, EdgeclipError
+from ..runtime.backends.tensorrt import import_tensorrt
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
 
 ENGINE_DIR = "engines"
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_HINT = ("on a Jetson install JetPack's python3-libnvinfer (`sudo apt install python3-libnvinfer`), "
-                "elsewhere `pip install tensorrt`")
 
 
 @dataclass(frozen=True)
@@ -86,19 +85,12 @@ class BuildResult:
 # ---------------------------------------------------------------------------------------------------------
 # Versions of this machine
 # ---------------------------------------------------------------------------------------------------------
-def import_tensorrt(error: type[EdgeclipError] = DeviceError) -> Any:
-    """The ``tensorrt`` module, or ``error`` saying how to install it."""
-    try:
-        import tensorrt
-    except (ImportError, OSError) as exc:
-        raise error(f"the tensorrt Python package is not importable ({exc}); {INSTALL_HINT}") from exc
-    return tensorrt
 
 
 def tensorrt_version() -> str | None:
     """The installed TensorRT version (``"10.3.0"``), or None if ``tensorrt`` does not import."""
     try:
-        return str(import_tensorrt().__version__)
+        return str(import_tensorrt(DeviceError).__version__)
     except DeviceError:
         return None
 
@@ -414,7 +406,7 @@ def set_timing_cache(config: Any, data: bytes | None) -> None:
 
 def build_serialized_engine(onnx_path: Path, key: EngineKey, options: BuildOptions) -> tuple[bytes, bytes | None]:
     """Build the engine with TensorRT's Python API; returns (engine, timing cache)."""
-    trt = import_tensorrt()
+    trt = import_tensorrt(DeviceError)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     typed = strongly_typed(trt, key.precision)

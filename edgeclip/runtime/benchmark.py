@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..devices.detect import VNNI_FLAGS, parse_cpuinfo
+from .cpu import VNNI_FLAGS, read_cpuinfo
 from ..errors import OptionError
 
 #: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
@@ -76,16 +76,11 @@ def machine_facts() -> dict[str, Any]:
         facts["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    if text:
-        _, model, flags = parse_cpuinfo(text)
-        if model:
-            facts["cpu"] = model
-        if flags:
-            facts["cpu_flags"] = sorted(flags & CPU_FLAGS)
+    _, model, flags = read_cpuinfo()
+    if model:
+        facts["cpu"] = model
+    if flags:
+        facts["cpu_flags"] = sorted(flags & CPU_FLAGS)
     try:
         import onnxruntime
 

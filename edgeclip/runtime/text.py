@@ -8,7 +8,7 @@ import numpy as np
 
 from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, load_bundle, update_bundle
 from ..errors import BundleError
-from .backends import OrtBackend
+from .backends.onnxruntime import OrtBackend
 from .labels import Label, embed_labels, labels_document
 from .tokenizer import ClipTokenizer
 

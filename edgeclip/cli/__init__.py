@@ -1,4 +1,4 @@
-"""The ``edgeclip`` console entry point: one parser, one subcommand per module in ``edgeclip.commands``.
+"""The ``edgeclip`` console entry point: one parser, one subcommand per module of this package.
 
 Command modules import heavy dependencies (torch, onnx) inside their handlers, so ``edgeclip classify``
 never loads torch. Exit status: 0 success, 1 some inputs failed (reported per item), 2 usage or
@@ -13,10 +13,10 @@ import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .errors import EdgeclipError
+from .. import __version__
+from ..errors import EdgeclipError
 
-#: Modules under ``edgeclip.commands`` that each define ``register(subparsers)``.
+#: Modules under ``edgeclip.cli`` that each define ``register(subparsers)``.
 COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "devices")
 
 
@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"edgeclip.commands.{name}")
+            module = importlib.import_module(f"edgeclip.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"edgeclip.commands.{name}":
+            if exc.name == f"edgeclip.cli.{name}":
                 continue  # a command not in this build
             raise
         module.register(sub)
@@ -66,6 +66,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgeclip {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

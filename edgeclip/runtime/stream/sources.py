@@ -34,8 +34,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import EdgeclipError, SourceError
-from .images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
+from ...errors import EdgeclipError, SourceError
+from ..images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
 
 log = logging.getLogger("edgeclip.runtime")
 

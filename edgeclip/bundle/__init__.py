@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import BundleError
+from ..errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import Any
 
-from . import add_backend_options, check_backend_options, providers_of
+from .options import add_backend_options, check_backend_options, providers_of
 
 EPILOG = """\
 sources:
@@ -101,8 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _options(args: argparse.Namespace) -> Any:
     from ..errors import OptionError
-    from ..runtime.decisions import HalfLife, Roi
-    from ..runtime.stream import ReconnectPolicy, StreamOptions
+    from ..runtime.stream.decisions import HalfLife, Roi
+    from ..runtime.stream.pipeline import ReconnectPolicy, StreamOptions
 
     check_backend_options(args)
     if args.video_fps is not None and not args.video_out:
@@ -141,10 +141,10 @@ def _check_source(args: argparse.Namespace, spec: Any) -> None:
 
 def run_stream(args: argparse.Namespace) -> int:
     from ..runtime.classifier import Classifier
-    from ..runtime.relabel import LabelReloader
-    from ..runtime.sources import parse_source
-    from ..runtime.stream import CLEAN_END, StreamPipeline
-    from ..runtime.stream_outputs import AnnotatedVideo, JsonLinesSink, Window
+    from ..runtime.stream.relabel import LabelReloader
+    from ..runtime.stream.sources import parse_source
+    from ..runtime.stream.pipeline import CLEAN_END, StreamPipeline
+    from ..runtime.stream.outputs import AnnotatedVideo, JsonLinesSink, Window
 
     options = _options(args)
     spec = parse_source(args.source, args.width, args.height, args.fps, args.read_timeout, args.realtime)

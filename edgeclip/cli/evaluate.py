@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import add_backend_options, progress_bar, providers_of
+from .options import add_backend_options, progress_bar, providers_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bundle import LABELS_JSON, Bundle
-from ..errors import EdgeclipError
-from .labels import embed_labels, read_labels_file, resolve_templates
-from .text import TextEncoder
+from ...bundle import LABELS_JSON, Bundle
+from ...errors import EdgeclipError
+from ..labels import embed_labels, read_labels_file, resolve_templates
+from ..text import TextEncoder
 
 log = logging.getLogger("edgeclip.runtime")
 

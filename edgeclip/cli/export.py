@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_label_options, labels_from_args
+from .options import add_label_options, labels_from_args
 
 #: Labels used when none are given with a built-in proxy model: the classes it was trained on.
 PROXY_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

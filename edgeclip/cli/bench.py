@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ort_variants(bundle: Any, providers: list[str], threads: int) -> list:
-    from ..runtime.backends import OrtBackend
+    from ..runtime.backends.onnxruntime import OrtBackend
     from ..runtime.benchmark import Variant
 
     fp32 = OrtBackend(bundle.encoder("image", "fp32"), providers, threads)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import load_bundle
     from ..errors import OptionError
     from ..runtime.benchmark import format_table, measure, report, write_json, write_png
-    from . import progress_bar, providers_of
+    from .options import progress_bar, providers_of
 
     if any(b < 1 for b in args.batch_sizes):
         raise OptionError("--batch-sizes must be >= 1")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO, Iterable
 
-from . import (add_backend_options, add_label_options, check_backend_options, labels_from_args, progress_bar,
+from .options import (add_backend_options, add_label_options, check_backend_options, labels_from_args, progress_bar,
                providers_of)
 
 FORMATS = ("table", "csv", "jsonl")

@@ -31,12 +31,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ImageReadError, OptionError, SourceError
-from .classifier import Classifier
+from ...errors import ImageReadError, OptionError, SourceError
+from ..classifier import Classifier
 from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
 from .relabel import LabelReloader, Relabel
 from .sources import FrameReader, SourceSpec
-from .stream_outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
+from .outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
 
 log = logging.getLogger("edgeclip.runtime")
 

@@ -1,4 +1,4 @@
-"""Subcommands of the ``edgeclip`` CLI, one module per command group; each defines ``register``."""
+"""Options and helpers shared by the CLI's command modules."""
 from __future__ import annotations
 
 import argparse

@@ -14,9 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError
+from ...errors import BackendError, EdgeclipError
 
 log = logging.getLogger("edgeclip.runtime")
+
+INSTALL_HINT = ("on a Jetson install JetPack's python3-libnvinfer (`sudo apt install python3-libnvinfer`), "
+                "elsewhere `pip install tensorrt`")
+
+
+def import_tensorrt(error: type[EdgeclipError] = BackendError) -> Any:
+    """The ``tensorrt`` module, or ``error`` saying how to install it."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        raise error(f"the tensorrt Python package is not importable ({exc}); {INSTALL_HINT}") from exc
+    return tensorrt
 
 
 def import_cudart() -> Any:
@@ -62,8 +74,6 @@ class TensorRTBackend:
     """A TensorRT engine behind the backend interface; batches above the engine's max are split."""
 
     def __init__(self, path: str | Path) -> None:
-        from ..devices.engines import import_tensorrt
-
         self.path = Path(path)
         self.name = "tensorrt"
         trt = import_tensorrt(BackendError)

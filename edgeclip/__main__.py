@@ -1,0 +1,8 @@
+"""``python -m edgeclip``: the console entry point."""
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
