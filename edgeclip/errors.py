@@ -19,11 +19,19 @@ class ExportError(EdgeclipError):
 
 
 class ParityError(ExportError):
-    """An exported model disagrees with its source model beyond tolerance."""
+    """An exported model disagrees with its source model; ``numbers`` holds what was measured."""
 
     def __init__(self, message: str, numbers: dict | None = None) -> None:
         super().__init__(message)
         self.numbers = dict(numbers or {})
+
+
+class ParityShapeError(ParityError):
+    """The exported model's output shape differs from the source model's (``numbers``: both shapes)."""
+
+
+class ParityToleranceError(ParityError):
+    """The outputs differ beyond tolerance (``numbers``: max abs/relative difference, min cosine, limits)."""
 
 
 class BundleError(EdgeclipError):
@@ -52,3 +60,20 @@ class SourceError(EdgeclipError):
 
 class DeviceError(EdgeclipError):
     """Device detection, profiles or TensorRT engine building failed."""
+
+
+class MissingExtraError(EdgeclipError):
+    """An optional part of edgeclip (a pip extra) is not installed; the message gives the pip command."""
+
+
+class BundleBusyError(BundleError):
+    """Another process held a bundle's write lock for longer than the lock timeout."""
+
+
+class FrameError(SourceError):
+    """One frame of a stream could not be read or decoded (``file``: the image file, for folders); the
+    stream goes on with the next frame."""
+
+    def __init__(self, message: str, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file

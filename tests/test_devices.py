@@ -11,7 +11,7 @@ import pytest
 
 from edgeclip.cli import main
 from edgeclip.bundle import load_bundle
-from edgeclip.devices.backends import backend_order, open_for_profile
+from edgeclip.devices.backends import backend_order, open_image_encoder
 from edgeclip.devices.catalog import get_profile, load_profiles, profile_from_dict
 from edgeclip.devices.detect import detect, l4t_software, parse_tegra_release, run_command
 from edgeclip.errors import DeviceError
@@ -165,13 +165,15 @@ def test_cli_devices_lists_profiles_and_this_machine(capsys: pytest.CaptureFixtu
     assert len(data["profiles"]) == len(load_profiles()) and data["detected"]["reasons"]
 
 
-def test_open_for_profile_on_a_cpu_profile_opens_onnx_runtime_cpu(tiny_vit_bundle: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_open_image_encoder_on_a_cpu_profile_opens_onnx_runtime_cpu(tiny_vit_bundle: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     bundle = load_bundle(tiny_vit_bundle)
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        encoder = open_for_profile(bundle, get_profile("x86-avx2"))  # prefers INT8; the bundle has only FP32
+        # the profile prefers INT8; the bundle has only FP32
+        encoder, choice = open_image_encoder(bundle, get_profile("x86-avx512-vnni"))
     assert encoder.name == "onnxruntime:cpu" and encoder.path == bundle.encoder("image", "fp32")
-    assert "using the FP32 encoder" in caplog.text
+    assert choice.precision == "fp32" and "no INT8 file" in choice.describe()
+    assert "no INT8 file that onnxruntime:cpu runs" in caplog.text
     height, width = bundle.preprocess["size"]
     out = encoder.run(np.zeros((2, 3, height, width), np.float32))
     assert out.shape == (2, int(bundle.model["embed_dim"]))

@@ -22,7 +22,8 @@ import pytest
 
 from edgeclip.cli import main
 from edgeclip.errors import SourceError
-from edgeclip.runtime.classifier import Classifier, open_image_encoder
+from edgeclip.runtime.backends import create_backend
+from edgeclip.runtime.classifier import Classifier
 from edgeclip.runtime.stream.decisions import EmaSmoother, HalfLife, LabelDecider, Roi
 from edgeclip.runtime.stream.sources import opencv_has, parse_source
 from edgeclip.runtime.stream.pipeline import FrameMailbox, ReconnectPolicy, StreamOptions, StreamPipeline
@@ -246,7 +247,7 @@ class SlowEncoder:
 def test_slow_model_drops_frames_and_latency_stays_bounded(tiny_vit_bundle: Path, clf: Classifier,
                                                             batch: int) -> None:
     delay, fps, seconds = 0.05, 100.0, 1.5
-    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(open_image_encoder(clf.bundle, threads=1), delay))
+    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(create_backend(clf.bundle.encoder("image"), threads=1), delay))
     source = parse_source("synthetic://64x48", fps=fps)
     assert source.paced
     end = StreamPipeline(slow, source, StreamOptions(duration=seconds, summary_every=0, batch=batch)).run()

@@ -52,15 +52,16 @@ def _ort_variants(bundle: Any, providers: list[str], threads: int) -> list:
 
 def _tensorrt_variants(bundle: Any) -> tuple[list, list[str]]:
     from ..errors import EdgeclipError
+    from ..devices.engines import find_engine
+    from ..runtime.backends import create_backend
     from ..runtime.benchmark import Variant
-    from ..runtime.classifier import open_image_encoder
 
     variants, skipped = [], []
     if not bundle.files_with_role("engine"):
         return variants, ["tensorrt: no engines in the bundle (edgeclip build)"]
     for precision in ("fp32", "int8"):
         try:
-            enc = open_image_encoder(bundle, precision, backend="tensorrt")
+            enc = create_backend(find_engine(bundle, precision), "tensorrt")
         except (EdgeclipError, ImportError, OSError) as exc:
             skipped.append(f"tensorrt {precision}: {exc}")
             continue
@@ -111,9 +112,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import load_bundle
     from ..errors import OptionError
+    from ..extras import require, require_onnxruntime
     from ..runtime.benchmark import format_table, measure, report, write_json, write_png
     from .options import progress_bar, providers_of
 
+    require_onnxruntime("edgeclip bench")
+    if args.png:
+        require("report", what="bench --png")
     if any(b < 1 for b in args.batch_sizes):
         raise OptionError("--batch-sizes must be >= 1")
     bundle = load_bundle(args.bundle)

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
+import math
+import os
+import re
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
-from .options import (add_backend_options, add_label_options, check_backend_options, labels_from_args, progress_bar,
-               providers_of)
+from .options import (add_backend_options, add_label_options, labels_from_args, open_classifier, progress_bar,
+                      providers_of)
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -26,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: table on a terminal, else by --output suffix, else csv)")
     p.add_argument("--output", "-o", default=None, help="write results to this file instead of stdout")
+    add_image_limit_options(p)
     add_backend_options(p)
     p.set_defaults(handler=run_classify)
 
@@ -43,6 +50,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_inspect)
 
 
+def parse_size(text: str) -> int:
+    """A byte count such as ``268435456``, ``512M``, ``512MB``, ``2G`` or ``64k`` (powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)i?b?\s*", str(text), re.IGNORECASE)
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 268435456, 512M or 2G, got {text!r}")
+    return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(str(text).replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def add_image_limit_options(p: argparse.ArgumentParser) -> None:
+    """--max-image-pixels and --max-file-size (see docs/limits.md)."""
+    from ..runtime import images
+
+    g = p.add_argument_group("input limits (docs/limits.md)")
+    g.add_argument("--max-image-pixels", type=_positive_int, default=None, metavar="N",
+                   help=f"refuse images whose header states more pixels (default {images.MAX_IMAGE_PIXELS:,})")
+    g.add_argument("--max-file-size", type=parse_size, default=None, metavar="SIZE",
+                   help=f"refuse files larger than this (default {images.MAX_FILE_BYTES // 2**20}M)")
+
+
+@contextlib.contextmanager
+def image_limits(args: argparse.Namespace) -> Iterator[None]:
+    """Apply --max-image-pixels / --max-file-size for the duration of a command."""
+    from ..runtime.images import set_limits
+
+    previous = set_limits(getattr(args, "max_image_pixels", None), getattr(args, "max_file_size", None))
+    try:
+        yield
+    finally:
+        set_limits(*previous)
+
+
 def _format_for(args: argparse.Namespace) -> str:
     if args.format:
         return args.format
@@ -52,37 +100,76 @@ def _format_for(args: argparse.Namespace) -> str:
     return "table" if sys.stdout.isatty() else "csv"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_line(row: dict) -> str:
+    """One strict-JSON line (no NaN/Infinity) that is valid UTF-8 whatever the file names hold.
+
+    A file name that is not valid UTF-8 reaches Python as surrogate escapes (PEP 383); they are written as
+    ``\\udcXX`` JSON escapes, so ``os.fsencode(json.loads(line)["path"])`` gives the name's bytes back.
+    """
+    text = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 class RowWriter:
-    """Writes result rows as a table, CSV or JSON lines, one row at a time."""
+    """Writes result rows as a table, CSV or JSON lines, one complete row per ``write``.
+
+    Every row is formatted in full before it is written, so a row is never cut in half. JSON lines are
+    strict JSON in UTF-8 (see :func:`json_line`). CSV and table rows carry file names as the OS gives them:
+    on a stream opened with ``errors="surrogateescape"`` (what ``edgeclip classify -o`` uses) a name that
+    is not valid UTF-8 is written as its original bytes; a stream that cannot take them gets ``\\udcXX``
+    escapes instead of an error. A prediction with a non-finite score becomes an error row.
+    """
 
     def __init__(self, out: IO[str], fmt: str, top_k: int, path_width: int = 40) -> None:
         self.out, self.fmt, self.top_k, self.width = out, fmt, top_k, max(8, min(path_width, 80))
+        self._buf = io.StringIO()
+        self.csv = csv.writer(self._buf)
         if fmt == "csv":
-            self.csv = csv.writer(out)
-            self.csv.writerow(["path", "label", "score", "top_labels", "top_scores", "error"])
+            self._put(self._csv_row(["path", "label", "score", "top_labels", "top_scores", "error"]))
         elif fmt == "table":
-            out.write(f"{'path':<{self.width}}  {'label':<24} {'score':>6}  {'other labels' if top_k > 1 else ''}\n")
+            self._put(f"{'path':<{self.width}}  {'label':<24} {'score':>6}  {'other labels' if top_k > 1 else ''}\n")
 
-    def write(self, result) -> None:
-        path, pred, err = str(result.path), result.prediction, result.error
+    def _csv_row(self, fields: list[str]) -> str:
+        self._buf.seek(0)
+        self._buf.truncate()
+        self.csv.writerow(fields)
+        return self._buf.getvalue()
+
+    def _put(self, text: str) -> None:
+        try:
+            self.out.write(text)
+        except UnicodeEncodeError:  # nothing of the row was written: write it with escapes instead
+            enc = getattr(self.out, "encoding", None) or "utf-8"
+            self.out.write(text.encode(enc, "backslashreplace").decode(enc))
+
+    def write(self, result) -> bool:
+        """Write one row for a FileResult; returns True when it is an error row."""
+        path, pred, err = os.fspath(result.path), result.prediction, result.error
+        if pred is not None and not all(math.isfinite(s) for s in pred.scores):
+            pred, err = None, (f"{path}: the model gave a non-finite score (NaN or infinity); check the bundle "
+                               f"with `edgeclip inspect`")
         if self.fmt == "jsonl":
             row = {"path": path, "label": pred.label if pred else None, "score": round(pred.score, 6) if pred else None}
             if pred and self.top_k > 1:
                 row["top"] = [{"label": l, "score": round(s, 6)} for l, s in zip(pred.labels, pred.scores)]
-            if err:
+            if err is not None:
                 row["error"] = err
-            self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._put(json_line(row))
         elif self.fmt == "csv":
-            self.csv.writerow([path, pred.label if pred else "", f"{pred.score:.6f}" if pred else "",
-                               "|".join(pred.labels) if pred else "",
-                               "|".join(f"{s:.6f}" for s in pred.scores) if pred else "", err or ""])
+            self._put(self._csv_row([path, pred.label if pred else "", f"{pred.score:.6f}" if pred else "",
+                                     "|".join(pred.labels) if pred else "",
+                                     "|".join(f"{s:.6f}" for s in pred.scores) if pred else "", err or ""]))
         else:
             shown = path if len(path) <= self.width else "..." + path[-(self.width - 3):]
             if pred:
                 rest = "  ".join(f"{l} {s:.3f}" for l, s in zip(pred.labels[1:], pred.scores[1:]))
-                self.out.write(f"{shown:<{self.width}}  {pred.label:<24} {pred.score:6.3f}  {rest}\n")
+                self._put(f"{shown:<{self.width}}  {pred.label:<24} {pred.score:6.3f}  {rest}\n")
             else:
-                self.out.write(f"{shown:<{self.width}}  ERROR: {err}\n")
+                self._put(f"{shown:<{self.width}}  ERROR: {err}\n")
+        return err is not None
 
 
 def write_results(results: Iterable, out: IO[str], fmt: str, top_k: int, path_width: int) -> tuple[int, int]:
@@ -90,41 +177,71 @@ def write_results(results: Iterable, out: IO[str], fmt: str, top_k: int, path_wi
     writer = RowWriter(out, fmt, top_k, path_width)
     rows = failed = 0
     for r in results:
-        writer.write(r)
+        failed += writer.write(r)
         rows += 1
-        failed += not r.ok
     out.flush()
     return rows, failed
 
 
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    """The results stream: the -o file, or stdout switched to pass file names' bytes through unchanged."""
+    if path:
+        with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            yield f
+        return
+    out = sys.stdout
+    errors = getattr(out, "errors", None)
+    switch = errors == "strict" and hasattr(out, "reconfigure")
+    if switch:
+        out.reconfigure(errors="surrogateescape")
+    try:
+        yield out
+    finally:
+        if switch:
+            with contextlib.suppress(ValueError, OSError):
+                out.reconfigure(errors=errors)
+
+
+def _skipped_note(skipped: list[Path]) -> str:
+    kinds = Counter(p.suffix.lower() or "(no extension)" for p in skipped)
+    shown = ", ".join(f"{k} x{n}" for k, n in kinds.most_common(6)) + (", ..." if len(kinds) > 6 else "")
+    return (f"skipped {len(skipped)} entries in the folders that are not image files by name ({shown}); "
+            f"name a file explicitly to classify it")
+
+
 def run_classify(args: argparse.Namespace) -> int:
     from ..errors import OptionError
-    from ..runtime.classifier import Classifier
+    from ..extras import require_onnxruntime
+
+    require_onnxruntime("edgeclip classify")
     from ..runtime.images import expand_inputs
 
     if args.top_k < 1:
         raise OptionError("--top-k must be >= 1")
-    check_backend_options(args)
-    paths = expand_inputs(args.paths)
-    clf = Classifier(args.bundle, precision=args.precision, target=args.target, backend=args.backend,
-                     providers=providers_of(args), threads=args.threads, top_k=args.top_k)
+    skipped: list[Path] = []
+    paths = expand_inputs(args.paths, missing="keep", skipped=skipped)
+    clf = open_classifier(args, top_k=args.top_k)
+    if not args.quiet:
+        print(f"image encoder: {clf.choice.describe()}", file=sys.stderr)
+        if skipped:
+            print(_skipped_note(skipped), file=sys.stderr)
     fmt = _format_for(args)
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
-    try:
+    with image_limits(args), _output(args.output) as out:
         with progress_bar(args, len(paths), "classify") as bar:
             results = clf.classify_files(paths, batch_size=args.batch_size, workers=args.workers,
                                          top_k=args.top_k, progress=bar.update)
             rows, failed = write_results(results, out, fmt, args.top_k, max((len(str(p)) for p in paths), default=8))
-    finally:
-        if args.output:
-            out.close()
     if not args.quiet:
-        print(f"classified {rows - failed} of {rows} files with {clf.encoder.name} ({args.precision})"
+        print(f"classified {rows - failed} of {rows} files with {clf.encoder.name} ({clf.precision})"
               + (f"; {failed} failed (see the error rows)" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
 def run_labels(args: argparse.Namespace) -> int:
+    from ..extras import require_onnxruntime
+
+    require_onnxruntime("edgeclip labels (the text encoder)")
     from ..runtime.text import relabel_bundle
 
     labels, tname, templates = labels_from_args(args)
@@ -142,33 +259,45 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    from ..bundle import load_bundle
+def _num(v: object, fmt: str) -> str:
+    """A number formatted, or the value as it is (inspect shows what the manifest holds, never fails on it)."""
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
-    b = load_bundle(args.bundle, verify=not args.no_verify)
-    m = b.manifest
+
+def _obj(v: object) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from ..bundle import dumps_strict, load_bundle
+
+    b = load_bundle(args.bundle, verify=not args.no_verify)  # the same checks classify runs
+    m, info = b.manifest, b.info
     if args.json:
-        print(json.dumps(m, indent=2, ensure_ascii=False))
+        print(dumps_strict(m), end="")
         return 0
-    model, pre = m["model"], m["preprocess"]
-    print(f"bundle      {b.path}  (schema {m['schema_version']}, {'verified' if b.verified else 'NOT verified'})")
-    print(f"model       {model.get('id')}  [{model.get('source')}, {model.get('architecture')}]  "
-          f"embed_dim {model['embed_dim']}  logit_scale {model['logit_scale']:.2f}")
-    print(f"preprocess  {pre['size']} {pre['resize_mode']} {pre['interpolation']}  mean {pre['mean']}  std {pre['std']}")
-    if "labels" in m:
-        names, _ = b.labels()
+    model, pre = info.model, info.preprocess
+    print(f"bundle      {b.path}  (schema {info.schema_version}, {'verified' if b.verified else 'NOT verified'})")
+    print(f"model       {model.id}  [{model.source}, {model.architecture}]  "
+          f"embed_dim {model.embed_dim}  logit_scale {model.logit_scale:.2f}")
+    print(f"preprocess  {list(pre.size)} {pre.resize_mode} {pre.interpolation}  mean {list(pre.mean)}  "
+          f"std {list(pre.std)}")
+    if info.labels is not None:
+        names = b.label_names()
         more = f", ... (+{len(names) - 8})" if len(names) > 8 else ""
-        print(f"labels      {len(names)}: {', '.join(names[:8])}{more}  [templates: {m['labels'].get('template_set')}]")
-    for tower, p in m.get("parity", {}).items():
-        print(f"parity      {tower}: max abs diff {p['max_abs_diff']:.2e}, min cosine {p['min_cosine']:.6f}")
-    for key, q in m.get("quantization", {}).items():
-        agree = q.get("agreement", {})
-        print(f"int8        {key}: recipe {q.get('recipe')}, calib {q.get('calibration', {}).get('source')} "
-              f"x{q.get('calibration', {}).get('images')} ({q.get('seconds', '?')} s); "
-              + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in agree.items()))
+        print(f"labels      {len(names)}: {', '.join(names[:8])}{more}  [templates: {info.labels.template_set}]")
+    for tower, p in _obj(m.get("parity")).items():
+        p = _obj(p)
+        print(f"parity      {tower}: max abs diff {_num(p.get('max_abs_diff'), '.2e')}, "
+              f"min cosine {_num(p.get('min_cosine'), '.6f')}")
+    for key, q in info.quantization.items():
+        calib, agree = _obj(q.extra.get("calibration")), _obj(q.extra.get("agreement"))
+        print(f"int8        {key}: recipe {q.recipe}, calib {calib.get('source')} "
+              f"x{calib.get('images')} ({q.extra.get('seconds', '?')} s); "
+              + ", ".join(f"{k} {_num(v, '.4f') if isinstance(v, float) else v}" for k, v in agree.items()))
     print("files")
-    for name, e in sorted(m["files"].items()):
-        extra = " ".join(f"{k}={e[k]}" for k in ("precision", "target") if k in e)
-        print(f"  {name:<40} {e['role']:<17} {_fmt_bytes(e.get('bytes', 0)):>9}  {e['sha256'][:12]}  {extra}")
-    print("versions    " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+    for name, e in sorted(info.files.items()):
+        extra = " ".join(f"{k}={getattr(e, k)}" for k in ("precision", "target") if getattr(e, k))
+        print(f"  {name:<40} {e.role:<17} {_fmt_bytes(e.bytes or 0):>9}  {e.sha256[:12]}  {extra}")
+    print("versions    " + ", ".join(f"{k} {v}" for k, v in _obj(m.get("versions")).items()))
     return 0

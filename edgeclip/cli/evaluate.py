@@ -5,9 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from .options import add_backend_options, progress_bar, providers_of
+from .options import add_backend_options, open_classifier, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "open_clip's own preprocessing (needs the export extra), as a reference")
     p.add_argument("--against", metavar="BUNDLE", help="also run this bundle (may be the same one) and report "
                                                        "top-1 agreement and mean image-embedding cosine")
-    p.add_argument("--against-precision", choices=("fp32", "int8"), default=None,
+    p.add_argument("--against-precision", choices=("auto", "fp32", "int8"), default=None,
                    help="precision for --against (default: same as --precision)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG image")
@@ -39,30 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _runtime_embedder(args, bundle_path: str, precision: str, target, names: list[str], templates: list[str]):
-    from ..runtime.classifier import Classifier
-    from ..runtime.labels import Label, embed_labels
-    from ..runtime.text import TextEncoder
+def _runtime_embedder(args, bundle_path: str, precision: str, names: list[str], templates: list[str],
+                      target: str | None | bool = True):
+    from ..runtime.evaluate import embed_files_with
 
-    clf = Classifier(bundle_path, precision=precision, target=target, backend=args.backend,
-                     providers=providers_of(args), threads=args.threads)
-    encoder = TextEncoder.from_bundle(clf.bundle, providers_of(args))
-    matrix = embed_labels([Label(n) for n in names], templates, encoder)
+    clf = open_classifier(args, bundle_path, precision, target=target)
+    matrix = clf.embed_labels(names, templates)
 
     def embed(files: list[Path]):
-        embs, failed, ok = [], [], np.zeros(len(files), bool)
-        with progress_bar(args, len(files), f"eval {precision}") as bar:
-            for i, r in enumerate(clf.classify_files(files, args.batch_size, args.workers, keep_embeddings=True,
-                                                      progress=bar.update)):
-                if r.ok:
-                    embs.append(r.embedding)
-                    ok[i] = True
-                else:
-                    failed.append({"path": str(r.path), "error": r.error})
-        dim = matrix.shape[1]
-        return (np.stack(embs) if embs else np.zeros((0, dim), np.float32)), failed, ok
+        with progress_bar(args, len(files), f"eval {clf.precision}") as bar:
+            return embed_files_with(clf, files, args.batch_size, args.workers, bar.update)
 
-    return embed, matrix, clf.logit_scale, clf.encoder.name
+    return embed, matrix, clf.logit_scale, clf.encoder.name, clf.precision
 
 
 def _torch_embedder(args, bundle_path: str, names: list[str], templates: list[str]):
@@ -77,12 +63,21 @@ def _torch_embedder(args, bundle_path: str, names: list[str], templates: list[st
         with progress_bar(args, len(files), "eval torch") as bar:
             return ref.embed_files(files, args.batch_size, bar.update)
 
-    return embed, matrix, ref.loaded.logit_scale, "torch-eager"
+    return embed, matrix, ref.loaded.logit_scale, "torch-eager", "fp32"
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import OptionError
-    from ..runtime.evaluate import confusion_png, evaluate_embeddings, load_dataset, read_class_map, write_json
+    from ..extras import require, require_onnxruntime
+
+    if args.engine == "torch":
+        require("export", ["torch", "torchvision", "open_clip"], what="eval --engine torch")
+    if args.engine != "torch" or args.against:
+        require_onnxruntime("edgeclip eval")
+    if args.confusion:
+        require("opencv", what="eval --confusion (drawing the PNG)")
+    from ..runtime.evaluate import (agreement, confusion_png, evaluate_embeddings, load_dataset, read_class_map,
+                                    write_json)
     from ..runtime.labels import resolve_templates
 
     if args.engine == "torch" and args.precision != "fp32":
@@ -93,32 +88,27 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, cmap, args.files_from, args.limit, args.seed)
     tname, templates = resolve_templates(args.templates)
     if args.engine == "torch":
-        embed, matrix, scale, engine = _torch_embedder(args, args.bundle, ds.names, templates)
+        embed, matrix, scale, engine, precision = _torch_embedder(args, args.bundle, ds.names, templates)
     else:
-        embed, matrix, scale, engine = _runtime_embedder(args, args.bundle, args.precision, args.target,
-                                                         ds.names, templates)
+        embed, matrix, scale, engine, precision = _runtime_embedder(args, args.bundle, args.precision, ds.names,
+                                                                    templates)
     report, emb, ok = evaluate_embeddings(embed, ds, matrix, scale)
     report.extra.update({"bundle": str(args.bundle), "dataset": str(args.dataset), "engine": engine,
-                         "precision": args.precision, "templates": tname, "files_from": args.files_from,
+                         "precision": precision, "templates": tname, "files_from": args.files_from,
                          "limit": args.limit})
     print(f"{args.bundle} on {args.dataset}: top-1 {report.top1:.2f}%  top-5 {report.top5:.2f}%  "
-          f"({report.count} images, {len(report.failed)} failed; {engine}, {args.precision})")
+          f"({report.count} images, {len(report.failed)} failed; {engine}, {precision})")
     for name, acc in report.per_class.items():
         print(f"  {name:<28} {acc:6.2f}%")
     if args.against:
         prec = args.against_precision or args.precision
-        embed2, matrix2, scale2, engine2 = _runtime_embedder(args, args.against, prec, None, ds.names, templates)
+        embed2, matrix2, scale2, _, prec2 = _runtime_embedder(args, args.against, prec, ds.names, templates,
+                                                               args.target if prec != "fp32" else None)
         other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, scale2)
-        both = ok & ok2
-        a = emb[both[ok]] if len(emb) else emb
-        b = emb2[both[ok2]] if len(emb2) else emb2
-        pa = (a @ matrix.T).argmax(1)
-        pb = (b @ matrix2.T).argmax(1)
-        agree = {"against": str(args.against), "against_precision": prec, "against_top1": other.top1,
-                 "top1_agreement": float((pa == pb).mean() * 100) if len(pa) else 0.0,
-                 "mean_cosine": float((a * b).sum(1).mean()) if a.shape == b.shape and len(a) else float("nan")}
+        agree = {"against": str(args.against), "against_precision": prec2, "against_top1": other.top1,
+                 **agreement(emb, ok, matrix, emb2, ok2, matrix2)}
         report.extra["comparison"] = agree
-        print(f"against {args.against} ({prec}): top-1 {other.top1:.2f}%, top-1 agreement "
+        print(f"against {args.against} ({prec2}): top-1 {other.top1:.2f}%, top-1 agreement "
               f"{agree['top1_agreement']:.2f}%, mean embedding cosine {agree['mean_cosine']:.5f}")
     if args.json:
         write_json(report.to_json(), args.json)

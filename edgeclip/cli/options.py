@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -14,29 +15,50 @@ def progress_bar(args: argparse.Namespace, total: int, desc: str, unit: str = "i
                 dynamic_ncols=True, mininterval=0.5)
 
 
-def add_backend_options(p: argparse.ArgumentParser) -> None:
-    """--precision, --target, --backend, --providers, --threads: how the image encoder runs."""
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="image encoder precision")
-    p.add_argument("--target", choices=("cpu", "tensorrt"), default=None,
-                   help="which INT8 recipe to use when the bundle has several (default: the only one)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
-                   help="inference backend (tensorrt needs an engine from `edgeclip build`)")
-    p.add_argument("--providers", default="cpu",
-                   help="ONNX Runtime providers in fallback order, comma-separated: tensorrt,cuda,cpu (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+def add_backend_options(p: argparse.ArgumentParser, precision_default: str = "fp32") -> None:
+    """--device, --precision, --target, --backend, --providers, --threads: how the image encoder runs."""
+    g = p.add_argument_group("device and backend (see `edgeclip devices`)")
+    g.add_argument("--device", default="auto", metavar="PROFILE",
+                   help="device profile (default auto: detect this machine); it picks the INT8 recipe and the "
+                        "backend order")
+    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default=precision_default,
+                   help=f"image encoder precision (default {precision_default}; auto: the device profile's)")
+    g.add_argument("--target", choices=("cpu", "tensorrt"), default=None,
+                   help="INT8 recipe to use (default: the one made for the chosen backend)")
+    g.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                   help="inference backend (default auto: the profile's order; tensorrt needs `edgeclip build`)")
+    g.add_argument("--providers", default=None,
+                   help="ONNX Runtime providers in fallback order, comma-separated: tensorrt,cuda,cpu "
+                        "(default: the profile's)")
+    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
 
 
-def check_backend_options(args: argparse.Namespace) -> None:
-    """Reject option combinations of add_backend_options that cannot mean anything (--target with fp32)."""
+def providers_of(args: argparse.Namespace) -> list[str] | None:
+    """The --providers list, or None for the profile's."""
+    if not getattr(args, "providers", None):
+        return None
+    return [p.strip() for p in args.providers.split(",") if p.strip()]
+
+
+def flag_wording(message: str) -> str:
+    """A library message in command-line terms: `name` -> --name, name='value' -> --name value."""
+    message = re.sub(r"`([a-z_]+)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
+    return re.sub(r"\b([a-z_]+)='([^']*)'", lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
+
+
+def open_classifier(args: argparse.Namespace, bundle: str | None = None, precision: str | None = None,
+                    top_k: int = 5, target: str | None | bool = True) -> Any:
+    """``edgeclip.load`` with the backend options (``target=True``: --target's); option errors name the flags."""
+    from ..api import load
     from ..errors import OptionError
 
-    if args.precision == "fp32" and args.target:
-        raise OptionError("--target picks an INT8 recipe: use it with --precision int8, or drop it")
-
-
-def providers_of(args: argparse.Namespace) -> list[str]:
-    """The --providers list."""
-    return [p.strip() for p in args.providers.split(",") if p.strip()]
+    try:
+        clf = load(bundle or args.bundle, device=args.device, precision=precision or args.precision,
+                   backend=args.backend, target=args.target if target is True else target, providers=providers_of(args), threads=args.threads,
+                   top_k=top_k)
+    except OptionError as exc:
+        raise OptionError(flag_wording(str(exc))) from exc
+    return clf
 
 
 def add_label_options(p: argparse.ArgumentParser, required: bool = True) -> None:

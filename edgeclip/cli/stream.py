@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import Any
 
-from .options import add_backend_options, check_backend_options, providers_of
+from .options import add_backend_options, open_classifier, providers_of
 
 EPILOG = """\
 sources:
@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="play a file/folder at its own frame rate (folders: 10 fps) instead of as fast as possible")
     g.add_argument("--loop", action="store_true", help="restart a file or folder at its end")
     g.add_argument("--read-timeout", type=float, default=10.0,
-                   help="seconds before a silent network stream counts as lost (default 10)")
+                   help="seconds before a silent network stream counts as lost (default 10); an MJPEG "
+                        "stream must also deliver each whole frame within it (slow trickles count as lost)")
+    g.add_argument("--max-part-size", type=_size, default=None, metavar="SIZE",
+                   help="largest MJPEG frame accepted from mjpeg+http:// sources, e.g. 64M (default 32M); a "
+                        "bigger one counts as a lost source and is reconnected")
     g.add_argument("--reconnect-max", type=float, default=30.0,
                    help="longest wait between reconnection attempts, in seconds; waits start at "
                         "--reconnect-min and double (default 30)")
@@ -99,12 +103,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_stream)
 
 
+def _size(text: str) -> int:
+    from .classify import parse_size
+
+    return parse_size(text)
+
+
 def _options(args: argparse.Namespace) -> Any:
     from ..errors import OptionError
     from ..runtime.stream.decisions import HalfLife, Roi
     from ..runtime.stream.pipeline import ReconnectPolicy, StreamOptions
 
-    check_backend_options(args)
     if args.video_fps is not None and not args.video_out:
         raise OptionError("--video-fps sets the rate of --video-out; pass --video-out FILE too, or drop it")
     if args.watch_interval <= 0:
@@ -139,21 +148,37 @@ def _check_source(args: argparse.Namespace, spec: Any) -> None:
         raise OptionError("--loop replays files and folders; live sources reconnect by themselves, drop --loop")
 
 
+def _require_opencv(args: argparse.Namespace, spec: Any) -> None:
+    """ONNX Runtime always; OpenCV for cameras, video files, network streams, --video-out and --show (image
+    folders, mjpeg+http:// and synthetic:// sources decode with Pillow when OpenCV is absent)."""
+    from ..extras import require, require_onnxruntime
+
+    require_onnxruntime("edgeclip stream")
+    if spec.kind not in ("folder", "mjpeg", "synthetic"):
+        require("opencv", what=f"a {spec.kind} source (--source)")
+    if args.video_out:
+        require("opencv", what="--video-out")
+    if args.show:
+        require("opencv", what="--show")
+
+
 def run_stream(args: argparse.Namespace) -> int:
-    from ..runtime.classifier import Classifier
     from ..runtime.stream.relabel import LabelReloader
     from ..runtime.stream.sources import parse_source
     from ..runtime.stream.pipeline import CLEAN_END, StreamPipeline
     from ..runtime.stream.outputs import AnnotatedVideo, JsonLinesSink, Window
 
     options = _options(args)
-    spec = parse_source(args.source, args.width, args.height, args.fps, args.read_timeout, args.realtime)
+    spec = parse_source(args.source, args.width, args.height, args.fps, args.read_timeout, args.realtime,
+                        max_part_bytes=args.max_part_size)
     _check_source(args, spec)
+    _require_opencv(args, spec)
     window = Window() if args.show else None
-    clf = Classifier(args.bundle, precision=args.precision, target=args.target, backend=args.backend,
-                     providers=providers_of(args), threads=args.threads)
+    clf = open_classifier(args)
+    if not args.quiet:
+        print(f"edgeclip stream: image encoder {clf.choice.describe()}", file=sys.stderr)
     reloader = (LabelReloader(clf.bundle, args.labels_watch, args.templates, args.watch_interval,
-                              providers=providers_of(args)) if args.labels_watch else None)
+                              providers=providers_of(args) or clf.text_providers) if args.labels_watch else None)
     # without --video-fps the pipeline picks the rate (--fps-limit for a paced source, else the source's own)
     video = AnnotatedVideo(args.video_out, args.video_fps) if args.video_out else None
     sink = JsonLinesSink(args.jsonl, append=args.append)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..bundle import Bundle
-from ..errors import BackendError, EdgeclipError
+from ..errors import BackendError, BundleError, EdgeclipError, OptionError
 from ..runtime.backends import PROVIDER_ALIASES, Backend
 from .catalog import DeviceProfile
 
@@ -109,32 +109,138 @@ def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
                 "; ".join(skipped))
 
 
-def _ort_model(bundle: Bundle, profile: DeviceProfile, label: str, precision: str) -> Path:
-    """INT8 only where the profile's recipe matches the backend (the CPU recipe on the CPU); else FP32."""
-    if precision == "int8" and label == "onnxruntime:cpu" and profile.int8_target == "cpu":
-        try:
-            return bundle.encoder("image", "int8", "cpu")
-        except EdgeclipError as exc:
-            log.info("device %s: %s; using the FP32 encoder", profile.name, exc)
-    return bundle.encoder("image", "fp32")
+#: INT8 recipe files each backend runs, best first: the ``cpu`` recipe (U8S8) is made for ONNX Runtime's CPU
+#: kernels, the ``tensorrt`` recipe (symmetric S8S8, per-channel) for TensorRT.
+INT8_FILES = {
+    "onnxruntime:cpu": ("cpu", "tensorrt"),
+    "onnxruntime:tensorrt": ("tensorrt",),
+    "onnxruntime:cuda": ("tensorrt",),
+}
+RUNTIME_PRECISIONS = ("auto", "fp32", "int8")
+BACKEND_NAMES = ("auto", "onnxruntime", "tensorrt")
 
 
-def open_for_profile(bundle: Bundle, profile: DeviceProfile, precision: str | None = None,
-                     threads: int = 0) -> Backend:
-    """Open the bundle's image encoder on the first backend of the profile's order that works here."""
+@dataclass
+class EncoderChoice:
+    """What runs the image encoder: the profile, the backend, the precision, the file, and why."""
+
+    profile: str
+    backend: str
+    precision: str
+    file: Path
+    reasons: list[str]
+
+    def describe(self) -> str:
+        """One line for logs and command summaries."""
+        return f"{self.file.name} on {self.backend} ({self.precision}): " + "; ".join(self.reasons)
+
+
+def int8_file(bundle: Bundle, label: str, target: str | None, required: bool) -> tuple[Path | None, str]:
+    """The INT8 image encoder that ``label`` runs best, and why; ``(None, why)`` where none fits and not required.
+
+    ``target`` names the recipe explicitly. ``required`` (INT8 asked for explicitly) turns a missing file
+    into a BundleError saying which ``edgeclip quantize`` to run.
+    """
+    have = {e.get("target"): n for n, e in bundle.files_with_role("image_encoder").items() if e.get("precision") == "int8"}
+    listed = ", ".join(sorted(str(t) for t in have)) or "none"
+    if target is not None:
+        if target not in have:
+            raise BundleError(f"{bundle.path}: no INT8 image encoder for recipe {target!r} (INT8 recipes here: "
+                              f"{listed}); run `edgeclip quantize {bundle.path} --target {target}`")
+        return bundle.path / have[target], f"recipe {target} as asked"
+    prefs = INT8_FILES.get(label, ("tensorrt", "cpu"))
+    for rank, recipe in enumerate(prefs):
+        if recipe in have:
+            why = (f"the {recipe} recipe is the one made for {label}" if rank == 0 else
+                   f"the {recipe} recipe (the bundle has no {prefs[0]} recipe, the one made for {label})")
+            others = sorted(str(t) for t in have if t != recipe)
+            return bundle.path / have[recipe], why + (f"; also here: {', '.join(others)}" if others else "")
+    why = f"no INT8 file that {label} runs (wants recipe {' or '.join(prefs)}; the bundle has {listed})"
+    if required:
+        raise BundleError(f"{bundle.path}: {why}; run `edgeclip quantize {bundle.path} --target {prefs[0]}`")
+    return None, why
+
+
+def check_choice_options(precision: str, target: str | None, backend: str, providers: Sequence[str] | None) -> None:
+    """Reject contradictory encoder options, naming the argument to drop."""
+    if precision not in RUNTIME_PRECISIONS:
+        raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(RUNTIME_PRECISIONS)}")
+    if backend not in BACKEND_NAMES:
+        raise OptionError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
+    if target is not None and precision == "fp32":
+        raise OptionError("`target` picks an INT8 recipe but precision is fp32: drop `target`, or pass precision='int8'")
+    if providers and backend not in ("auto", "onnxruntime"):
+        raise OptionError(f"`providers` are ONNX Runtime's execution providers but the backend is {backend}: "
+                          f"drop `providers`, or pass backend='onnxruntime'")
+    if backend == "tensorrt" and target not in (None, "tensorrt"):
+        raise OptionError(f"TensorRT engines are built from the tensorrt recipe, not {target!r}: drop `target`")
+
+
+def _candidates(profile: DeviceProfile, bundle: Bundle, engine_precision: str, backend: str,
+                providers: Sequence[str] | None) -> list[BackendChoice]:
+    """The backends to try, in order: the profile's (probed), or the one asked for."""
+    if backend == "auto" and not providers:
+        return backend_order(profile, bundle, engine_precision)
+    if backend == "tensorrt":
+        return [_probe_tensorrt(bundle, engine_precision, None)]
+    import onnxruntime
+
+    wanted = list(providers) if providers else list(profile.ort_providers)
+    available = onnxruntime.get_available_providers()
+    first = next((p for p in wanted if PROVIDER_ALIASES.get(p.lower(), p) in available), "cpu")
+    return [BackendChoice(f"onnxruntime:{first.lower()}", True, "asked for", tuple(wanted))]
+
+
+def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = "auto", target: str | None = None,
+                       backend: str = "auto", providers: Sequence[str] | None = None,
+                       threads: int = 0) -> tuple[Backend, EncoderChoice]:
+    """Open the bundle's image encoder for a device: the one path from options to a running backend.
+
+    ``precision="auto"`` takes the profile's (INT8 where the bundle has a file the backend runs, FP32
+    otherwise, saying why); ``backend="auto"`` walks the profile's backend order, logging every fallback.
+    Explicit arguments override the profile; contradictory ones raise OptionError.
+    """
     from ..runtime.backends import create_backend
     from ..runtime.backends.onnxruntime import OrtBackend
 
-    precision = precision or ("int8" if profile.precision == "int8" else "fp32")
+    check_choice_options(precision, target, backend, providers)
+    want_int8 = precision == "int8" or (precision == "auto" and profile.precision == "int8")
+    explicit = precision != "auto"
+    engine_precision = "int8" if want_int8 else ("fp16" if profile.precision == "fp16" and not explicit else "fp32")
     errors = []
-    for choice in backend_order(profile, bundle, precision):
+    for choice in _candidates(profile, bundle, engine_precision, backend, providers):
         if not choice.available:
+            if backend != "auto":
+                raise BackendError(f"{choice.label} cannot run here: {choice.reason}")
             continue
+        reasons = [f"device profile {profile.name}"]
         try:
             if choice.label == "tensorrt":
-                return create_backend(choice.engine, "tensorrt")
-            return OrtBackend(_ort_model(bundle, profile, choice.label, precision), list(choice.providers), threads)
+                path = choice.engine if choice.engine is not None else _engine(bundle, engine_precision)
+                entry = bundle.manifest["files"].get(path.name, {})
+                used = str(entry.get("precision", engine_precision))
+                if want_int8 and used != "int8":
+                    if explicit:
+                        raise BackendError(f"{bundle.path}: no INT8 TensorRT engine for this machine; run "
+                                           f"`edgeclip build {bundle.path} --precision int8`")
+                    reasons.append("no INT8 engine for this machine: the FP16/FP32 one")
+                encoder, file, used_precision = create_backend(path, "tensorrt"), path, used
+            else:
+                file, used_precision = bundle.encoder("image", "fp32"), "fp32"
+                if want_int8:
+                    found, why = int8_file(bundle, choice.label, target, required=explicit)
+                    reasons.append(why + ("" if found else ": FP32"))
+                    if found is not None:
+                        file, used_precision = found, "int8"
+                encoder = OrtBackend(file, list(choice.providers), threads)
         except EdgeclipError as exc:
+            if backend != "auto" or isinstance(exc, (BundleError, OptionError)):
+                raise
             log.warning("device %s: %s failed (%s); falling back", profile.name, choice.label, exc)
             errors.append(f"{choice.label}: {exc}")
-    raise BackendError(f"no backend of profile {profile.name} could open {bundle.path}: " + "; ".join(errors))
+            continue
+        result = EncoderChoice(profile.name, encoder.name, used_precision, Path(file), reasons)
+        log.info("image encoder: %s", result.describe())
+        return encoder, result
+    raise BackendError(f"no backend of profile {profile.name} could open {bundle.path}: " + "; ".join(errors or
+                       ["none of its backends is available here"]))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, ParityShapeError, ParityToleranceError
 
 log = logging.getLogger("edgeclip.export")
 
@@ -96,7 +96,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
 
 def check_parity(module: nn.Module, path: Path, inputs: list[torch.Tensor],
                  tol: Tolerance = Tolerance()) -> dict[str, Any]:
-    """Run torch and ONNX Runtime on the same inputs; raise ParityError past ``tol``.
+    """Run torch and ONNX Runtime on the same inputs; ParityShapeError or ParityToleranceError past ``tol``.
 
     Returns the numbers recorded in the manifest: max abs difference, relative max abs difference
     (divided by the largest torch output magnitude), minimum cosine, and the batch sizes tried.
@@ -111,7 +111,10 @@ def check_parity(module: nn.Module, path: Path, inputs: list[torch.Tensor],
             ref = module(x).float().numpy().astype(np.float64)
         got = sess.run(None, {name: x.numpy()})[0].astype(np.float64)
         if got.shape != ref.shape:
-            raise ParityError(f"{path.name}: output shape {got.shape} != torch {ref.shape}")
+            raise ParityShapeError(f"{path.name}: output shape {got.shape} differs from the source model's "
+                                   f"{ref.shape}; the export traced another graph than the model runs",
+                                   {"shape": list(got.shape), "expected_shape": list(ref.shape),
+                                    "batch": int(x.shape[0])})
         diff = float(np.abs(got - ref).max())
         cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
         max_abs = max(max_abs, diff)
@@ -122,9 +125,9 @@ def check_parity(module: nn.Module, path: Path, inputs: list[torch.Tensor],
                                                                            "min_cosine": tol.min_cosine}}
     # small models are judged by the absolute difference, large ones relative to their output scale
     if min(max_abs, rel) > tol.max_abs or min_cos < tol.min_cosine:
-        raise ParityError(f"{path.name} disagrees with torch: max abs diff {max_abs:.3g} (relative {rel:.3g}, "
-                          f"limit {tol.max_abs:.3g}), min cosine {min_cos:.6f} (limit {tol.min_cosine}); "
-                          f"try another --opset or report the model", numbers)
+        raise ParityToleranceError(f"{path.name} disagrees with torch: max abs diff {max_abs:.3g} (relative "
+                                   f"{rel:.3g}, limit {tol.max_abs:.3g}), min cosine {min_cos:.6f} (limit "
+                                   f"{tol.min_cosine}); try another opset or report the model", numbers)
     return numbers
 
 

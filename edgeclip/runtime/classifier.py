@@ -6,15 +6,17 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
-from ..errors import EdgeclipError, OptionError
+from ..errors import EdgeclipError, ImageReadError, OptionError
 from .backends import Backend, create_backend
-from .images import iter_batches, read_image
+from .images import decode_image, iter_batches, read_image
+from .labels import Label, check_labels, embed_labels, resolve_templates
 from .preprocess import PreprocessConfig, Preprocessor
+from .text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -43,11 +45,18 @@ class Prediction:
 
     @property
     def label(self) -> str:
+        """The best label."""
         return self.labels[0]
 
     @property
     def score(self) -> float:
+        """The best label's probability."""
         return self.scores[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"label", "score", "top": [{"label", "score"}...]}``, plain JSON types."""
+        return {"label": self.label, "score": self.score,
+                "top": [{"label": lab, "score": sc} for lab, sc in zip(self.labels, self.scores)]}
 
 
 @dataclass
@@ -64,41 +73,114 @@ class FileResult:
         return self.error is None
 
 
-def open_image_encoder(bundle: Bundle, precision: str = "fp32", target: str | None = None,
-                       backend: str = "auto", providers: Sequence[str] | None = None,
-                       threads: int = 0) -> Backend:
-    """The bundle's image encoder at ``precision`` on the chosen backend."""
-    if precision not in PRECISIONS:
-        raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if backend == "tensorrt":
-        from ..devices.engines import find_engine  # TensorRT engines are keyed per device
+#: One image: a BGR (or gray, or BGRA) uint8 array as OpenCV gives, a file path, or encoded bytes.
+ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
 
-        return create_backend(find_engine(bundle, precision), "tensorrt")
-    return create_backend(bundle.encoder("image", precision, target), backend, providers, threads)
+
+def to_image(x: ImageInput) -> np.ndarray:
+    """Decode one image input to a uint8 array; anything else is an ImageReadError saying what is accepted."""
+    if isinstance(x, np.ndarray):
+        if x.ndim not in (2, 3):
+            raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR), got shape {x.shape}; "
+                                 f"pass several images as a list or as one [N, H, W, 3] array")
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return read_image(x)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(x))
+    raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 BGR array, a file path or "
+                         f"encoded image bytes, or a list of them")
+
+
+def as_images(x: ImageInput | Sequence[ImageInput]) -> tuple[list[np.ndarray], bool]:
+    """(decoded images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        return list(x), False
+    if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
+        return [to_image(x)], True
+    if isinstance(x, Sequence) or isinstance(x, Iterable):
+        return [to_image(i) for i in x], False
+    return [to_image(x)], True
 
 
 class Classifier:
-    """Classifies BGR images (OpenCV arrays) or image files against a bundle's labels."""
+    """Zero-shot classifier over a bundle: images in, label probabilities out (torch-free).
+
+    Build one with :func:`edgeclip.load`, which picks the device's backend and precision. Constructed
+    directly it runs ONNX Runtime on the encoder file that ``precision``/``target`` name, or on the
+    ``encoder`` backend given.
+    """
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32",
                  target: str | None = None, backend: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int = 0, top_k: int = 5, encoder: Backend | None = None) -> None:
+                 threads: int = 0, top_k: int = 5, encoder: Backend | None = None,
+                 text_providers: Sequence[str] | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if precision not in PRECISIONS:
+            raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if encoder is None:
+            if backend not in ("auto", "onnxruntime"):
+                raise OptionError(f"backend {backend!r} is chosen per device: use edgeclip.load(bundle, "
+                                  f"backend={backend!r})")
+            encoder = create_backend(self.bundle.encoder("image", precision, target), "onnxruntime", providers,
+                                     threads)
         self.precision = precision
-        self.encoder = encoder or open_image_encoder(self.bundle, precision, target, backend, providers, threads)
+        self.encoder = encoder
+        self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)
         self.preprocessor = Preprocessor(PreprocessConfig.from_manifest(self.bundle.preprocess))
         self.logit_scale = self.bundle.logit_scale
         self.top_k = top_k
         self.max_batch = int(getattr(self.encoder, "max_batch", 0) or 0)
+        self.text_providers = list(text_providers or ["cpu"])
+        self._text_encoder: TextEncoder | None = None
         names, matrix = self.bundle.labels()
-        self.set_labels(names, matrix)
+        self.set_label_matrix(names, matrix)
 
-    def set_labels(self, names: Sequence[str], matrix: np.ndarray) -> None:
-        """Replace the label set (e.g. after on-device relabelling)."""
+    # -- labels ----------------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        """The current label names, in the order of the probability columns."""
+        return list(self.label_names)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The bundle's text encoder (opened on first use)."""
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder.from_bundle(self.bundle, self.text_providers)
+        return self._text_encoder
+
+    def embed_labels(self, labels: Sequence[str | Label], templates: Sequence[str] | str | None = None) -> np.ndarray:
+        """The L2-normalised [N, D] matrix of ``labels``, embedded on this device with the bundle's text encoder.
+
+        ``templates`` is a template set name or file (see ``resolve_templates``), a list of templates, or
+        None for the ones the bundle's labels were embedded with.
+        """
+        items = check_labels([lab if isinstance(lab, Label) else Label(str(lab)) for lab in labels], "labels")
+        if templates is None:
+            _, chosen = bundle_templates(self.bundle)
+        elif isinstance(templates, str):
+            _, chosen = resolve_templates(templates)
+        else:
+            chosen = list(templates)
+        return embed_labels(items, chosen, self.text_encoder)
+
+    def set_labels(self, labels: Sequence[str | Label], templates: Sequence[str] | str | None = None) -> None:
+        """Replace the label set, re-embedding it on the device through the bundle's text encoder.
+
+        The bundle on disk is unchanged (``edgeclip labels`` / ``relabel_bundle`` write one).
+        """
+        matrix = self.embed_labels(labels, templates)
+        self.set_label_matrix([lab.name if isinstance(lab, Label) else str(lab) for lab in labels], matrix)
+
+    def set_label_matrix(self, names: Sequence[str], matrix: np.ndarray) -> None:
+        """Replace the label set with names and their precomputed [N, D] embeddings (normalised here)."""
         matrix = l2_normalize(matrix)
-        if matrix.shape != (len(names), int(self.bundle.model["embed_dim"])):
+        dim = int(self.bundle.model["embed_dim"])
+        if matrix.ndim != 2 or matrix.shape != (len(names), dim):
             raise OptionError(f"label matrix shape {matrix.shape} does not match {len(names)} labels x "
-                              f"embed_dim {self.bundle.model['embed_dim']}")
+                              f"embed_dim {dim}")
+        if not np.isfinite(matrix).all():
+            raise OptionError("the label matrix holds NaN or infinite values; re-embed the labels")
         self.label_names = list(names)
         self.label_matrix = matrix
 
@@ -110,9 +192,14 @@ class Classifier:
                 for i in range(0, len(pixels), step)]
         return l2_normalize(np.concatenate(outs, axis=0))
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """L2-normalised embeddings of BGR uint8 images."""
-        return self.embed_pixels(self.preprocessor.batch(images))
+    def embed(self, x: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""
+        images, single = as_images(x)
+        emb = self.embed_pixels(self.preprocessor.batch(images)) if images else self._no_embeddings()
+        return emb[0] if single else emb
+
+    def _no_embeddings(self) -> np.ndarray:
+        return np.zeros((0, int(self.bundle.model["embed_dim"])), np.float32)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """softmax(logit_scale * cosine) over the labels, [B, N]."""
@@ -125,9 +212,17 @@ class Classifier:
         return [Prediction([self.label_names[j] for j in row], [float(p[j]) for j in row])
                 for p, row in zip(probs, order)]
 
-    def classify(self, images: Sequence[np.ndarray], top_k: int | None = None) -> list[Prediction]:
-        """Top-k predictions for BGR uint8 images."""
-        return self.predictions(self.probabilities(self.embed(images)), top_k)
+    def classify(self, x: ImageInput | Sequence[ImageInput], top_k: int | None = None) -> Prediction | list[Prediction]:
+        """Top-k predictions: one image (array, path or bytes) gives one Prediction, a list gives a list.
+
+        An array is one image when it is HxW or HxWx3 (uint8, BGR as OpenCV decodes), a batch when it is
+        [N, H, W, 3]; any other shape or dtype is an ImageReadError.
+        """
+        images, single = as_images(x)
+        if not images:
+            return []
+        preds = self.predictions(self.probabilities(self.embed(images)), top_k)
+        return preds[0] if single else preds
 
     # -- files -----------------------------------------------------------------------------------------
     def _load(self, path: Path) -> tuple[Path, np.ndarray | None, str | None]:

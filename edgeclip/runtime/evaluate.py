@@ -5,12 +5,15 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ..errors import OptionError
 from .images import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 
 @dataclass
@@ -166,3 +169,34 @@ def evaluate_embeddings(embed_files: Callable[[list[Path]], tuple[np.ndarray, li
     z = logits - logits.max(1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     return score(probs, dataset.targets[ok], dataset.names, failed), emb, ok
+
+
+def embed_files_with(clf: "Classifier", files: list[Path], batch_size: int = 64, workers: int = 0,
+                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Image embeddings of ``files`` with a classifier: (embeddings of readable files, failures, readable mask)."""
+    embs, failed, ok = [], [], np.zeros(len(files), bool)
+    for i, r in enumerate(clf.classify_files(files, batch_size, workers, keep_embeddings=True, progress=progress)):
+        if r.ok:
+            embs.append(r.embedding)
+            ok[i] = True
+        else:
+            failed.append({"path": str(r.path), "error": r.error})
+    dim = int(clf.bundle.model["embed_dim"])
+    return (np.stack(embs) if embs else np.zeros((0, dim), np.float32)), failed, ok
+
+
+def agreement(emb_a: np.ndarray, ok_a: np.ndarray, matrix_a: np.ndarray, emb_b: np.ndarray, ok_b: np.ndarray,
+              matrix_b: np.ndarray) -> dict[str, float | int]:
+    """How two runs over the same files agree, on the files both could read.
+
+    ``emb_*`` hold the embeddings of the readable files only (``ok_*`` marks them among all files);
+    returns top-1 agreement in percent, the mean cosine of the image embeddings (NaN when the embedding
+    sizes differ) and the number of files compared.
+    """
+    both = ok_a & ok_b
+    a, b = emb_a[both[ok_a]], emb_b[both[ok_b]]
+    if not len(a):
+        return {"top1_agreement": 0.0, "mean_cosine": float("nan"), "compared": 0}
+    pa, pb = (a @ matrix_a.T).argmax(1), (b @ matrix_b.T).argmax(1)
+    cosine = float((a * b).sum(1).mean()) if a.shape == b.shape else float("nan")
+    return {"top1_agreement": float((pa == pb).mean() * 100), "mean_cosine": cosine, "compared": int(len(a))}

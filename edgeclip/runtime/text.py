@@ -1,15 +1,16 @@
 """On-device text encoding and relabelling: the torch-free tokenizer plus ``text_encoder.onnx``."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, load_bundle, update_bundle
-from ..errors import BundleError
+from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, BundleDraft, load_bundle, update_bundle
+from ..errors import BundleError, EdgeclipError, LabelsError
 from .backends.onnxruntime import OrtBackend
-from .labels import Label, embed_labels, labels_document
+from .labels import Label, check_template, embed_labels, labels_document, resolve_templates
 from .tokenizer import ClipTokenizer
 
 
@@ -24,8 +25,9 @@ class TextEncoder:
     @classmethod
     def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0) -> TextEncoder:
         """The bundle's tokenizer and fp32 ``text_encoder.onnx``."""
-        if "tokenizer" not in bundle.manifest:
-            raise BundleError(f"{bundle.path}: the manifest has no tokenizer section; re-export the bundle")
+        if bundle.info.tokenizer is None:
+            raise BundleError(f"{bundle.path}: the manifest has no tokenizer section, so labels cannot be embedded "
+                              f"on the device; re-export the bundle")
         return cls(ClipTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
                    providers, threads)
 
@@ -34,10 +36,26 @@ class TextEncoder:
         return self.backend.run(self.tokenizer(texts))
 
 
+def bundle_templates(bundle: Bundle) -> tuple[str, list[str]]:
+    """The prompt templates the bundle's labels were embedded with (the default template set otherwise)."""
+    try:
+        doc = json.loads(bundle.file(LABELS_JSON).read_text(encoding="utf-8"))
+        templates = doc.get("templates")
+        if isinstance(templates, list) and templates:
+            return str(doc.get("template_set", "bundle")), [check_template(t) for t in templates]
+    except (EdgeclipError, OSError, ValueError):
+        pass
+    return resolve_templates(None)
+
+
 def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], template_name: str,
                    templates: Sequence[str], providers: Sequence[str] | None = None,
                    progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """Re-embed a new label set inside an existing bundle (atomically) and return (names, matrix)."""
+    """Re-embed a new label set inside an existing bundle (atomically) and return (names, matrix).
+
+    The embedding runs without the bundle's lock; the write takes it and starts from the manifest on disk
+    then, so a concurrent writer's changes (e.g. a new INT8 encoder) are kept.
+    """
     bundle = load_bundle(path)
     matrix = embed_labels(labels, templates, TextEncoder.from_bundle(bundle, providers), progress=progress)
     with update_bundle(bundle) as draft:  # verified by load_bundle above
@@ -45,9 +63,15 @@ def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], templa
     return [lab.name for lab in labels], matrix
 
 
-def write_labels(draft, labels: Sequence[Label], template_name: str, templates: Sequence[str],
+def write_labels(draft: BundleDraft, labels: Sequence[Label], template_name: str, templates: Sequence[str],
                  matrix: np.ndarray) -> None:
     """Write ``labels.json`` and ``labels.npy`` into a bundle draft and record them in its manifest."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != len(labels) or len(labels) == 0:
+        raise LabelsError(f"label matrix shape {matrix.shape} does not match {len(labels)} labels")
+    if not np.isfinite(matrix).all():
+        raise LabelsError("the label embeddings hold NaN or infinite values (the text encoder's output); "
+                          "check the text encoder, nothing was written")
     draft.write_json(LABELS_JSON, labels_document(labels, template_name, templates), role="labels")
     with open(draft.new_file(LABELS_NPY), "wb") as f:
         np.save(f, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...errors import ImageReadError, OptionError, SourceError
+from ...errors import EdgeclipError, FrameError, ImageReadError, OptionError, SourceError
 from ..classifier import Classifier
 from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
 from .relabel import LabelReloader, Relabel
@@ -39,6 +39,9 @@ from .sources import FrameReader, SourceSpec
 from .outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
 
 log = logging.getLogger("edgeclip.runtime")
+
+#: Consecutive unexpected read failures of a file or folder source before its capture ends with an error.
+MAX_READ_FAILURES = 100
 
 #: End reasons after which ``edgeclip stream`` exits 0.
 CLEAN_END = ("eof", "max_frames", "duration", "stopped", "SIGINT", "SIGTERM", "window_closed")
@@ -132,7 +135,9 @@ class CaptureWorker:
         self.policy = policy or ReconnectPolicy()
         self.reader: FrameReader = spec.open()  # raises SourceError now, on the caller's thread
         self.fps = spec.nominal_fps(self.reader)
-        self.captured = self.reconnects = 0
+        self.captured = self.reconnects = self.frame_errors = 0
+        self._failures = 0
+        self._last_error_event = 0.0
         self.end_reason: str | None = None
         self.error: str | None = None
         self.stop_event = threading.Event()
@@ -174,12 +179,27 @@ class CaptureWorker:
             if self.max_frames and self.captured >= self.max_frames:
                 self.end_reason = "max_frames"
                 return
-            image = self.reader.read()
+            reason = None
+            try:
+                image = self.reader.read()
+            except FrameError as exc:  # one bad frame or file: an event, and the stream goes on
+                self._frame_error(exc)
+                continue
+            except Exception as exc:  # never let one read kill the capture thread
+                if not spec.live:
+                    self._failures += 1
+                    if self._failures > MAX_READ_FAILURES:
+                        raise
+                    self._frame_error(exc)
+                    continue
+                log.warning("%s: read failed", spec.text, exc_info=True)
+                image, reason = None, f"{type(exc).__name__}: {exc}"
+            self._failures = 0
             if self.stop_event.is_set():
                 return
             if image is None:
                 if spec.live:
-                    if not self._recover(last_ok):
+                    if not self._recover(last_ok, reason):
                         return
                     continue
                 if self.loop and k > 0:
@@ -208,14 +228,27 @@ class CaptureWorker:
             if not self.mailbox.put(frame, block=self.lossless):
                 return
 
-    def _recover(self, last_ok: float) -> bool:
+    def _frame_error(self, exc: Exception) -> None:
+        """Report one unreadable frame as a ``frame_error`` event (live sources: rate-limited)."""
+        self.frame_errors += 1
+        message = str(exc) if isinstance(exc, EdgeclipError) else f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if self.spec.live and self.frame_errors > 20 and now - self._last_error_event < 10.0:
+            return  # a camera sending garbage must not flood the events: the first 20, then one per 10 s
+        self._last_error_event = now
+        log.warning("%s: frame skipped: %s", self.spec.text, message)
+        self.emit("frame_error", frame=self.captured, source=self.spec.text, file=getattr(exc, "file", None),
+                  error=message, count=self.frame_errors)
+
+    def _recover(self, last_ok: float, reason: str | None = None) -> bool:
         """Reopen a lost live source with exponential backoff; False when stopped or giving up."""
         policy = self.policy
         if self._lost_at is None:
             self._lost_at, self._attempts, self._delay = last_ok, 0, policy.initial
-            log.warning("%s: lost (no frame); reconnecting with backoff up to %.0f s", self.spec.text,
-                        policy.maximum)
-            self.emit("source_lost", frame=self.captured - 1, source=self.spec.text)
+            reason = reason or getattr(self.reader, "lost_reason", None)
+            log.warning("%s: lost (%s); reconnecting with backoff up to %.0f s", self.spec.text,
+                        reason or "no frame", policy.maximum)
+            self.emit("source_lost", frame=self.captured - 1, source=self.spec.text, reason=reason)
         self.reader.close()
         while not self.stop_event.is_set():
             down = time.monotonic() - self._lost_at
@@ -447,7 +480,7 @@ class StreamPipeline:
                       file=str(self.reloader.path) if self.reloader else None)
             return
         old = list(self.clf.label_names)
-        self.clf.set_labels(result.names, result.matrix)
+        self.clf.set_label_matrix(result.names, result.matrix)
         self.decider.set_names(result.names)
         self.smoother.reset()
         self.relabels += 1
@@ -463,7 +496,8 @@ class StreamPipeline:
         cap = self.capture
         rss = rss_bytes()
         return {"captured": cap.captured if cap else 0, "inferred": self.inferred, "dropped": self.mailbox.dropped,
-                "bad_frames": self.bad_frames, "reconnects": cap.reconnects if cap else 0,
+                "bad_frames": self.bad_frames, "frame_errors": cap.frame_errors if cap else 0,
+                "reconnects": cap.reconnects if cap else 0,
                 "relabels": self.relabels, "rss_mb": None if rss is None else round(rss / 2**20, 2)}
 
     def _record(self, now: float, since: float, prev: tuple[int, int, int],

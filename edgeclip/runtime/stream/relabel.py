@@ -12,7 +12,6 @@ watched one is the safest way to update it).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -23,10 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ...bundle import LABELS_JSON, Bundle
+from ...bundle import Bundle
 from ...errors import EdgeclipError
 from ..labels import embed_labels, read_labels_file, resolve_templates
-from ..text import TextEncoder
+from ..text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -46,16 +45,6 @@ class Relabel:
         return self.error is None
 
 
-def bundle_templates(bundle: Bundle) -> tuple[str, list[str]]:
-    """The prompt templates the bundle's labels were embedded with (the default template set otherwise)."""
-    try:
-        doc = json.loads(bundle.file(LABELS_JSON).read_text(encoding="utf-8"))
-        templates = doc.get("templates")
-        if isinstance(templates, list) and templates and all(isinstance(t, str) and "{}" in t for t in templates):
-            return str(doc.get("template_set", "bundle")), list(templates)
-    except (EdgeclipError, OSError, ValueError):
-        pass
-    return resolve_templates(None)
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
