@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeclip.cli.export import PROXY_LABELS  # noqa: E402
+from edgeclip.export.defaults import PROXY_LABELS  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
 from edgeclip.runtime.stream.decisions import HalfLife  # noqa: E402
 from edgeclip.runtime.stream.sources import parse_source  # noqa: E402

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-import torch
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
 
 from edgeclip.bundle import load_bundle
 from edgeclip.errors import ExportError, ModelLoadError, OptionError, ParityError

@@ -61,7 +61,12 @@ def test_quantize_resnet_with_bn_stats_and_max_drop(rn: Path) -> None:
     q = load_bundle(rn).manifest["quantization"]["cpu"]
     assert q["calibration"]["source"] == "bn-stats" and q["max_drop"] == 0.0
     assert q["agreement"]["top1_agreement"] == 1.0, "max-drop 0: every calibration image keeps its label"
-    assert isinstance(q["excluded_nodes"], list)
+    import onnx
+
+    from edgeclip.quant.recipes import weighted_nodes
+
+    weighted = weighted_nodes(onnx.load(str(rn / "image_encoder.onnx")))
+    assert set(q["excluded_nodes"]) <= set(weighted) and len(set(q["excluded_nodes"])) == len(q["excluded_nodes"])
 
 
 def test_quantize_rejects_bad_options(vit: Path, capsys: pytest.CaptureFixture) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+
+from qdq import WEIGHTED, Graph, assert_cpu_qdq
 
 from edgeclip.bundle import load_bundle
 from edgeclip.quant.agreement import compare, run_onnx
 from edgeclip.quant.recipes import RECIPES, prepare_fp32, quantize_onnx, weighted_nodes
 from edgeclip.quant.synthetic import noise_images
-
-WEIGHTED = ("Conv", "MatMul", "Gemm")
 
 
 def _images(bundle_path: Path, n: int = 16) -> np.ndarray:
@@ -41,36 +40,6 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_vit_bundle: Path, tiny_
         for target, recipe in RECIPES.items():
             out[(arch, target)] = quantize_onnx(recipe, fp32, tmp / f"int8.{target}.onnx", images, "minmax")
     return out
-
-
-class Graph:
-    """Producer / consumer maps of an ONNX graph."""
-
-    def __init__(self, path: Path) -> None:
-        self.model = onnx.load(str(path))
-        g = self.model.graph
-        self.nodes = list(g.node)
-        self.inits = {i.name: i for i in g.initializer}
-        self.producer = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def of(self, op: str) -> list:
-        return [n for n in self.nodes if n.op_type == op]
-
-    def made_by(self, tensor: str, op: str) -> bool:
-        p = self.producer.get(tensor)
-        return p is not None and p.op_type == op
-
-    def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
-
-    def quantized(self) -> list:
-        """Weighted nodes whose inputs are dequantized."""
-        return [n for n in self.nodes if n.op_type in WEIGHTED and any(self.made_by(i, "DequantizeLinear")
-                                                                        for i in n.input[:2])]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -182,21 +151,7 @@ def test_tensorrt_graph_is_valid_onnx_for_the_parser(built: dict) -> None:
 # --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["vit", "rn"])
 def test_cpu_recipe_is_u8s8_with_7bit_weights(built: dict, arch: str) -> None:
-    g = Graph(built[(arch, "cpu")])
-    assert {n.name for n in g.quantized()} == set(weighted_nodes(onnx.load(str(built[(arch, "fp32")]))))
-    for q in g.of("QuantizeLinear"):
-        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
-    for node in g.quantized():
-        dq = g.producer[node.input[1]]
-        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
-        assert w.dtype == np.int8 and w.min() >= -64 and w.max() <= 64, "reduce_range: 7-bit weights"
-        readers = g.consumers.get(node.output[0], [])
-        if node.op_type == "Conv":
-            assert scale.ndim == 1 and scale.shape[0] == w.shape[0], "Conv weights per channel"
-            assert any(r.op_type == "QuantizeLinear" for r in readers), "Conv output quantized (QLinearConv)"
-        else:
-            assert scale.ndim == 0 or scale.size == 1, "MatMul/Gemm weights per tensor"
-            assert not any(r.op_type == "QuantizeLinear" for r in readers), "MatMul output float"
+    assert_cpu_qdq(built[(arch, "cpu")], weighted_nodes(onnx.load(str(built[(arch, "fp32")]))), weight_bits=7)
 
 
 @pytest.mark.parametrize("arch", ["vit", "rn"])
@@ -242,4 +197,11 @@ def test_probe_switches_layers_on_and_off(built: dict, tmp_path: Path) -> None:
     assert sorted(s.node for s in ranking) == sorted(nodes)
     assert all(a.kl >= b.kl for a, b in zip(ranking, ranking[1:]))
     k, agreement = plan_exclusions(probe, ranking, images, ref, labels, 100.0, max_drop=0.0)
-    assert 0 <= k <= len(nodes) and agreement["top1_agreement"] == 1.0
+    assert agreement["top1_agreement"] == 1.0
+    order = [s.node for s in ranking]
+
+    def top1(kept: int) -> float:  # the k most sensitive layers in fp32, the rest quantized
+        on = order[kept:]
+        return compare(ref, probe.run(images, on, others=bool(on)), labels, 100.0)["top1_agreement"]
+
+    assert top1(k) == 1.0 and (k == 0 or top1(k - 1) < 1.0), "k is the smallest count that keeps every label"

@@ -15,9 +15,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import EdgeclipError
+from .options import flag_wording
 
 #: Modules under ``edgeclip.cli`` that each define ``register(subparsers)``.
-COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "devices")
+COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "devices", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except EdgeclipError as exc:
-        print(f"edgeclip {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edgeclip {args.command}: error: {flag_wording(str(exc))}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional part that no up-front check caught: still one line, exit 2
+        from ..extras import extra_for_module, install_command, onnxruntime_help
+
+        extra = extra_for_module(exc.name or "")
+        if extra is None:
+            raise
+        hint = onnxruntime_help() if extra == "cpu" else (f"{exc.name} is not installed; add the '{extra}' extra: "
+                                                          f"{install_command(extra)}")
+        print(f"edgeclip {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         # point stdout at /dev/null so the interpreter's final flush does not fail again (Python docs' recipe)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..export.defaults import DEFAULT_MODEL, PROXY_LABELS, PROXY_MODELS
 from .options import add_label_options, labels_from_args
 
-#: Labels used when none are given with a built-in proxy model: the classes it was trained on.
-PROXY_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,21 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.models import PROXY_MODELS, DEFAULT_MODEL, load_model
-    from ..export.onnx_export import Tolerance
-    from ..export.pipeline import export_bundle
+    from ..extras import require, require_onnxruntime
+
+    require("export", what="edgeclip export")
+    require_onnxruntime("edgeclip export (parity check)")
+    from ..api import export
 
     default = PROXY_LABELS if (args.model or DEFAULT_MODEL) in PROXY_MODELS else None
-    labels, tname, templates = labels_from_args(args, default)
+    labels, _, _ = labels_from_args(args, default)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[export] {m}", file=sys.stderr))
     say(f"loading {args.model or DEFAULT_MODEL}")
-    loaded = load_model(args.model, args.pretrained, args.config, args.seed)
-    out = export_bundle(loaded, args.out, labels, tname, templates, overwrite=args.overwrite, opset=args.opset,
-                        tol=Tolerance(max_abs=args.parity_atol), step=say)
-    from ..bundle import load_bundle
-
-    b = load_bundle(out)
-    par = b.manifest["parity"]
-    print(f"wrote {out}: {loaded.model_id} ({loaded.architecture}), {len(labels)} labels; parity max abs diff "
-          f"image {par['image_encoder']['max_abs_diff']:.2e}, text {par['text_encoder']['max_abs_diff']:.2e}")
+    b = export(args.out, args.model, labels, templates=args.templates, pretrained=args.pretrained,
+               config=args.config, overwrite=args.overwrite, opset=args.opset, parity_atol=args.parity_atol,
+               seed=args.seed, step=say)
+    par, model = b.manifest["parity"], b.manifest["model"]
+    print(f"wrote {b.path}: {model.get('id')} ({model.get('architecture')}), {len(labels)} labels; parity max abs "
+          f"diff image {par['image_encoder']['max_abs_diff']:.2e}, text {par['text_encoder']['max_abs_diff']:.2e}")
     return 0

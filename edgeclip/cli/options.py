@@ -21,16 +21,24 @@ def add_backend_options(p: argparse.ArgumentParser, precision_default: str = "fp
     g.add_argument("--device", default="auto", metavar="PROFILE",
                    help="device profile (default auto: detect this machine); it picks the INT8 recipe and the "
                         "backend order")
-    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default=precision_default,
-                   help=f"image encoder precision (default {precision_default}; auto: the device profile's)")
+    g.add_argument("--precision", choices=("auto", "fp32", "int8", "bf16"), default=precision_default,
+                   help=f"image encoder precision (default {precision_default}; auto: the device profile's; bf16: "
+                        f"OpenVINO on CPUs with AVX512_BF16/AMX)")
     g.add_argument("--target", choices=("cpu", "tensorrt"), default=None,
                    help="INT8 recipe to use (default: the one made for the chosen backend)")
-    g.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
-                   help="inference backend (default auto: the profile's order; tensorrt needs `edgeclip build`)")
+    g.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "openvino"), default="auto",
+                   help="inference backend (default auto: the profile's order; tensorrt needs `edgeclip build`; "
+                        "openvino needs the openvino extra)")
     g.add_argument("--providers", default=None,
                    help="ONNX Runtime providers in fallback order, comma-separated: tensorrt,cuda,cpu "
                         "(default: the profile's)")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    g.add_argument("--hint", choices=("latency", "throughput"), default=None,
+                   help="OpenVINO performance hint (default: the profile's): one request per batch, or a batch "
+                        "split over parallel streams")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="OpenVINO compiled-model cache (default $XDG_CACHE_HOME/edgeclip/openvino or "
+                        "~/.cache/edgeclip/openvino)")
 
 
 def providers_of(args: argparse.Namespace) -> list[str] | None:
@@ -48,17 +56,13 @@ def flag_wording(message: str) -> str:
 
 def open_classifier(args: argparse.Namespace, bundle: str | None = None, precision: str | None = None,
                     top_k: int = 5, target: str | None | bool = True) -> Any:
-    """``edgeclip.load`` with the backend options (``target=True``: --target's); option errors name the flags."""
+    """``edgeclip.load`` with the backend options (``target=True``: --target's)."""
     from ..api import load
-    from ..errors import OptionError
 
-    try:
-        clf = load(bundle or args.bundle, device=args.device, precision=precision or args.precision,
-                   backend=args.backend, target=args.target if target is True else target, providers=providers_of(args), threads=args.threads,
-                   top_k=top_k)
-    except OptionError as exc:
-        raise OptionError(flag_wording(str(exc))) from exc
-    return clf
+    return load(bundle or args.bundle, device=args.device, precision=precision or args.precision,
+                backend=args.backend, target=args.target if target is True else target,
+                providers=providers_of(args), threads=args.threads, top_k=top_k, hint=getattr(args, "hint", None),
+                cache_dir=getattr(args, "cache_dir", None))
 
 
 def add_label_options(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -35,13 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quant.pipeline import QuantizeOptions, quantize_bundle
+    from ..extras import ONNXRUNTIME_FOR_QUANTIZE, require, require_onnxruntime
 
-    opts = QuantizeOptions(calib=args.calib, target=args.target, images=args.images, seed=args.seed,
-                           calib_method=args.calib_method, max_drop=args.max_drop, time_budget=args.time_budget,
-                           cache=not args.no_cache, steps=args.steps, device=args.device)
+    require("export", what="edgeclip quantize")
+    require_onnxruntime("edgeclip quantize", minimum=ONNXRUNTIME_FOR_QUANTIZE)
+    from ..api import quantize
+
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[quantize] {m}", file=sys.stderr))
-    rec = quantize_bundle(args.bundle, opts, progress=not args.quiet, step=say)
+    rec = quantize(args.bundle, args.target, args.calib, images=args.images, seed=args.seed,
+                   calib_method=args.calib_method, max_drop=args.max_drop, time_budget=args.time_budget,
+                   cache=not args.no_cache, steps=args.steps, device=args.device, progress=not args.quiet, step=say)
     a, c = rec["agreement"], rec["calibration"]
     excluded = f", {len(rec['excluded_nodes'])} layers kept in fp32" if rec["excluded_nodes"] else ""
     print(f"wrote {args.bundle}/{rec['file']} ({rec['recipe']}): calibrated on {c['images']} {c['source']} images "

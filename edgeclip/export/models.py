@@ -3,7 +3,7 @@
 Accepted ``--model`` values, tried in this order:
 
 * a built-in name: ``proxy-vit`` / ``proxy-rn`` (small CLIP models trained on CIFAR-10 + Imagenette that
-  ship inside the package) or ``edgeclip-tiny-vit`` / ``edgeclip-tiny-rn`` (random weights, for tests);
+  ship as the separate ``edgeclip-models`` package, packages/edgeclip-models/) or ``edgeclip-tiny-vit`` / ``edgeclip-tiny-rn`` (random weights, for tests);
 * a local folder: open_clip layout (``open_clip_config.json`` + weights) or Hugging Face CLIP layout
   (``config.json`` + ``model.safetensors``/``pytorch_model.bin``);
 * a local checkpoint file with ``--config model.json`` (an open_clip model config);
@@ -12,6 +12,7 @@ Accepted ``--model`` values, tried in this order:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -25,15 +26,29 @@ from torch import nn
 
 from ..bundle import Bundle
 from ..errors import BundleError, ModelLoadError, OptionError
+from .defaults import DEFAULT_MODEL, PROXY_MODELS
 
 log = logging.getLogger("edgeclip.export")
 
 PACKAGE = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-MODELS_DIR = PACKAGE / "models"
+MODELS_PACKAGE = PACKAGE.parent / "packages" / "edgeclip-models"  # in a source checkout
+
+
+def _models_dir() -> Path:
+    """Where the built-in proxy checkpoints are: the installed ``edgeclip_models`` package, else the copy in
+    this source checkout (packages/edgeclip-models)."""
+    try:
+        spec = importlib.util.find_spec("edgeclip_models")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return MODELS_PACKAGE / "edgeclip_models"
+
+
+MODELS_DIR = _models_dir()
 TINY_MODELS = ("edgeclip-tiny-vit", "edgeclip-tiny-rn")
-PROXY_MODELS = ("proxy-vit", "proxy-rn")
-DEFAULT_MODEL = "proxy-vit"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -196,13 +211,22 @@ def load_checkpoint_with_config(checkpoint: Path, config: Path) -> LoadedModel:
     return _open_clip_create(open_clip, name, str(checkpoint), str(checkpoint), "open_clip-checkpoint")
 
 
+def _models_install_hint() -> str:
+    import shlex
+    import sys
+
+    where = MODELS_PACKAGE if MODELS_PACKAGE.is_dir() else Path("packages/edgeclip-models")
+    return f"{shlex.quote(sys.executable)} -m pip install {shlex.quote(str(where))}"
+
+
 def load_builtin(name: str, seed: int = 0) -> LoadedModel:
     """A built-in model: the packaged proxy checkpoints, or a tiny random-weight config for tests."""
     if name in PROXY_MODELS:
         folder = MODELS_DIR / name
         if not (folder / "open_clip_config.json").is_file():
-            raise ModelLoadError(f"built-in model {name!r} is missing from this installation ({folder}); "
-                                 f"reinstall edgeclip or pass --model PATH")
+            raise ModelLoadError(f"built-in model {name!r} is not installed (looked in {folder}): install the "
+                                 f"edgeclip-models package from edgeclip's source tree ({_models_install_hint()}), "
+                                 f"or pass --model PATH")
         loaded = load_open_clip_dir(folder)
         loaded.model_id, loaded.source = name, "builtin"
         return loaded
