@@ -454,8 +454,8 @@ datasets only. Its timings say nothing about real CLIP models (measure ViT-B/32 
 ## Load
 ```python
 import open_clip
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:edgeclip/models/{name}")
-tokenizer = open_clip.get_tokenizer("local-dir:edgeclip/models/{name}")
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:packages/edgeclip-models/edgeclip_models/{name}")
+tokenizer = open_clip.get_tokenizer("local-dir:packages/edgeclip-models/edgeclip_models/{name}")
 model = model.float().eval()  # weights are stored in fp16
 ```
 Preprocessing (`preprocess_cfg` in `open_clip_config.json`): resize shortest side to {v['image_size']} px

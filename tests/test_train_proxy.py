@@ -180,7 +180,9 @@ def test_packed_data_unpacks_like_the_originals(tp, cifar64, tmp_path, capsys):
 
 def test_card_is_rendered_from_the_shipped_training_log(tp, tmp_path):
     """`--card DIR` rebuilds the model card from train_log.json, hand-added notes and bundle numbers included."""
-    shipped = REPO / "edgeclip" / "models" / "proxy-rn"
+    from edgeclip.export.models import MODELS_DIR
+
+    shipped = MODELS_DIR / "proxy-rn"
     for name in ("train_log.json", "open_clip_model.safetensors"):
         (tmp_path / name).symlink_to(shipped / name)
     assert tp.main(["--card", str(tmp_path)]) == 0

@@ -39,20 +39,26 @@ def _ort_providers(profile: DeviceProfile, label: str) -> tuple[str, ...]:
 
 def backend_order(profile: DeviceProfile, bundle: Bundle | None = None, precision: str = "fp32",
                   available_providers: Sequence[str] | None = None,
-                  have_tensorrt: bool | None = None) -> list[BackendChoice]:
+                  have_tensorrt: bool | None = None, have_openvino: bool | None = None) -> list[BackendChoice]:
     """The profile's backends in order, each probed on this machine; logs the choice and every fallback.
 
-    ``available_providers`` (ONNX Runtime's, default: asked) and ``have_tensorrt`` (default: try the
-    imports) let callers and tests state what the machine has.
+    ``available_providers`` (ONNX Runtime's, default: asked), ``have_tensorrt`` and ``have_openvino``
+    (default: try the imports) let callers and tests state what the machine has.
     """
     if available_providers is None:
-        import onnxruntime
+        try:
+            import onnxruntime
 
-        available_providers = onnxruntime.get_available_providers()
+            available_providers = onnxruntime.get_available_providers()
+        except ImportError:
+            available_providers = []
     out = []
     for label in profile.backends:
         if label == "tensorrt":
             out.append(_probe_tensorrt(bundle, precision, have_tensorrt))
+            continue
+        if label == "openvino":
+            out.append(_probe_openvino(have_openvino))
             continue
         wanted = PROVIDER_ALIASES[label.split(":", 1)[1]]
         ok = wanted in available_providers
@@ -95,6 +101,17 @@ def _probe_tensorrt(bundle: Bundle | None, precision: str, have_tensorrt: bool |
     return BackendChoice("tensorrt", True, f"engine {path.name}", engine=path)
 
 
+def _probe_openvino(have_openvino: bool | None) -> BackendChoice:
+    if have_openvino is False:
+        return BackendChoice("openvino", False, "OpenVINO is not installed (the 'openvino' extra)")
+    if have_openvino is None:
+        from ..runtime.backends.openvino import have_openvino as probe
+
+        ok, why = probe()
+        return BackendChoice("openvino", ok, why)
+    return BackendChoice("openvino", True, "OpenVINO is installed")
+
+
 def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
     skipped = []
     for choice in order:
@@ -110,14 +127,17 @@ def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
 
 
 #: INT8 recipe files each backend runs, best first: the ``cpu`` recipe (U8S8) is made for ONNX Runtime's CPU
-#: kernels, the ``tensorrt`` recipe (symmetric S8S8, per-channel) for TensorRT.
+#: kernels, the ``tensorrt`` recipe (symmetric S8S8, per-channel) for TensorRT; OpenVINO runs the
+#: ``tensorrt`` file fastest (measured: docs/quantization.md, "Which INT8 file runs best where").
 INT8_FILES = {
     "onnxruntime:cpu": ("cpu", "tensorrt"),
     "onnxruntime:tensorrt": ("tensorrt",),
     "onnxruntime:cuda": ("tensorrt",),
+    "openvino": ("tensorrt", "cpu"),
 }
-RUNTIME_PRECISIONS = ("auto", "fp32", "int8")
-BACKEND_NAMES = ("auto", "onnxruntime", "tensorrt")
+#: bf16 runs on OpenVINO only (its inference-precision hint), on CPUs with AVX512_BF16 or AMX.
+RUNTIME_PRECISIONS = ("auto", "fp32", "int8", "bf16")
+BACKEND_NAMES = ("auto", "onnxruntime", "tensorrt", "openvino")
 
 
 @dataclass
@@ -174,31 +194,52 @@ def check_choice_options(precision: str, target: str | None, backend: str, provi
                           f"drop `providers`, or pass backend='onnxruntime'")
     if backend == "tensorrt" and target not in (None, "tensorrt"):
         raise OptionError(f"TensorRT engines are built from the tensorrt recipe, not {target!r}: drop `target`")
+    if precision == "bf16":
+        if backend not in ("auto", "openvino"):
+            raise OptionError(f"precision='bf16' runs on OpenVINO only, not {backend}: pass backend='openvino', or "
+                              f"precision='fp32'")
+        if target is not None or providers:
+            raise OptionError("precision='bf16' runs the fp32 file on OpenVINO: drop `target` and `providers`")
 
 
 def _candidates(profile: DeviceProfile, bundle: Bundle, engine_precision: str, backend: str,
-                providers: Sequence[str] | None) -> list[BackendChoice]:
+                providers: Sequence[str] | None, precision: str = "auto") -> list[BackendChoice]:
     """The backends to try, in order: the profile's (probed), or the one asked for."""
+    if backend == "openvino" or precision == "bf16":
+        return [_probe_openvino(None)]
     if backend == "auto" and not providers:
         return backend_order(profile, bundle, engine_precision)
     if backend == "tensorrt":
         return [_probe_tensorrt(bundle, engine_precision, None)]
-    import onnxruntime
+    from ..runtime.backends.onnxruntime import import_onnxruntime
 
     wanted = list(providers) if providers else list(profile.ort_providers)
-    available = onnxruntime.get_available_providers()
+    available = import_onnxruntime().get_available_providers()
     first = next((p for p in wanted if PROVIDER_ALIASES.get(p.lower(), p) in available), "cpu")
     return [BackendChoice(f"onnxruntime:{first.lower()}", True, "asked for", tuple(wanted))]
 
 
+def _open_openvino(bundle: Bundle, profile: DeviceProfile, file: Path, precision: str, hint: str | None,
+                   threads: int, cache_dir: str | Path | None) -> Backend:
+    """OpenVINO on the CPU with the profile's hint (or ``hint``), cached under the file's manifest sha256."""
+    from ..runtime.backends.openvino import OpenVinoBackend
+
+    key = bundle.manifest["files"].get(Path(file).name, {}).get("sha256")
+    return OpenVinoBackend(file, "CPU", precision, hint or profile.openvino_hint, threads, cache_dir, key=key)
+
+
 def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = "auto", target: str | None = None,
                        backend: str = "auto", providers: Sequence[str] | None = None,
-                       threads: int = 0) -> tuple[Backend, EncoderChoice]:
+                       threads: int = 0, hint: str | None = None,
+                       cache_dir: str | Path | None = None) -> tuple[Backend, EncoderChoice]:
     """Open the bundle's image encoder for a device: the one path from options to a running backend.
 
     ``precision="auto"`` takes the profile's (INT8 where the bundle has a file the backend runs, FP32
     otherwise, saying why); ``backend="auto"`` walks the profile's backend order, logging every fallback.
-    Explicit arguments override the profile; contradictory ones raise OptionError.
+    ``precision="bf16"`` runs the fp32 file on OpenVINO with bf16 arithmetic (CPUs with AVX512_BF16/AMX).
+    OpenVINO only: ``hint`` (latency or throughput; default the profile's) and ``cache_dir`` (compiled
+    models; default the user's cache folder). Explicit arguments override the profile; contradictory ones
+    raise OptionError.
     """
     from ..runtime.backends import create_backend
     from ..runtime.backends.onnxruntime import OrtBackend
@@ -208,9 +249,9 @@ def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = 
     explicit = precision != "auto"
     engine_precision = "int8" if want_int8 else ("fp16" if profile.precision == "fp16" and not explicit else "fp32")
     errors = []
-    for choice in _candidates(profile, bundle, engine_precision, backend, providers):
+    for choice in _candidates(profile, bundle, engine_precision, backend, providers, precision):
         if not choice.available:
-            if backend != "auto":
+            if backend != "auto" or precision == "bf16":
                 raise BackendError(f"{choice.label} cannot run here: {choice.reason}")
             continue
         reasons = [f"device profile {profile.name}"]
@@ -232,9 +273,13 @@ def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = 
                     reasons.append(why + ("" if found else ": FP32"))
                     if found is not None:
                         file, used_precision = found, "int8"
-                encoder = OrtBackend(file, list(choice.providers), threads)
+                if choice.label == "openvino":
+                    used_precision = "bf16" if precision == "bf16" else used_precision
+                    encoder = _open_openvino(bundle, profile, file, used_precision, hint, threads, cache_dir)
+                else:
+                    encoder = OrtBackend(file, list(choice.providers), threads)
         except EdgeclipError as exc:
-            if backend != "auto" or isinstance(exc, (BundleError, OptionError)):
+            if backend != "auto" or precision == "bf16" or isinstance(exc, (BundleError, OptionError)):
                 raise
             log.warning("device %s: %s failed (%s); falling back", profile.name, choice.label, exc)
             errors.append(f"{choice.label}: {exc}")
