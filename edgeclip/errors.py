@@ -77,3 +77,11 @@ class FrameError(SourceError):
     def __init__(self, message: str, file: str | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class RequestError(EdgeclipError):
+    """A request to ``edgeclip serve`` cannot be served; ``status`` is the HTTP status code to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = int(status)

@@ -346,6 +346,8 @@ class StreamPipeline:
         self.inferred = self.bad_frames = self.relabels = 0
         self.last: FrameResult | None = None
         self._stop_reason: str | None = None
+        self._queued: Relabel | None = None  # a label set handed over by queue_relabel (another thread)
+        self._queue_lock = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------------------
     def request_stop(self, reason: str = "stopped") -> None:
@@ -356,6 +358,11 @@ class StreamPipeline:
     @property
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
+
+    def queue_relabel(self, names: Sequence[str], matrix: np.ndarray, reason: str = "api") -> None:
+        """Swap in a new label set between two batches (safe to call from another thread)."""
+        with self._queue_lock:
+            self._queued = Relabel(reason, list(names), np.asarray(matrix, dtype=np.float32))
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event to the sink, if there is one."""
@@ -400,6 +407,10 @@ class StreamPipeline:
                     result = self.reloader.poll()
                     if result is not None:
                         self._apply(result)
+                if self._queued is not None:
+                    with self._queue_lock:
+                        queued, self._queued = self._queued, None
+                    self._apply(queued)
                 if opts.fps_limit and now < next_slot:
                     time.sleep(min(next_slot - now, 0.1))
                     continue

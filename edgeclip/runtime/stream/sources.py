@@ -23,9 +23,13 @@ This module never imports torch.
 from __future__ import annotations
 
 import functools
+import http.client
 import logging
 import os
 import re
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,13 +38,17 @@ from typing import Protocol
 
 import numpy as np
 
-from ...errors import EdgeclipError, SourceError
+from ...errors import EdgeclipError, FrameError, SourceError
 from ..images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
 
 log = logging.getLogger("edgeclip.runtime")
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FOLDER_FPS = 10.0
+#: Largest MJPEG part (one frame) read from an HTTP stream; a bigger part ends the connection (source_lost).
+MAX_PART_BYTES = 32 * 2**20
+_MAX_HEADER_LINE = 8192
+_MAX_PART_HEADERS = 64
 
 GSTREAMER_HELP = (
     "this OpenCV ({version}) was built without GStreamer, which {what} needs. The opencv-python / "
@@ -142,20 +150,23 @@ class CaptureReader:
 
 
 class FolderReader:
-    """Image files of a folder, in name order; unreadable files are skipped with a warning."""
+    """Image files of a folder, in name order; a file that cannot be read raises FrameError and the next
+    ``read`` goes on with the following file."""
 
     def __init__(self, files: list[Path], fps: float | None) -> None:
         self.files, self.fps, self.pos = files, fps, 0
 
     def read(self) -> np.ndarray | None:
-        while self.pos < len(self.files):
-            path = self.files[self.pos]
-            self.pos += 1
-            try:
-                return read_image(path)
-            except EdgeclipError as exc:
-                log.warning("skipping %s", exc)
-        return None
+        if self.pos >= len(self.files):
+            return None
+        path = self.files[self.pos]
+        self.pos += 1
+        try:
+            return read_image(path)
+        except EdgeclipError as exc:
+            raise FrameError(str(exc), file=os.fspath(path)) from exc
+        except Exception as exc:  # a decoder failure (MemoryError, cv2.error) is one bad frame too
+            raise FrameError(f"{path}: {type(exc).__name__}: {exc}", file=os.fspath(path)) from exc
 
     def close(self) -> None:
         self.pos = len(self.files)
@@ -187,86 +198,212 @@ class SyntheticReader:
         pass
 
 
+class _Broken(Exception):
+    """The MJPEG stream cannot go on (oversized or endless part, stalled server, malformed headers)."""
+
+
+class _HeaderDeadline:
+    """An HTTP connection whose whole response header must arrive within ``deadline`` seconds."""
+
+    deadline: float
+
+    def getresponse(self):  # noqa: D102  (http.client's)
+        sock = self.sock
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        timer = threading.Timer(self.deadline, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise TimeoutError(f"no complete response header within {self.deadline:g} s") from exc
+            raise
+        finally:
+            timer.cancel()
+
+
+class _DeadlineHTTPConnection(_HeaderDeadline, http.client.HTTPConnection):
+    def __init__(self, *args, deadline: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+
+class _DeadlineHTTPSConnection(_HeaderDeadline, http.client.HTTPSConnection):
+    def __init__(self, *args, deadline: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):  # noqa: D102
+        return self.do_open(functools.partial(_DeadlineHTTPConnection, deadline=self.deadline), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):  # noqa: D102
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection, deadline=self.deadline), req,
+                            context=self._context)
+
+
 class MjpegHttpReader:
-    """Multipart MJPEG over HTTP (``multipart/x-mixed-replace``), read with urllib and ``cv2.imdecode``.
+    """Multipart MJPEG over HTTP (``multipart/x-mixed-replace``), read with urllib and ``decode_image``.
 
     Used for ``mjpeg+http(s)://`` sources and for ``http(s)://`` when OpenCV has no FFmpeg backend.
+    Bounded in memory and time: the response header must arrive within ``timeout`` seconds, each part
+    (boundary, headers and body) within ``timeout`` seconds of the previous one however slowly the bytes
+    trickle, and no part may exceed ``max_part_bytes`` (default :data:`MAX_PART_BYTES`, whatever its
+    Content-Length says). Breaking a bound ends the connection: ``read`` returns None (the stream loop
+    reports ``source_lost`` and reconnects) and ``lost_reason`` says why. A part that does not decode
+    raises FrameError; the next ``read`` goes on with the next part.
     """
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self.url, self.fps = url, None
+    def __init__(self, url: str, timeout: float = 10.0, max_part_bytes: int | None = None) -> None:
+        self.url, self.fps, self.timeout = url, None, float(timeout)
+        self.max_part = int(max_part_bytes or MAX_PART_BYTES)
+        self.lost_reason: str | None = None
+        opener = urllib.request.build_opener(_DeadlineHTTPHandler(self.timeout), _DeadlineHTTPSHandler(self.timeout))
         try:
-            self.resp = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "edgeclip"}),
-                                               timeout=timeout)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise SourceError(f"{url}: cannot connect ({getattr(exc, 'reason', exc)})") from exc
+            self.resp = opener.open(urllib.request.Request(url, headers={"User-Agent": "edgeclip"}),
+                                    timeout=self.timeout)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            raise SourceError(f"{_redact(url)}: cannot connect ({getattr(exc, 'reason', exc)})") from exc
         ctype = self.resp.headers.get("Content-Type", "")
         m = re.search(r'boundary="?([^";,]+)"?', ctype, re.IGNORECASE)
         if not ctype.lower().startswith("multipart/") or not m:
             self.resp.close()
-            raise SourceError(f"{url}: not a multipart MJPEG stream (Content-Type {ctype!r}); "
+            raise SourceError(f"{_redact(url)}: not a multipart MJPEG stream (Content-Type {ctype!r}); "
                               f"use http://... to read it with OpenCV/FFmpeg instead")
         b = m.group(1).encode("latin-1")
         self.boundary = b if b.startswith(b"--") else b"--" + b
-        self._pending: bytes | None = None
+        self._buf = bytearray()
+        self._deadline = 0.0
 
-    def _line(self) -> bytes:
-        if self._pending is not None:
-            line, self._pending = self._pending, None
-            return line
-        return self.resp.readline()
+    # -- a bounded buffer over the response: one socket read at a time, deadline checked between reads --
+    def _fill(self) -> bool:
+        """Append what the connection has now to the buffer; False at the end of the stream."""
+        if time.monotonic() > self._deadline:
+            raise _Broken(f"no complete part within {self.timeout:g} s (server stalled or trickling)")
+        chunk = self.resp.read1(1 << 16)
+        if not chunk:
+            return False
+        self._buf += chunk
+        return True
+
+    def _readline(self) -> bytes:
+        """The next line (with its end), or what is left at the end of the stream; lines are bounded."""
+        start = 0
+        while True:
+            at = self._buf.find(b"\n", start)
+            if at >= 0:
+                line = bytes(self._buf[:at + 1])
+                del self._buf[:at + 1]
+                return line
+            if len(self._buf) > _MAX_HEADER_LINE:
+                raise _Broken(f"a header line longer than {_MAX_HEADER_LINE} bytes")
+            start = len(self._buf)
+            if not self._fill():
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+
+    def _read_exact(self, n: int) -> bytes | None:
+        while len(self._buf) < n:
+            if not self._fill():
+                return None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def _read_to_boundary(self) -> bytes | None:
+        """A body without Content-Length: everything up to the line break before the next boundary."""
+        mark = b"\n" + self.boundary
+        start = 0
+        while True:
+            at = self._buf.find(mark, start)
+            if at >= 0:
+                data = bytes(self._buf[:at])
+                del self._buf[:at + 1]  # the boundary line stays for the next part
+                return data[:-1] if data.endswith(b"\r") else data
+            if len(self._buf) > self.max_part:
+                raise _Broken(f"a part without an end: over {self.max_part:,} bytes and no boundary")
+            start = max(0, len(self._buf) - len(mark))
+            if not self._fill():
+                return None
 
     def _next_part(self) -> bytes | None:
-        """The body of the next part, or None when the stream ended or broke."""
-        line = self._line()
-        while line and not line.startswith(self.boundary):  # skip the preamble and the CRLF after a body
-            line = self._line()
+        """The body of the next part, or None when the stream ended; _Broken when it broke a bound."""
+        self._deadline = time.monotonic() + self.timeout
+        skipped = 0
+        line = self._readline()
+        while line and not line.startswith(self.boundary):  # the preamble, the line break after a body
+            skipped += len(line)
+            if skipped > self.max_part:
+                raise _Broken(f"over {self.max_part:,} bytes without a part boundary")
+            line = self._readline()
         if not line or line.rstrip() == self.boundary + b"--":  # closed, or the closing boundary
             return None
         length = None
-        while True:  # part headers, up to an empty line
-            line = self.resp.readline()
+        for _ in range(_MAX_PART_HEADERS + 1):  # part headers, up to an empty line
+            line = self._readline()
             if not line:
                 return None
             if line in (b"\r\n", b"\n"):
                 break
             name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length" and value.strip().isdigit():
+            if name.strip().lower() == "content-length" and value.strip().isdigit():  # else: read to the boundary
                 length = int(value.strip())
-        if length is not None:
-            data = self.resp.read(length)
-            return data if len(data) == length else None
-        chunks = []  # no Content-Length: the body runs up to the next boundary line
-        while True:
-            line = self.resp.readline()
-            if not line:
-                return None
-            if line.startswith(self.boundary):
-                self._pending = line
-                break
-            chunks.append(line)
-        data = b"".join(chunks)
-        return data[:-2] if data.endswith(b"\r\n") else data
+                if length > self.max_part:
+                    raise _Broken(f"a part of {length:,} bytes (Content-Length) is over the limit of "
+                                  f"{self.max_part:,} bytes")
+        else:
+            raise _Broken(f"more than {_MAX_PART_HEADERS} part header lines")
+        return self._read_exact(length) if length is not None else self._read_to_boundary()
 
     def read(self) -> np.ndarray | None:
-        while True:
-            try:
-                data = self._next_part()
-            except (OSError, ValueError) as exc:  # timeout, reset connection, closed response
-                log.warning("%s: read failed (%s)", self.url, exc)
-                return None
+        """The next frame; None when the stream ended or broke (``lost_reason``); FrameError for a bad part."""
+        try:
+            data = self._next_part()
+        except _Broken as exc:
+            self.lost_reason = str(exc)
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # timeout, reset, closed response
+            self.lost_reason = f"read failed ({exc})"
+        else:
             if data is None:
+                self.lost_reason = "the server ended the stream"
                 return None
             try:
-                return decode_image(data, self.url)
-            except EdgeclipError as exc:  # one corrupt part: skip it
-                log.warning("%s: skipping a part (%s)", self.url, exc)
+                return decode_image(data, f"{_redact(self.url)} (part of {len(data):,} bytes)")
+            except EdgeclipError as exc:
+                raise FrameError(str(exc)) from exc
+            except Exception as exc:  # a decoder failure is one bad frame, not the end of the stream
+                raise FrameError(f"{_redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+        log.warning("%s: %s", _redact(self.url), self.lost_reason)
+        self._buf.clear()
+        return None
 
     def close(self) -> None:
         try:
             self.resp.close()
         except Exception:
             pass
+        self._buf = bytearray()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,6 +428,7 @@ class SourceSpec:
     timeout: float = 10.0
     files: list[Path] = field(default_factory=list, repr=False)
     realtime: bool = False
+    max_part_bytes: int | None = None
 
     @property
     def live(self) -> bool:
@@ -311,14 +449,14 @@ class SourceSpec:
 
     def open(self) -> FrameReader:
         """Open the source; raises SourceError saying what failed and what to try."""
-        import cv2
-
         if self.kind == "synthetic":
             return SyntheticReader(int(self.width or 640), int(self.height or 480), self.nominal_fps())
         if self.kind == "folder":
             return FolderReader(self.files, self.nominal_fps())
         if self.kind == "mjpeg":
-            return MjpegHttpReader(str(self.target), self.timeout)
+            return MjpegHttpReader(str(self.target), self.timeout, self.max_part_bytes)
+        import cv2  # cameras, files and network streams need OpenCV; the kinds above do not
+
         if self.kind == "gstreamer":
             require_gstreamer("a GStreamer pipeline source")
             cap = cv2.VideoCapture(str(self.target), cv2.CAP_GSTREAMER)
@@ -346,7 +484,7 @@ class SourceSpec:
             url = str(self.target)
             if not opencv_has("FFMPEG"):
                 if url.startswith(("http://", "https://")):
-                    return MjpegHttpReader(url, self.timeout)
+                    return MjpegHttpReader(url, self.timeout, self.max_part_bytes)
                 raise SourceError(f"{url}: this OpenCV has no FFmpeg backend to read network streams; "
                                   f"install an OpenCV with FFmpeg (the opencv-python wheels have it) or use a "
                                   f"GStreamer pipeline (gst:rtspsrc location=... ! ... ! appsink)")
@@ -373,14 +511,20 @@ def _redact(url: str) -> str:
 
 
 def parse_source(text: str | int, width: int | None = None, height: int | None = None, fps: float | None = None,
-                 timeout: float = 10.0, realtime: bool = False) -> SourceSpec:
-    """Interpret a ``--source`` value (see the module doc); raises SourceError when it names nothing usable."""
+                 timeout: float = 10.0, realtime: bool = False, max_part_bytes: int | None = None) -> SourceSpec:
+    """Interpret a ``--source`` value (see the module doc); raises SourceError when it names nothing usable.
+
+    ``timeout`` bounds connecting and each frame of network streams; ``max_part_bytes`` the size of one
+    MJPEG part (default :data:`MAX_PART_BYTES`).
+    """
     s = str(text).strip()
     if not s:
         raise SourceError("empty --source; pass a camera (0, /dev/video0, csi://0), a file, a folder or a URL")
     if fps is not None and not fps > 0:
         raise SourceError(f"--fps must be > 0, got {fps}")
-    spec = dict(width=width, height=height, fps=fps, timeout=timeout, realtime=realtime)
+    if max_part_bytes is not None and max_part_bytes < 1:
+        raise SourceError(f"the MJPEG part size limit must be >= 1 byte, got {max_part_bytes}")
+    spec = dict(width=width, height=height, fps=fps, timeout=timeout, realtime=realtime, max_part_bytes=max_part_bytes)
     low = s.lower()
     if re.fullmatch(r"\d+", s):
         return SourceSpec(s, "camera", int(s), **spec)
