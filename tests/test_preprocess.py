@@ -340,3 +340,32 @@ def test_invalid_direct_config_raises_option_error():
         PreprocessConfig(size=(224, 224), resize_mode="fit")
     with pytest.raises(BundleError):
         PreprocessConfig.from_manifest([224])
+
+
+def test_a_window_of_coefficients_equals_the_slice_of_all_of_them() -> None:
+    from edgeclip.runtime.preprocess import pillow_nearest_index
+
+    for interp in ("bicubic", "bilinear"):
+        xmin, kk = pillow_coefficients(1000, 300, interp)
+        wx, wk = pillow_coefficients(1000, 300, interp, 40, 200)
+        assert (xmin[40:200] == wx).all() and (kk[40:200] == wk).all()
+    full = pillow_nearest_index(333, 1001)
+    assert (pillow_nearest_index(333, 1001, 500) == full[:500]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 200_000), (200_000, 1)])
+def test_an_extremely_elongated_image_costs_memory_for_the_crop_only(shape: tuple[int, int]) -> None:
+    """A 1x200000 image resized to 224 px on its short side is 44.8 M px wide: only the crop is computed."""
+    import tracemalloc
+
+    pre = Preprocessor(PreprocessConfig(size=(224, 224), resize_mode="shortest", interpolation="bicubic",
+                                        mean=OPENAI_MEAN, std=OPENAI_STD))
+    image = np.full(shape + (3,), 128, np.uint8)
+    tracemalloc.start()
+    try:
+        out = pre(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (3, 224, 224) and np.isfinite(out).all()
+    assert peak < 64 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MB"

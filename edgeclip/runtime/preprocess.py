@@ -165,19 +165,22 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
 _FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
 
 
-def pillow_coefficients(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's fixed-point resampling coefficients for one axis.
+def pillow_coefficients(in_size: int, out_size: int, interpolation: str, o0: int = 0,
+                        o1: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's fixed-point resampling coefficients for outputs ``o0 .. o1`` (default: all) of one axis.
 
-    Returns ``(xmin, kk)``: ``xmin[i]`` is the first input index of output ``i``, ``kk[i, j]`` the int64
-    weight of input ``xmin[i] + j`` scaled by 2**22 (zero past the filter's reach), exactly as Pillow's
-    ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` compute them.
+    Returns ``(xmin, kk)``: ``xmin[i]`` is the first input index of output ``o0 + i``, ``kk[i, j]`` the
+    int64 weight of input ``xmin[i] + j`` scaled by 2**22 (zero past the filter's reach), exactly as
+    Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` compute them. Each output's weights depend
+    on that output alone, so a window costs memory in proportion to the window, not to the resized size
+    (a 65535x1 image resized to 224 px high is 14.7 M columns, of which a centre crop keeps 224).
     """
     fn, base_support = _FILTERS[interpolation]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = base_support * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    center = (np.arange(o0, out_size if o1 is None else o1, dtype=np.float64) + 0.5) * scale
     # C's (int) truncates toward zero; negative values are clamped to 0 right after anyway.
     xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
     xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
@@ -185,7 +188,7 @@ def pillow_coefficients(in_size: int, out_size: int, interpolation: str) -> tupl
     valid = taps[None, :] < xmax[:, None]
     w = fn((((taps[None, :] + xmin[:, None]).astype(np.float64) - center[:, None]) + 0.5) * (1.0 / filterscale))
     w = np.where(valid, w, 0.0)
-    ww = np.zeros(out_size, dtype=np.float64)
+    ww = np.zeros(len(center), dtype=np.float64)
     for j in range(ksize):  # sequential sum, in Pillow's order (numpy's sum is pairwise)
         ww += w[:, j]
     w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
@@ -193,14 +196,15 @@ def pillow_coefficients(in_size: int, out_size: int, interpolation: str) -> tupl
     return xmin, kk.astype(np.int64)
 
 
-def pillow_nearest_index(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of each output pixel for Pillow's NEAREST resize (ImagingScaleAffine)."""
+def pillow_nearest_index(in_size: int, out_size: int, stop: int | None = None) -> np.ndarray:
+    """Source index of output pixels ``0 .. stop`` (default: all) for Pillow's NEAREST resize (ImagingScaleAffine)."""
     step = float(in_size) / out_size
-    idx = np.empty(out_size, dtype=np.int64)
-    xo = step * 0.5
-    for i in range(out_size):  # Pillow accumulates the coordinate; so must we, to the last ulp
-        idx[i] = -1 if xo < 0.0 else int(xo)
-        xo += step
+    n = out_size if stop is None else stop
+    # Pillow accumulates the coordinate; so must we, to the last ulp: add.accumulate sums in order
+    terms = np.full(n, step, dtype=np.float64)
+    terms[:1] = step * 0.5
+    xo = np.add.accumulate(terms)
+    idx = np.where(xo < 0.0, -1, np.trunc(xo)).astype(np.int64)
     return np.clip(idx, 0, in_size - 1)
 
 
@@ -220,12 +224,11 @@ class _Axis:
             self.lo, self.hi = o0, o1
             return
         if interpolation == "nearest":
-            idx = pillow_nearest_index(in_size, out_size)[o0:o1]
+            idx = pillow_nearest_index(in_size, out_size, o1)[o0:o1]
             self.lo, self.hi = int(idx.min()), int(idx.max()) + 1
             self.index = idx - self.lo
             return
-        xmin, kk = pillow_coefficients(in_size, out_size, interpolation)
-        xmin, kk = xmin[o0:o1], kk[o0:o1]
+        xmin, kk = pillow_coefficients(in_size, out_size, interpolation, o0, o1)
         nz = kk != 0  # every row has some: its weights sum to 2**22
         first = np.argmax(nz, axis=1)
         last = kk.shape[1] - np.argmax(nz[:, ::-1], axis=1)  # exclusive
