@@ -222,11 +222,11 @@ class CaptureWorker:
             if self._lost_at is not None:
                 self._reconnected(t, last_ok)
             frame = Frame(image, self.captured, t, t if spec.live else media_offset + k * period, time.time())
-            self.captured += 1
             k += 1
             last_ok = t
             if not self.mailbox.put(frame, block=self.lossless):
-                return
+                return  # closed while this frame was read: it never entered the pipeline, so it is not counted
+            self.captured += 1
 
     def _frame_error(self, exc: Exception) -> None:
         """Report one unreadable frame as a ``frame_error`` event (live sources: rate-limited)."""
