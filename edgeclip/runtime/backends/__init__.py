@@ -64,7 +64,7 @@ def create_backend(path: Path, backend: str = "auto", providers: Sequence[str] |
     if backend not in ("auto", "onnxruntime"):
         raise OptionError(f"unknown backend {backend!r}; use auto, onnxruntime or tensorrt")
     if path.suffix == ".engine":
-        raise OptionError(f"{path}: a TensorRT engine needs --backend tensorrt (or auto)")
+        raise OptionError(f"{path}: a TensorRT engine needs backend='tensorrt' (or auto)")
     from .onnxruntime import OrtBackend
 
     return OrtBackend(path, list(providers) if providers else list(DEFAULT_PROVIDERS), threads)

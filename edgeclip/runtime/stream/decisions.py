@@ -220,7 +220,7 @@ class Roi:
             x, y, w, h = int(self.x), int(self.y), int(self.w), int(self.h)
         if x < 0 or y < 0 or x + w > width or y + h > height or w < 1 or h < 1:
             raise OptionError(f"ROI x={x},y={y},w={w},h={h} does not fit the {width}x{height} frame; "
-                              f"pass a smaller --roi (or fractions such as 0.25,0.25,0.5,0.5)")
+                              f"pass a smaller `roi` (or fractions such as 0.25,0.25,0.5,0.5)")
         return x, y, w, h
 
     def crop(self, image: np.ndarray) -> np.ndarray:

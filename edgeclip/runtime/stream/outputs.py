@@ -106,7 +106,7 @@ class JsonLinesSink:
         elif isinstance(target, (str, os.PathLike)):
             path = Path(target)
             if path.parent and not path.parent.exists():
-                raise OptionError(f"--jsonl {path}: the folder {path.parent} does not exist")
+                raise OptionError(f"`jsonl` {path}: the folder {path.parent} does not exist")
             self.out, self._own = open(path, "a" if append else "w", encoding="utf-8", buffering=1), True
         else:
             self.out, self._own = target, False
@@ -174,11 +174,11 @@ class AnnotatedVideo:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
-            raise OptionError(f"--video-out {self.path}: use a .mp4, .avi, .mkv or .mov file name")
+            raise OptionError(f"`video_out` {self.path}: use a .mp4, .avi, .mkv or .mov file name")
         if not self.path.parent.exists():
-            raise OptionError(f"--video-out {self.path}: the folder {self.path.parent} does not exist")
+            raise OptionError(f"`video_out` {self.path}: the folder {self.path.parent} does not exist")
         if fps is not None and not fps > 0:
-            raise OptionError(f"--video-fps must be > 0, got {fps}")
+            raise OptionError(f"`video_fps` must be > 0, got {fps}")
         self.fps = float(fps) if fps else None  # None: the stream picks the rate before the first frame
         self.fourcc = FOURCC[suffix]
         self.writer = None
@@ -192,7 +192,7 @@ class AnnotatedVideo:
             self.size = (w, h)
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
             if not self.writer.isOpened():
-                raise SourceError(f"--video-out {self.path}: OpenCV cannot write {self.fourcc} video here; "
+                raise SourceError(f"`video_out` {self.path}: OpenCV cannot write {self.fourcc} video here; "
                                   f"try an .avi file name (MJPG)")
         if (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
@@ -209,12 +209,12 @@ def display_problem() -> str | None:
     import cv2
 
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return ("no display: DISPLAY is not set (headless machine or SSH without -X); drop --show and use "
-                "--video-out annotated.mp4 or --jsonl events.jsonl instead")
+        return ("no display: DISPLAY is not set (headless machine or SSH without -X); drop `show` and use "
+                "video_out='annotated.mp4' or jsonl='events.jsonl' instead")
     gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
     if gui and gui.group(1).upper() == "NONE":
         return (f"this OpenCV ({cv2.__version__}) has no GUI support (opencv-python-headless?); install "
-                f"opencv-python or use the system OpenCV to use --show, or write --video-out instead")
+                f"opencv-python or use the system OpenCV to use `show`, or write `video_out` instead")
     return None
 
 
@@ -226,7 +226,7 @@ class Window:
     def __init__(self) -> None:
         problem = display_problem()
         if problem:
-            raise OptionError(f"--show: {problem}")
+            raise OptionError(f"`show`: {problem}")
 
     def show(self, image: np.ndarray) -> bool:
         import cv2

@@ -301,13 +301,13 @@ class StreamOptions:
     def __post_init__(self) -> None:
         for name in ("fps_limit", "duration", "summary_every"):
             if getattr(self, name) < 0:
-                raise OptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise OptionError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.max_frames < 0:
-            raise OptionError(f"--max-frames must be >= 0 (0 = no limit), got {self.max_frames}")
+            raise OptionError(f"`max_frames` must be >= 0 (0 = no limit), got {self.max_frames}")
         if self.batch < 1:
-            raise OptionError(f"--batch must be >= 1, got {self.batch}")
+            raise OptionError(f"`batch` must be >= 1, got {self.batch}")
         if self.top_k < 1:
-            raise OptionError(f"--top-k must be >= 1, got {self.top_k}")
+            raise OptionError(f"`top_k` must be >= 1, got {self.top_k}")
 
 
 @dataclass
@@ -374,7 +374,7 @@ class StreamPipeline:
         """Stream until the end; returns the final ``end`` record (reason, totals, latency percentiles)."""
         opts, spec = self.opts, self.source
         if opts.loop and spec.live:
-            raise OptionError("--loop replays files and folders; live sources reconnect by themselves")
+            raise OptionError("`loop` replays files and folders; live sources reconnect by themselves")
         if self.reloader is not None:
             first = self.reloader.load("start")
             self._apply(first)

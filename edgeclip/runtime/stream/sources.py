@@ -57,7 +57,7 @@ GSTREAMER_HELP = (
     "environment with `python3 -m venv --system-site-packages ...` so it can see the system cv2, and do not "
     "pip-install opencv-python into it (pip uninstall opencv-python opencv-python-headless if it is there). "
     "Check with: python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep -i gstreamer. "
-    "Without GStreamer, a USB camera also works as --source /dev/video0 (V4L2)")
+    "Without GStreamer, a USB camera also works as source='/dev/video0' (V4L2)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -519,9 +519,9 @@ def parse_source(text: str | int, width: int | None = None, height: int | None =
     """
     s = str(text).strip()
     if not s:
-        raise SourceError("empty --source; pass a camera (0, /dev/video0, csi://0), a file, a folder or a URL")
+        raise SourceError("empty `source`; pass a camera (0, /dev/video0, csi://0), a file, a folder or a URL")
     if fps is not None and not fps > 0:
-        raise SourceError(f"--fps must be > 0, got {fps}")
+        raise SourceError(f"`fps` must be > 0, got {fps}")
     if max_part_bytes is not None and max_part_bytes < 1:
         raise SourceError(f"the MJPEG part size limit must be >= 1 byte, got {max_part_bytes}")
     spec = dict(width=width, height=height, fps=fps, timeout=timeout, realtime=realtime, max_part_bytes=max_part_bytes)
