@@ -1,0 +1,16 @@
+"""The HTTP service as a Python API: ``create_app(classifier, source=None)`` gives an ASGI app.
+
+    import edgeclip, uvicorn
+    from edgeclip.serve import create_app
+
+    app = create_app(edgeclip.load("bundle"), source="0", token="s3cret")
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+
+Mount it inside another Starlette/FastAPI app with ``app.mount("/clip", create_app(clf))``. Endpoints,
+token and limits: ``docs/serve.md``. Needs ``pip install 'edgeclip[serve]'``.
+"""
+from __future__ import annotations
+
+from .runtime.serve import ServeOptions, create_app, is_loopback
+
+__all__ = ["ServeOptions", "create_app", "is_loopback"]
