@@ -53,7 +53,7 @@ def load(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = 
     - ``target``: the INT8 recipe (``"cpu"`` or ``"tensorrt"``) where the profile's choice is not wanted.
     - ``providers``: ONNX Runtime execution providers in fallback order (implies ONNX Runtime).
     - ``threads``: intra-op threads (0 = all cores); ``top_k``: labels per prediction.
-    - OpenVINO only: ``hint`` (``"latency"`` or ``"throughput"``; default the profile's) and ``cache_dir``
+    - OpenVINO only: ``hint`` (``"auto"``, ``"latency"`` or ``"throughput"``; default the profile's) and ``cache_dir``
       (compiled-model cache; default ``~/.cache/edgeclip/openvino``). ``precision="bf16"`` runs there too.
 
     ``classifier.choice.describe()`` says which file runs where, and why.

@@ -169,8 +169,8 @@ def test_open_image_encoder_on_a_cpu_profile_opens_onnx_runtime_cpu(tiny_vit_bun
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     bundle = load_bundle(tiny_vit_bundle)
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        # the profile prefers INT8; the bundle has only FP32
-        encoder, choice = open_image_encoder(bundle, get_profile("x86-avx512-vnni"))
+        # the profile prefers INT8; the bundle has only FP32 (OpenVINO, first where installed: tests/test_openvino.py)
+        encoder, choice = open_image_encoder(bundle, get_profile("x86-avx512-vnni"), backend="onnxruntime")
     assert encoder.name == "onnxruntime:cpu" and encoder.path == bundle.encoder("image", "fp32")
     assert choice.precision == "fp32" and "no INT8 file" in choice.describe()
     assert "no INT8 file that onnxruntime:cpu runs" in caplog.text

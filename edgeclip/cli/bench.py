@@ -16,9 +16,10 @@ PEER = "torch eager fp32"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the bundle's image encoders (latency p50/p95, throughput)",
                        description="Time PyTorch eager fp32 (when torch is installed), ONNX Runtime fp32, ONNX "
-                                   "Runtime INT8 per target in the bundle and TensorRT engines (when usable) at "
-                                   "each batch size, in interleaved rounds so machine noise hits all alike; "
-                                   "prints a table with paired speed-ups vs ONNX Runtime fp32 and vs torch.")
+                                   "Runtime INT8 per target in the bundle, OpenVINO fp32, bf16 and every INT8 file "
+                                   "(when installed) and TensorRT engines (when usable) at each batch size, in "
+                                   "interleaved rounds so machine noise hits all alike; prints a table with paired "
+                                   "speed-ups vs ONNX Runtime fp32 and vs torch.")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B", help="default: 1 8")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
@@ -29,25 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers, comma-separated (default cpu)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference peer")
     p.add_argument("--no-tensorrt", action="store_true", help="skip TensorRT engines even where usable")
+    p.add_argument("--no-openvino", action="store_true", help="skip OpenVINO even where installed")
+    p.add_argument("--hint", choices=("auto", "latency", "throughput"), default="auto",
+                   help="OpenVINO performance hint (default auto: latency for batch 1, throughput for batches)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="OpenVINO compiled-model cache (default ~/.cache/edgeclip/openvino)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input batch")
     p.add_argument("--json", default=None, metavar="FILE", help="save the report as JSON")
     p.add_argument("--png", default=None, metavar="FILE", help="save a throughput chart as PNG")
     p.set_defaults(handler=run)
-
-
-def _ort_variants(bundle: Any, providers: list[str], threads: int) -> list:
-    from ..runtime.backends.onnxruntime import OrtBackend
-    from ..runtime.benchmark import Variant
-
-    fp32 = OrtBackend(bundle.encoder("image", "fp32"), providers, threads)
-    out = [Variant(REFERENCE, "onnxruntime", "fp32", fp32.run)]
-    for name, entry in sorted(bundle.files_with_role("image_encoder").items()):
-        if entry.get("precision") == "int8":
-            target = entry.get("target")
-            backend = OrtBackend(bundle.path / name, providers, threads)
-            note = "TensorRT's Q/DQ recipe on ONNX Runtime (not what it is made for)" if target == "tensorrt" else ""
-            out.append(Variant(f"onnxruntime int8/{target}", "onnxruntime", "int8", backend.run, target, note))
-    return out
 
 
 def _tensorrt_variants(bundle: Any) -> tuple[list, list[str]]:
@@ -113,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import load_bundle
     from ..errors import OptionError
     from ..extras import require, require_onnxruntime
-    from ..runtime.benchmark import format_table, measure, report, write_json, write_png
+    from ..runtime.benchmark import (format_table, measure, onnxruntime_variants, openvino_variants, report, write_json,
+                                     write_png)
     from .options import progress_bar, providers_of
 
     require_onnxruntime("edgeclip bench")
@@ -129,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
             variants.append(peer)
         else:
             skipped.append(f"torch: {why}")
-    variants += _ort_variants(bundle, providers_of(args), args.threads)
+    variants += onnxruntime_variants(bundle, providers_of(args) or ["cpu"], args.threads)
+    if not args.no_openvino:
+        ov, why_not = openvino_variants(bundle, args.threads, args.hint, args.cache_dir)
+        variants += ov
+        skipped += why_not
     if not args.no_tensorrt:
         trt, why_not = _tensorrt_variants(bundle)
         variants += trt

@@ -49,9 +49,12 @@ def _profile(name: str, quiet: bool) -> object:
 def run_devices(args: argparse.Namespace) -> int:
     from ..devices.catalog import load_profiles
     from ..devices.detect import detect
+    from ..runtime.backends.openvino import have_openvino, openvino_devices
 
     profiles = load_profiles()
     found = detect()
+    ov_ok, ov_why = have_openvino()
+    ov_devices = openvino_devices() if ov_ok else []
     order = None
     if args.bundle:
         from ..bundle import load_bundle
@@ -62,7 +65,9 @@ def run_devices(args: argparse.Namespace) -> int:
         print(json.dumps({"profiles": [p.to_dict() for p in profiles.values()],
                           "detected": {"profile": found.profile.to_dict(), "exact": found.exact,
                                        "reasons": found.reasons},
-                          "backends": [vars(c) for c in order] if order else None}, indent=2, default=str))
+                          "backends": [vars(c) for c in order] if order else None,
+                          "openvino": {"installed": ov_ok, "reason": ov_why, "devices": ov_devices}},
+                         indent=2, default=str))
         return 0
     print(f"{'profile':<17} {'kind':<6} {'SM':<4} {'TRT':<5} {'prec':<5} {'int8':<9} {'batch':<6} "
           f"{'ws MB':>6} {'DLA':<5} backends")
@@ -76,6 +81,12 @@ def run_devices(args: argparse.Namespace) -> int:
     print(f"  precision {p.precision}" + (f", SM {p.sm}" if p.sm else ""))
     for reason in found.reasons:
         print(f"  - {reason}")
+    if ov_ok:
+        print(f"OpenVINO devices ({ov_why}):")
+        for d in ov_devices:
+            print(f"  {d['device']:<8} {d.get('name', '?')}  [{d.get('capabilities', '')}]")
+    else:
+        print(f"OpenVINO: {ov_why}")
     if order:
         print(f"backends for {args.bundle}:")
         for c in order:
@@ -101,6 +112,9 @@ def run_check(args: argparse.Namespace) -> int:
     """``build --check``: readiness findings for the ONNX a build would use; 1 if any blocks it."""
     from pathlib import Path
 
+    from ..extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build --check")
     from ..devices.engines import engine_source, resolve_precision, tensorrt_version
     from ..devices.readiness import check_model, errors, format_findings
 
@@ -130,6 +144,9 @@ def run_check(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     if args.check:
         return run_check(args)
+    from ..extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build")
     from ..devices.engines import build_engine
 
     profile = _profile(args.device, args.quiet)

@@ -33,9 +33,10 @@ def add_backend_options(p: argparse.ArgumentParser, precision_default: str = "fp
                    help="ONNX Runtime providers in fallback order, comma-separated: tensorrt,cuda,cpu "
                         "(default: the profile's)")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
-    g.add_argument("--hint", choices=("latency", "throughput"), default=None,
-                   help="OpenVINO performance hint (default: the profile's): one request per batch, or a batch "
-                        "split over parallel streams")
+    g.add_argument("--hint", choices=("auto", "latency", "throughput"), default=None,
+                   help="OpenVINO performance hint (default: the profile's): latency runs a batch as one request "
+                        "on every core, throughput splits it over parallel streams, auto: latency for one image, "
+                        "throughput for batches")
     g.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="OpenVINO compiled-model cache (default $XDG_CACHE_HOME/edgeclip/openvino or "
                         "~/.cache/edgeclip/openvino)")

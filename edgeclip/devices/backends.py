@@ -171,7 +171,8 @@ def int8_file(bundle: Bundle, label: str, target: str | None, required: bool) ->
     prefs = INT8_FILES.get(label, ("tensorrt", "cpu"))
     for rank, recipe in enumerate(prefs):
         if recipe in have:
-            why = (f"the {recipe} recipe is the one made for {label}" if rank == 0 else
+            why = (f"the {recipe} recipe is the one {'measured best' if label == 'openvino' else 'made'} for {label}"
+                   if rank == 0 else
                    f"the {recipe} recipe (the bundle has no {prefs[0]} recipe, the one made for {label})")
             others = sorted(str(t) for t in have if t != recipe)
             return bundle.path / have[recipe], why + (f"; also here: {', '.join(others)}" if others else "")

@@ -16,7 +16,10 @@ from ..errors import DeviceError
 
 KINDS = ("jetson", "gpu", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "onnxruntime:cpu")
+BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", "onnxruntime:cpu")
+#: OpenVINO performance hints: one request per batch (latency), a batch split over parallel streams
+#: (throughput), or latency for single images and throughput for batches (auto)
+OPENVINO_HINTS = ("auto", "latency", "throughput")
 INT8_TARGETS = ("tensorrt", "cpu")
 
 
@@ -39,6 +42,7 @@ class DeviceProfile:
     dla_cores: int = 0
     dla_core: int | None = None
     int8_cpu_flags: tuple[str, ...] = ()
+    openvino_hint: str = "auto"
     match: dict[str, Any] = field(default_factory=dict, compare=False)
     notes: str = ""
 
@@ -68,7 +72,8 @@ def profile_from_dict(data: dict[str, Any], where: str = "profile") -> DevicePro
         raise DeviceError(f"{where}: missing profile field(s) {', '.join(missing)}")
     checks = [("kind", data["kind"] in KINDS, KINDS), ("precision", data["precision"] in PRECISIONS, PRECISIONS),
               ("int8_target", data["int8_target"] in (None, *INT8_TARGETS), INT8_TARGETS),
-              ("backends", bool(data["backends"]) and all(b in BACKENDS for b in data["backends"]), BACKENDS)]
+              ("backends", bool(data["backends"]) and all(b in BACKENDS for b in data["backends"]), BACKENDS),
+              ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS)]
     for key, ok, allowed in checks:
         if not ok:
             raise DeviceError(f"{where}: {key}={data[key]!r} is not valid; use {', '.join(allowed)}")

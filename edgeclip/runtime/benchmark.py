@@ -23,11 +23,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cpu import VNNI_FLAGS, read_cpuinfo
-from ..errors import OptionError
+from .cpu import BF16_FLAGS, VNNI_FLAGS, read_cpuinfo
+from ..bundle import Bundle
+from ..errors import EdgeclipError, OptionError
 
 #: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
-CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS})
+CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS, *BF16_FLAGS})
 
 
 @dataclass
@@ -62,6 +63,53 @@ class Measurement:
                 "ms_per_image": p50 / self.batch}
 
 
+def int8_files(bundle: Bundle) -> list[tuple[str, Path, str | None]]:
+    """(file name, path, recipe target) of every INT8 image encoder in the bundle, by name."""
+    return [(name, bundle.path / name, entry.get("target"))
+            for name, entry in sorted(bundle.files_with_role("image_encoder").items())
+            if entry.get("precision") == "int8"]
+
+
+def onnxruntime_variants(bundle: Bundle, providers: Sequence[str], threads: int = 0) -> list[Variant]:
+    """ONNX Runtime fp32 (named ``onnxruntime fp32``, the usual reference) and every INT8 file of the bundle."""
+    from .backends.onnxruntime import OrtBackend
+
+    fp32 = OrtBackend(bundle.encoder("image", "fp32"), list(providers), threads)
+    out = [Variant("onnxruntime fp32", "onnxruntime", "fp32", fp32.run)]
+    for _, path, target in int8_files(bundle):
+        backend = OrtBackend(path, list(providers), threads)
+        note = "TensorRT's Q/DQ recipe on ONNX Runtime (not what it is made for)" if target == "tensorrt" else ""
+        out.append(Variant(f"onnxruntime int8/{target}", "onnxruntime", "int8", backend.run, target, note))
+    return out
+
+
+def openvino_variants(bundle: Bundle, threads: int = 0, hint: str = "auto", cache_dir: str | None = None,
+                      cpu_flags: frozenset[str] | None = None) -> tuple[list[Variant], list[str]]:
+    """OpenVINO on the CPU: fp32, bf16 (where the CPU has it) and every INT8 file; and what was skipped, why."""
+    from .backends.openvino import OpenVinoBackend, check_bf16, have_openvino
+
+    ok, why = have_openvino()
+    if not ok:
+        return [], [f"openvino: {why}"]
+    files = bundle.manifest["files"]
+    fp32 = bundle.encoder("image", "fp32")
+    todo = [("openvino fp32", fp32, "fp32", None), ("openvino bf16", fp32, "bf16", None)]
+    todo += [(f"openvino int8/{target}", path, "int8", target) for _, path, target in int8_files(bundle)]
+    variants, skipped = [], []
+    for name, path, precision, target in todo:
+        try:
+            if precision == "bf16":
+                check_bf16("CPU", cpu_flags)
+            enc = OpenVinoBackend(path, "CPU", precision, hint, threads, cache_dir,
+                                  key=files.get(path.name, {}).get("sha256"))
+        except EdgeclipError as exc:
+            skipped.append(f"{name}: {exc}")
+            continue
+        note = f"{hint} hint, compiled in {enc.start_seconds:.1f} s" + (" (cached)" if enc.from_cache else "")
+        variants.append(Variant(name, "openvino", precision, enc.run, target, note))
+    return variants, skipped
+
+
 def paired_ratio(variant: Measurement, reference: Measurement) -> float:
     """Median over rounds of (reference median latency / variant median latency): the speed-up."""
     ratios = [float(np.median(r)) / float(np.median(v)) for v, r in zip(variant.rounds, reference.rounds) if v and r]
@@ -85,6 +133,12 @@ def machine_facts() -> dict[str, Any]:
         import onnxruntime
 
         facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import openvino
+
+        facts["openvino"] = openvino.get_version().split("-")[0]
     except ImportError:
         pass
     return facts
@@ -181,7 +235,9 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
     batches = sorted({r["batch"] for r in rows})
     names = list(dict.fromkeys(r["variant"] for r in rows))
     width = 0.8 / max(1, len(names))
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches) + 1, 4.2), squeeze=False)
+    per_batch = max(4.5, 0.5 * len(names) + 1.0)
+    fig, axes = plt.subplots(1, len(batches), figsize=(per_batch * len(batches) + 1, 4.2 + 0.22 * len(names)),
+                             squeeze=False)
     for ax, b in zip(axes[0], batches):
         for i, name in enumerate(names):
             r = next((x for x in rows if x["variant"] == name and x["batch"] == b), None)
@@ -195,9 +251,10 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
         ax.set_title(f"batch {b}")
         ax.set_xticks([])
         ax.set_ylabel("images / s")
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(3, len(names)), frameon=False)
     fig.suptitle(title or f"image encoder throughput (x = vs {rep.get('reference')})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110)

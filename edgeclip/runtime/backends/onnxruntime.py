@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -11,6 +12,20 @@ from ...errors import BackendError
 from . import resolve_providers
 
 log = logging.getLogger("edgeclip.runtime")
+
+
+def import_onnxruntime() -> ModuleType:
+    """The ``onnxruntime`` module; BackendError naming the extra to install (cpu or gpu) when it is missing."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        from ...extras import onnxruntime_help
+
+        raise BackendError(onnxruntime_help()) from None
+    return onnxruntime
+
 
 @dataclass
 class OrtBackend:
@@ -22,7 +37,7 @@ class OrtBackend:
     name: str = "onnxruntime"
 
     def __post_init__(self) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = Path(self.path)
         available = set(ort.get_available_providers())
