@@ -62,8 +62,7 @@ def load(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = 
     profile = resolve_device(device)
     encoder, choice = open_image_encoder(b, profile, precision, target, backend, providers, threads, hint, cache_dir)
     text_providers = [p for p in profile.ort_providers if p != "tensorrt"] or ["cpu"]
-    clf = Classifier(b, precision=choice.precision if choice.precision in ("fp32", "int8") else "fp32",
-                     top_k=top_k, encoder=encoder, text_providers=text_providers)
+    clf = Classifier(b, precision=choice.precision, top_k=top_k, encoder=encoder, text_providers=text_providers)
     clf.choice = choice
     return clf
 

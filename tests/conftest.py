@@ -21,6 +21,19 @@ def _unpack(tmp_path_factory: pytest.TempPathFactory, archive: str) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compiled-model caches (OpenVINO) go to a temporary folder, not the user's ~/.cache; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("EDGECLIP_CACHE_DIR")
+    os.environ["EDGECLIP_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("EDGECLIP_CACHE_DIR", None)
+    else:
+        os.environ["EDGECLIP_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real data archives (../shared/data)."""

@@ -24,12 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --limit sampling")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="decoding threads (0 = number of CPUs)")
+    p.add_argument("--exact-decode", action="store_true",
+                   help="decode every JPEG at full size (default: photos at least twice the model input decode at "
+                        "a reduced DCT scale, as edgeclip classify does)")
     p.add_argument("--engine", choices=("runtime", "torch"), default="runtime",
                    help="runtime: the bundle's ONNX files (default); torch: the source PyTorch model with "
                         "open_clip's own preprocessing (needs the export extra), as a reference")
     p.add_argument("--against", metavar="BUNDLE", help="also run this bundle (may be the same one) and report "
                                                        "top-1 agreement and mean image-embedding cosine")
-    p.add_argument("--against-precision", choices=("auto", "fp32", "int8"), default=None,
+    p.add_argument("--against-precision", choices=("auto", "fp32", "int8", "bf16"), default=None,
                    help="precision for --against (default: same as --precision)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG image")
@@ -42,6 +45,8 @@ def _runtime_embedder(args, bundle_path: str, precision: str, names: list[str], 
     from ..runtime.evaluate import embed_files_with
 
     clf = open_classifier(args, bundle_path, precision, target=target)
+    if getattr(args, "exact_decode", False):
+        clf.decode_ratio = 0
     matrix = clf.embed_labels(names, templates)
 
     def embed(files: list[Path]):

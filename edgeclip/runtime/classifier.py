@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError
 from .backends import Backend, create_backend
-from .images import decode_image, iter_batches, read_image
+from .images import decode_image, read_image
 from .labels import Label, check_labels, embed_labels, resolve_templates
 from .preprocess import PreprocessConfig, Preprocessor
 from .text import TextEncoder, bundle_templates
@@ -21,6 +23,11 @@ from .text import TextEncoder, bundle_templates
 log = logging.getLogger("edgeclip.runtime")
 
 PRECISIONS = ("fp32", "int8")
+#: default ``Classifier.decode_ratio``: JPEGs at least twice the model input decode at a reduced DCT scale
+DECODE_RATIO = 2.0
+
+
+_END = object()
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -77,30 +84,33 @@ class FileResult:
 ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
 
 
-def to_image(x: ImageInput) -> np.ndarray:
-    """Decode one image input to a uint8 array; anything else is an ImageReadError saying what is accepted."""
+def to_image(x: ImageInput, min_size: int | None = None) -> np.ndarray:
+    """Decode one image input to a uint8 array; anything else is an ImageReadError saying what is accepted.
+
+    ``min_size`` lets a large JPEG path or bytes decode at a reduced DCT scale (see ``decode_image``).
+    """
     if isinstance(x, np.ndarray):
         if x.ndim not in (2, 3):
             raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR), got shape {x.shape}; "
                                  f"pass several images as a list or as one [N, H, W, 3] array")
         return x
     if isinstance(x, (str, os.PathLike)):
-        return read_image(x)
+        return read_image(x, min_size=min_size)
     if isinstance(x, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(x))
+        return decode_image(bytes(x), min_size=min_size)
     raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 BGR array, a file path or "
                          f"encoded image bytes, or a list of them")
 
 
-def as_images(x: ImageInput | Sequence[ImageInput]) -> tuple[list[np.ndarray], bool]:
+def as_images(x: ImageInput | Sequence[ImageInput], min_size: int | None = None) -> tuple[list[np.ndarray], bool]:
     """(decoded images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
     if isinstance(x, np.ndarray) and x.ndim == 4:
         return list(x), False
     if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
-        return [to_image(x)], True
+        return [to_image(x, min_size)], True
     if isinstance(x, Sequence) or isinstance(x, Iterable):
-        return [to_image(i) for i in x], False
-    return [to_image(x)], True
+        return [to_image(i, min_size) for i in x], False
+    return [to_image(x, min_size)], True
 
 
 class Classifier:
@@ -116,9 +126,9 @@ class Classifier:
                  threads: int = 0, top_k: int = 5, encoder: Backend | None = None,
                  text_providers: Sequence[str] | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        if precision not in PRECISIONS:
-            raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        if encoder is None:
+        if encoder is None:  # an encoder given may run any precision its backend has (fp16, bf16...)
+            if precision not in PRECISIONS:
+                raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
             if backend not in ("auto", "onnxruntime"):
                 raise OptionError(f"backend {backend!r} is chosen per device: use edgeclip.load(bundle, "
                                   f"backend={backend!r})")
@@ -131,6 +141,9 @@ class Classifier:
         self.logit_scale = self.bundle.logit_scale
         self.top_k = top_k
         self.max_batch = int(getattr(self.encoder, "max_batch", 0) or 0)
+        #: a JPEG whose short side is at least this many times the model input is decoded at the largest
+        #: reduced DCT scale that keeps it so (0: always decode at full size); see ``decode_min_size``
+        self.decode_ratio = DECODE_RATIO
         self.text_providers = list(text_providers or ["cpu"])
         self._text_encoder: TextEncoder | None = None
         names, matrix = self.bundle.labels()
@@ -194,7 +207,7 @@ class Classifier:
 
     def embed(self, x: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""
-        images, single = as_images(x)
+        images, single = as_images(x, self.decode_min_size())
         emb = self.embed_pixels(self.preprocessor.batch(images)) if images else self._no_embeddings()
         return emb[0] if single else emb
 
@@ -218,16 +231,27 @@ class Classifier:
         An array is one image when it is HxW or HxWx3 (uint8, BGR as OpenCV decodes), a batch when it is
         [N, H, W, 3]; any other shape or dtype is an ImageReadError.
         """
-        images, single = as_images(x)
+        images, single = as_images(x, self.decode_min_size())
         if not images:
             return []
         preds = self.predictions(self.probabilities(self.embed(images)), top_k)
         return preds[0] if single else preds
 
     # -- files -----------------------------------------------------------------------------------------
-    def _load(self, path: Path) -> tuple[Path, np.ndarray | None, str | None]:
+    def decode_min_size(self, exact: bool = False) -> int | None:
+        """The short side a reduced JPEG decode must keep: ``decode_ratio`` x the model input's larger side
+        (224 px input, ratio 2: 448 px, so a 4000x3000 photo decodes at 1/4 scale); None with ``exact`` or
+        ``decode_ratio`` 0 (full-size decoding)."""
+        if exact or not self.decode_ratio:
+            return None
+        if self.decode_ratio < 1:
+            raise OptionError(f"decode_ratio must be 0 (full-size decoding) or >= 1, got {self.decode_ratio!r}")
+        return math.ceil(self.decode_ratio * max(self.preprocessor.config.size))
+
+    def load_file(self, path: Path, min_size: int | None = None) -> tuple[Path, np.ndarray | None, str | None]:
+        """(path, float32 [3, H, W] model input, None), or (path, None, the reason) for a file that fails."""
         try:
-            return path, self.preprocessor(read_image(path)), None
+            return path, self.preprocessor(read_image(path, min_size=min_size)), None
         except EdgeclipError as exc:
             return path, None, str(exc)
         except Exception as exc:  # a decoder crash on one file must not end a batch of thousands
@@ -235,26 +259,43 @@ class Classifier:
 
     def classify_files(self, paths: Iterable[Path], batch_size: int = 32, workers: int = 0,
                        top_k: int | None = None, keep_embeddings: bool = False,
-                       progress: Callable[[int], None] | None = None) -> Iterator[FileResult]:
+                       progress: Callable[[int], None] | None = None, exact_decode: bool = False,
+                       prefetch: int = 0) -> Iterator[FileResult]:
         """Classify files in input order; unreadable files yield a FileResult with ``error`` set.
 
-        Decoding and preprocessing run on ``workers`` threads (default: CPU count) one batch ahead of
-        inference. ``paths`` is consumed lazily, one batch ahead, so it may be a generator of any length.
+        Decoding and preprocessing run on ``workers`` threads (default: CPU count, at most 8), overlapped
+        with inference: while the encoder runs one batch, the threads work on up to ``prefetch`` further
+        files (default one batch). OpenCV's decoder, the resampler's matrix products and the encoder
+        release the GIL. ``paths`` is consumed lazily, that far ahead, so it may be a generator of any
+        length. Large JPEGs decode at a reduced DCT scale (see :meth:`decode_min_size`) unless
+        ``exact_decode``. ``progress`` is called after each batch's results were consumed.
         """
+        if batch_size < 1:
+            raise OptionError(f"batch size must be >= 1 (got {batch_size})")
         workers = workers or min(8, os.cpu_count() or 2)
-        batches = iter_batches(paths, batch_size)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            def load_next() -> list[Future] | None:
-                batch = next(batches, None)
-                return None if batch is None else [pool.submit(self._load, p) for p in batch]
+        ahead = max(prefetch or batch_size, batch_size)
+        min_size = self.decode_min_size(exact_decode)
+        todo = iter(paths)
+        window: deque[Future] = deque()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeclip-decode")
 
-            pending = load_next()
-            while pending is not None:
-                loaded = [f.result() for f in pending]
-                pending = load_next()  # decode the next batch while this one runs on the encoder
+        def fill() -> None:
+            while len(window) < ahead:
+                path = next(todo, _END)
+                if path is _END:
+                    return
+                window.append(pool.submit(self.load_file, path, min_size))
+
+        try:
+            fill()
+            while window:
+                loaded = [window.popleft().result() for _ in range(min(batch_size, len(window)))]
+                fill()  # keep the threads busy while this batch runs on the encoder
                 yield from self._run_loaded(loaded, top_k, keep_embeddings)
                 if progress:
                     progress(len(loaded))
+        finally:  # interrupted or closed early: drop what is queued, wait only for files being decoded
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_loaded(self, loaded: list, top_k: int | None, keep: bool) -> Iterator[FileResult]:
         good = [i for i, (_, _, err) in enumerate(loaded) if err is None]
