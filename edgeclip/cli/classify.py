@@ -377,6 +377,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"int8        {key}: recipe {q.recipe}, calib {calib.get('source')} "
               f"x{calib.get('images')} ({q.extra.get('seconds', '?')} s); "
               + ", ".join(f"{k} {_num(v, '.4f') if isinstance(v, float) else v}" for k, v in agree.items()))
+        if calib.get("summary"):  # synthetic calibration: steps per batch, resolution schedule, plan cut or not
+            print(f"            synthesis {calib['summary']}")
     print("files")
     for name, e in sorted(info.files.items()):
         extra = " ".join(f"{k}={getattr(e, k)}" for k in ("precision", "target") if getattr(e, k))
