@@ -19,7 +19,11 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _EXPORTS = {
     "load": "edgeclip.api",
+    "export": "edgeclip.api",
+    "quantize": "edgeclip.api",
+    "relabel": "edgeclip.api",
     "resolve_device": "edgeclip.api",
+    "classify_ray": "edgeclip.batch",
     "load_bundle": "edgeclip.bundle",
     "Bundle": "edgeclip.bundle",
     "Classifier": "edgeclip.runtime.classifier",
@@ -44,14 +48,15 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "load", "resolve_device", "load_bundle", "Bundle", "Classifier", "Prediction", "FileResult",
+    "__version__", "load", "export", "quantize", "relabel", "resolve_device", "classify_ray", "load_bundle", "Bundle", "Classifier", "Prediction", "FileResult",
     "TextEncoder", "Label", "EdgeclipError", "OptionError", "ModelLoadError", "ExportError", "ParityError",
     "ParityShapeError", "ParityToleranceError", "BundleError", "LabelsError", "ImageReadError", "BackendError",
     "QuantizationError", "SourceError", "DeviceError",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .api import load, resolve_device
+    from .api import export, load, quantize, relabel, resolve_device
+    from .batch import classify_ray
     from .bundle import Bundle, load_bundle
     from .errors import (BackendError, BundleError, DeviceError, EdgeclipError, ExportError, ImageReadError,
                          LabelsError, ModelLoadError, OptionError, ParityError, ParityShapeError,
