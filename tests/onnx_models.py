@@ -81,27 +81,33 @@ def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.name == name)
 
 
-def tiny_encoder(seed: int = 0, embed: int = 4) -> onnx.ModelProto:
-    """A small FP32 image encoder: pixel_values [batch, 3, 4, 4] -> LayerNorm -> MatMul -> image_embeds."""
+def tiny_encoder(seed: int = 0, embed: int = 4, size: int = 4) -> onnx.ModelProto:
+    """A small FP32 image encoder: pixel_values [batch, 3, size, size] -> LayerNorm -> MatMul -> image_embeds."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((48, embed)).astype(np.float32), "proj"),
-             numpy_helper.from_array(np.ones(48, np.float32), "ln_scale"),
-             numpy_helper.from_array(np.zeros(48, np.float32), "ln_bias")]
+    flat = 3 * size * size
+    inits = [numpy_helper.from_array(rng.standard_normal((flat, embed)).astype(np.float32), "proj"),
+             numpy_helper.from_array(np.ones(flat, np.float32), "ln_scale"),
+             numpy_helper.from_array(np.zeros(flat, np.float32), "ln_bias")]
     nodes = [helper.make_node("Flatten", ["pixel_values"], ["flat"], name="flatten"),
              helper.make_node("LayerNormalization", ["flat", "ln_scale", "ln_bias"], ["normed"], name="ln", axis=-1),
              helper.make_node("MatMul", ["normed", "proj"], ["image_embeds"], name="proj")]
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 4, 4])]
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, size, size])]
     outputs = [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["batch", embed])]
     return _model(nodes, inits, inputs, outputs, "tiny_encoder")
 
 
 def make_bundle(path: Path, image: onnx.ModelProto | None = None, int8_tensorrt: onnx.ModelProto | None = None) -> Path:
-    """A minimal valid bundle around hand-built encoders (no text tower, no labels)."""
+    """A minimal valid bundle around hand-built encoders (no text tower, no labels); the manifest's size and
+    embed_dim follow the INT8 encoder's input and output when one is given (loads check they agree)."""
+    size, embed = 4, 4
+    if int8_tensorrt is not None:
+        size = int8_tensorrt.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+        embed = int8_tensorrt.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     with create_bundle(path) as draft:
-        draft.manifest["model"] = {"id": "hand-built", "embed_dim": 4, "logit_scale": 100.0}
-        draft.manifest["preprocess"] = {"size": [4, 4], "resize_mode": "shortest", "interpolation": "bicubic",
+        draft.manifest["model"] = {"id": "hand-built", "embed_dim": embed, "logit_scale": 100.0}
+        draft.manifest["preprocess"] = {"size": [size, size], "resize_mode": "shortest", "interpolation": "bicubic",
                                         "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-        onnx.save(image or tiny_encoder(), draft.new_file("image_encoder.onnx"))
+        onnx.save(image or tiny_encoder(embed=embed, size=size), draft.new_file("image_encoder.onnx"))
         draft.add_file("image_encoder.onnx", "image_encoder", precision="fp32", format="onnx")
         if int8_tensorrt is not None:
             onnx.save(int8_tensorrt, draft.new_file("image_encoder.int8.tensorrt.onnx"))

@@ -113,7 +113,7 @@ def test_time_budget_stops_synthesis(vit_tower) -> None:
     targets = np.eye(16, dtype=np.float32)[:8]
     r = synthesise(vit_tower, 8, text_guided_objective(vit_tower, targets), config=SynthesisConfig(batch_size=4,
                    steps=10_000), time_budget=0.5)
-    assert r.info["truncated"] and sum(r.info["steps_run"]) < 20_000 and r.info["seconds"] < 5
+    assert r.info["plan_cut"] and sum(r.info["steps_run"]) < 20_000 and r.info["seconds"] < 5
 
 
 def test_calibration_set_is_cached_outside_the_manifest(tmp_path: Path, tiny_vit_bundle: Path) -> None:

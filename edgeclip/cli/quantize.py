@@ -13,8 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the manifest. See docs/quantization.md.")
     p.add_argument("bundle", help="bundle directory (changed in place, atomically)")
     p.add_argument("--calib", default="text-guided", metavar="SOURCE",
-                   help="calibration images: noise (noise:uniform), bn-stats (ResNet towers), text-guided "
-                        "(default), or real:DIR")
+                   help="calibration images: noise (noise:uniform), bn-stats or bn-stats:priors (ResNet "
+                        "towers), text-guided (default), or real:DIR")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
                    help="INT8 recipe: cpu (ONNX Runtime CPU kernels, U8S8) or tensorrt (symmetric S8S8 Q/DQ)")
     p.add_argument("--images", type=int, default=64, metavar="N", help="calibration images (default 64)")
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                    cache=not args.no_cache, steps=args.steps, device=args.device, progress=not args.quiet, step=say)
     a, c = rec["agreement"], rec["calibration"]
     excluded = f", {len(rec['excluded_nodes'])} layers kept in fp32" if rec["excluded_nodes"] else ""
+    synthesis = f" (synthesis: {c['summary']}{', cached' if c.get('cached') else ''})" if c.get("summary") else ""
     print(f"wrote {args.bundle}/{rec['file']} ({rec['recipe']}): calibrated on {c['images']} {c['source']} images "
-          f"({c['method']}) in {rec['seconds']:.0f} s; vs fp32 on them: top-1 agreement {a['top1_agreement']:.4f}, "
+          f"({c['method']}){synthesis} in {rec['seconds']:.0f} s; vs fp32 on them: top-1 agreement {a['top1_agreement']:.4f}, "
           f"mean cosine {a['mean_cosine']:.4f}{excluded}; contact sheet {args.bundle}/{rec['contact_sheet']}")
     return 0

@@ -1,4 +1,9 @@
-"""How closely an INT8 image encoder follows fp32: embedding cosine and zero-shot top-1 agreement."""
+"""How closely an INT8 image model follows fp32: output cosine and top-1 agreement.
+
+Two kinds of image model: a CLIP image encoder (outputs are embeddings; its label is the zero-shot label
+against the label embeddings ``labels``) and a plain classifier (``labels=None``: outputs are class logits
+and its label is the argmax).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,17 +30,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def zero_shot_probs(embeds: np.ndarray, labels: np.ndarray, logit_scale: float) -> np.ndarray:
-    """softmax(logit_scale * cosine(image, label)) over the labels, [N, L] float64."""
-    z = logit_scale * (_unit(embeds) @ _unit(labels).T)
+def zero_shot_probs(embeds: np.ndarray, labels: np.ndarray | None, logit_scale: float) -> np.ndarray:
+    """softmax(logit_scale * cosine(image, label)) over the labels, [N, L] float64.
+
+    ``labels=None``: ``embeds`` are a classifier's logits, and this is softmax(logit_scale * logits).
+    """
+    if labels is None:
+        z = logit_scale * np.asarray(embeds, dtype=np.float64)
+    else:
+        z = logit_scale * (_unit(embeds) @ _unit(labels).T)
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, logit_scale: float) -> dict[str, Any]:
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None,
+            logit_scale: float) -> dict[str, Any]:
     """Agreement of ``candidate`` embeddings with ``reference`` (same images).
 
+    ``labels=None``: the outputs are classifier logits (see ``zero_shot_probs``).
     ``top1_agreement``: share of images whose zero-shot label is the same; ``mean_cosine`` /
     ``min_cosine``: embedding cosine; ``mean_kl``: KL(reference || candidate) of the label probabilities.
     """

@@ -5,6 +5,7 @@
 ======================  =============================================================================
 ``noise``               Gaussian noise in the normalised input space (``noise:uniform``: uniform pixels)
 ``bn-stats``            ZeroQ: images whose BatchNorm batch statistics match the running ones (ResNets)
+``bn-stats:priors``     the same plus natural-image priors and random views (jitter, flip, scale)
 ``text-guided``         images pulled toward the text embeddings of the labels and generic prompts, with
                         natural-image priors; + patch diversity (ViT) or + bn-stats (BatchNorm towers)
 ``real:DIR``            real images from DIR through the bundle's own preprocessing (for comparison)
@@ -30,6 +31,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import EdgeclipError, OptionError, QuantizationError
+from .budget import summary
 from .synthetic import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
@@ -48,7 +50,7 @@ class CalibSource:
 
     @classmethod
     def parse(cls, spec: str) -> "CalibSource":
-        """``noise``, ``noise:uniform``, ``bn-stats``, ``text-guided`` or ``real:DIR``."""
+        """``noise``, ``noise:uniform``, ``bn-stats``, ``bn-stats:priors``, ``text-guided`` or ``real:DIR``."""
         spec = (spec or "").strip()
         kind, sep, arg = spec.partition(":")
         if kind == "real":
@@ -64,12 +66,15 @@ class CalibSource:
             return cls("noise", arg or "gaussian")
         if kind in ("bn-stats", "text-guided") and not sep:
             return cls(kind)
-        raise OptionError(f"unknown calibration source {spec!r}; use noise, bn-stats, text-guided or real:DIR")
+        if kind == "bn-stats" and arg == "priors":
+            return cls(kind, arg)
+        raise OptionError(f"unknown calibration source {spec!r}; use noise, bn-stats, bn-stats:priors, text-guided "
+                          f"or real:DIR")
 
     def __str__(self) -> str:
         if self.kind == "noise":
             return "noise" if self.arg == "gaussian" else f"noise:{self.arg}"
-        return f"real:{self.arg}" if self.kind == "real" else self.kind
+        return f"{self.kind}:{self.arg}" if self.kind in ("real", "bn-stats") and self.arg else self.kind
 
 
 @dataclass
@@ -88,7 +93,8 @@ class CalibrationSet:
         """The manifest's ``calibration`` entry (method is added by the quantizer)."""
         rec = {"source": str(self.source), "images": int(len(self.images)), "seed": self.seed,
                "key": self.key, "seconds": self.seconds, "cached": self.cached}
-        for k in ("objective", "terms", "steps", "steps_run", "truncated", "start", "end", "files"):
+        for k in ("objective", "terms", "steps", "steps_planned", "steps_run", "plan_cut", "truncated", "schedule",
+                  "plan", "summary", "start", "end", "files"):
             if k in self.info:
                 rec[k] = self.info[k]
         return rec
@@ -214,7 +220,7 @@ def calibration_set(bundle: Bundle, source: CalibSource | str, images: int = 64,
             return CalibrationSet(hit[0], src, seed, key, float(hit[1].get("seconds", 0.0)), True, hit[1])
 
     if src.kind == "real":
-        x, info = _real_images(bundle, files, progress)
+        x, info = real_images(files, bundle.preprocess, progress)
     else:
         x, info = _synthetic_images(bundle, src, images, seed, time_budget, cfg, progress, say)
     seconds = round(time.monotonic() - t0, 2)
@@ -224,13 +230,15 @@ def calibration_set(bundle: Bundle, source: CalibSource | str, images: int = 64,
     return CalibrationSet(x, src, seed, key, seconds, False, info)
 
 
-def _real_images(bundle: Bundle, files: list[Path], progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+def real_images(files: list[Path], preprocess: dict[str, Any], progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode ``files`` through the runtime's ``Preprocessor`` (``preprocess``: a manifest ``preprocess``
+    section); returns (images float32 [N, 3, H, W], info). Unreadable files are skipped with a warning."""
     from tqdm import tqdm
 
     from ..runtime.images import read_image
     from ..runtime.preprocess import PreprocessConfig, Preprocessor
 
-    pre = Preprocessor(PreprocessConfig.from_manifest(bundle.preprocess))
+    pre = Preprocessor(PreprocessConfig.from_manifest(preprocess))
     out, bad = [], []
     for f in tqdm(files, desc="calib real", unit="img", disable=not progress, dynamic_ncols=True, mininterval=0.5):
         try:
@@ -246,18 +254,28 @@ def _real_images(bundle: Bundle, files: list[Path], progress: bool) -> tuple[np.
 
 def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_budget: float | None,
                       cfg: SynthesisConfig, progress: bool, say: Callable[[str], None]) -> tuple[np.ndarray, dict]:
-    from tqdm import tqdm
-
-    from .synthetic import bn_stats_objective, load_torch_tower, synthesise, text_guided_objective
+    from .synthetic import bn_stats_objective, load_torch_tower, text_guided_objective
 
     say(f"loading the torch model for {src} synthesis")
     tower = load_torch_tower(bundle)
     if src.kind == "bn-stats":
-        objective = bn_stats_objective(tower)
+        objective = bn_stats_objective(tower, priors=src.arg == "priors")
         prompts: list[str] = []
     else:
         targets, prompts = text_targets(bundle, n, seed, cfg.generic_fraction)
         objective = text_guided_objective(tower, targets)
+    return synthesise_images(tower, objective, n, seed, time_budget, cfg, progress, say, prompts)
+
+
+def synthesise_images(tower: Any, objective: Any, n: int, seed: int, time_budget: float | None,
+                      cfg: SynthesisConfig, progress: bool, say: Callable[[str], None],
+                      prompts: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """``synthesise`` with a progress bar and a log line; returns (images, info for the record)."""
+    from tqdm import tqdm
+
+    from .synthetic import synthesise
+
+    src = objective.name
     batches = -(-n // cfg.batch_size)
     budget = f", budget {time_budget:.0f} s" if time_budget else ""
     say(f"synthesising {n} {src} images ({objective.name}: {', '.join(objective.terms)}; "
@@ -266,6 +284,8 @@ def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_
               dynamic_ncols=True, mininterval=0.5) as bar:
         result = synthesise(tower, n, objective, seed, cfg, time_budget, bar.update)
     info = dict(result.info)
+    info["summary"] = summary(info)
+    say(f"synthesis: {info['summary']}")
     info["config"] = cfg.as_dict()
     if prompts:
         info["prompts"] = prompts

@@ -51,7 +51,7 @@ class BatchNormStats:
         self._handles.clear()
 
     def _hook(self, layer: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # a no-op in fp32; under bf16/fp16 autocast the statistics stay fp32
         mean = x.mean(dim=(0, 2, 3))
         std = torch.sqrt(x.var(dim=(0, 2, 3), unbiased=False) + layer.eps)
         run_std = torch.sqrt(layer.running_var + layer.eps)

@@ -58,11 +58,16 @@ class Recipe:
     calib_method: str  # the measured default
     op_types: tuple[str, ...] = WEIGHTED_OPS
     percentile: float = 99.999
+    #: a Relu/Clip that alone reads a quantized output is folded into its quantizer (the output range is
+    #: the activation's, e.g. [0, 6] for ReLU6, instead of the pre-activation range)
+    fold_activations: bool = False
 
     def record(self) -> dict[str, Any]:
         """The recipe as recorded in the manifest."""
         d = asdict(self)
         d["op_types"] = list(self.op_types)
+        if not self.fold_activations:  # recorded only where used: bundle records stay as they were
+            d.pop("fold_activations")
         return d
 
 
@@ -231,6 +236,11 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
         by_name = {n.name: n for n in model.graph.node}
         extra["TensorQuantOverrides"] = {by_name[n].input[1]: [{"axis": 0}] for n in selected
                                          if by_name[n].op_type == "Conv"}
+    op_types = list(recipe.op_types)
+    if recipe.fold_activations:
+        folded = foldable_activations(model, [n for n in selected if n in set(_by_type(model, recipe.output_ops))])
+        selected = selected + folded
+        op_types += sorted({n.op_type for n in model.graph.node if n.name in set(folded)})
     act = QuantType.QInt8 if recipe.activation_type == "int8" else QuantType.QUInt8
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="edgeclip-quant-") as tmp:
@@ -238,7 +248,7 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
         try:
             with quiet_onnxruntime():
                 quantize_static(str(fp32), str(raw), _data_reader(images, input_name, batch_size),
-                                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                                 per_channel=recipe.per_channel == "all", reduce_range=recipe.reduce_range,
                                 activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=selected,
                                 calibrate_method=calib, extra_options=extra,
@@ -262,6 +272,22 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
     onnx.save_model(q, str(out))
     onnx.checker.check_model(str(out))
     return out
+
+
+def _by_type(model: Any, op_types: Sequence[str]) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+def foldable_activations(model: Any, producers: Sequence[str]) -> list[str]:
+    """Names of the Relu/Clip nodes that are the only reader of the output of one of ``producers``."""
+    names = set(producers)
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    return [n.name for n in model.graph.node if n.op_type in ("Relu", "Clip") and n.name and n.input
+            and producer.get(n.input[0]) in names and readers.get(n.input[0]) == 1]
 
 
 def reconnect_float_consumers(model: Any, quantized: set[str]) -> None:

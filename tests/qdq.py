@@ -1,0 +1,109 @@
+"""Shared Q/DQ graph helpers for the quantization tests: read an INT8 ONNX file and assert its structure.
+
+``Graph`` gives producer/consumer maps; ``assert_tensorrt_qdq`` and ``assert_cpu_qdq`` check what each
+recipe promises (docs/quantization.md) on any quantized model, so every test that makes an INT8 file
+(bundle towers, hand-made nets, the generic ``quantize_model``) checks it the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+WEIGHTED = ("Conv", "MatMul", "Gemm")
+
+
+class Graph:
+    """Producer / consumer maps of an ONNX graph."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.model = onnx.load(str(path))
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.inits = {i.name: i for i in g.initializer}
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def of(self, op: str) -> list:
+        return [n for n in self.nodes if n.op_type == op]
+
+    def made_by(self, tensor: str, op: str) -> bool:
+        p = self.producer.get(tensor)
+        return p is not None and p.op_type == op
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.inits[name])
+
+    def quantized(self) -> list:
+        """Weighted nodes whose inputs are dequantized."""
+        return [n for n in self.nodes if n.op_type in WEIGHTED and any(self.made_by(i, "DequantizeLinear")
+                                                                        for i in n.input[:2])]
+
+
+def assert_quantized_exactly(g: Graph, expected: Iterable[str]) -> None:
+    """The weighted layers that read dequantized inputs are exactly ``expected``; each reads a DQ activation
+    and a DQ weight."""
+    expected = set(expected)
+    assert expected, "the model has weighted layers"
+    assert {n.name for n in g.quantized()} == expected
+    for n in g.nodes:
+        if n.name in expected:
+            assert g.made_by(n.input[0], "DequantizeLinear"), f"{n.name}: activation not from DQ"
+            assert g.made_by(n.input[1], "DequantizeLinear"), f"{n.name}: weight not from DQ"
+
+
+def assert_tensorrt_qdq(path: Path | str, expected: Iterable[str]) -> Graph:
+    """TensorRT explicit quantization: symmetric int8 (zero points 0), per-channel weights, float biases,
+    Q/DQ only on the inputs of the weighted layers (DQ outputs feed only weighted layers)."""
+    g = Graph(path)
+    assert_quantized_exactly(g, expected)
+    for n in g.quantized():
+        if len(n.input) > 2 and n.input[2]:
+            assert not g.made_by(n.input[2], "DequantizeLinear"), f"{n.name}: bias must stay float"
+        dq = g.producer[n.input[1]]
+        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        out_axis = 0 if n.op_type == "Conv" or (n.op_type == "Gemm" and trans_b) else 1
+        assert scale.ndim == 1 and axis == out_axis and scale.shape[0] == w.shape[out_axis], \
+            f"{n.name}: scale shape {scale.shape}, axis {axis}, weight {w.shape}"
+        assert w.dtype == np.int8 and w.min() >= -127, "symmetric weights use -127..127"
+    qdq = g.of("QuantizeLinear") + g.of("DequantizeLinear")
+    for n in qdq:
+        assert len(n.input) == 3, f"{n.name}: zero point must be explicit (int8), not defaulted (uint8)"
+        zp = g.array(n.input[2])
+        assert zp.dtype == np.int8 and not zp.any(), f"{n.name}: zero point {zp} ({zp.dtype})"
+    for dq in g.of("DequantizeLinear"):
+        for c in g.consumers.get(dq.output[0], []):
+            assert c.op_type in WEIGHTED, f"{c.op_type} {c.name} reads the quantized copy {dq.output[0]}"
+    for q in g.of("QuantizeLinear"):
+        assert not any(g.made_by(q.input[0], op) for op in WEIGHTED), f"{q.name} quantizes a GEMM output"
+    return g
+
+
+def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int = 7) -> Graph:
+    """The ``cpu`` recipe: uint8 activations, int8 weights of ``weight_bits`` bits, Conv weights per channel
+    with the Conv output quantized (QLinearConv), MatMul/Gemm weights per tensor with a float output."""
+    g = Graph(path)
+    assert_quantized_exactly(g, expected)
+    limit = 2 ** (weight_bits - 1)
+    for q in g.of("QuantizeLinear"):
+        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
+    for node in g.quantized():
+        dq = g.producer[node.input[1]]
+        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
+        assert w.dtype == np.int8 and w.min() >= -limit and w.max() <= limit, f"{weight_bits}-bit weights"
+        readers = g.consumers.get(node.output[0], [])
+        if node.op_type == "Conv":
+            assert scale.ndim == 1 and scale.shape[0] == w.shape[0], "Conv weights per channel"
+            assert any(r.op_type == "QuantizeLinear" for r in readers), "Conv output quantized (QLinearConv)"
+        else:
+            assert scale.ndim == 0 or scale.size == 1, "MatMul/Gemm weights per tensor"
+            assert not any(r.op_type == "QuantizeLinear" for r in readers), "MatMul output float"
+    return g
