@@ -82,7 +82,7 @@ def test_failed_write_never_replaces_a_good_bundle(bundle_copy: Path) -> None:
     assert before == after
     load_bundle(bundle_copy)
     leftovers = [p.name for p in bundle_copy.parent.iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    assert leftovers == [".bundle.lock"], "only the lock file stays beside the bundle"
 
 
 def test_create_refuses_to_overwrite_without_flag(bundle_copy: Path) -> None:
@@ -106,7 +106,7 @@ def test_update_writes_new_files_without_touching_hard_linked_originals(bundle_c
 def test_update_takes_a_verified_bundle_without_hashing_it_again(bundle_copy: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     b = load_bundle(bundle_copy)
-    monkeypatch.setattr("edgeclip.bundle.verify_files", lambda *a: pytest.fail("verified a second time"))
+    monkeypatch.setattr("edgeclip.bundle.store.verify_files", lambda *a: pytest.fail("verified a second time"))
     with update_bundle(b) as draft:
         draft.manifest["note"] = "relabelled"
     assert b.manifest["note"] == "relabelled"  # the Bundle passed in describes the updated bundle

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeclip.errors import BundleError
+from edgeclip.errors import BundleError, OptionError
 from edgeclip.runtime.tokenizer import DEFAULT_VOCAB, ClipTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_decode_round_trips_plain_lowercase(tok: ClipTokenizer, text: str, open_
 
 
 def test_decode_unknown_id_raises(tok: ClipTokenizer) -> None:
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(OptionError, match="outside the vocabulary"):
         tok.decode([tok.vocab_size])
     assert tok.decode([tok.sot_token_id, tok.eot_token_id]) == "<start_of_text><end_of_text>"
     assert tok.decode(np.array(tok.encode("hello world"), dtype=np.int64)) == "hello world "

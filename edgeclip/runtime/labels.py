@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -118,16 +120,27 @@ def read_labels_file(path: str | Path) -> list[Label]:
             raise LabelsError(f"{p}: expected a JSON list of labels or an object keyed by label name")
         labels = [_label_from_obj(o, str(p)) for o in data]
     elif suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
-        if not rows or "name" not in (rows[0].keys()):
-            raise LabelsError(f"{p}: a CSV labels file needs a header row with a 'name' column "
-                              f"(optional: synonyms, descriptions)")
-        labels = [Label(r["name"].strip(), _split_multi(r.get("synonyms")), _split_multi(r.get("descriptions")))
-                  for r in rows if (r.get("name") or "").strip()]
+        labels = _read_csv(text, "\t" if suffix == ".tsv" else ",", str(p))
     else:
         labels = [Label(line.strip()) for line in text.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
     return check_labels(labels, str(p))
+
+
+def _read_csv(text: str, delimiter: str, where: str) -> list[Label]:
+    """Labels from CSV text parsed as CSV (a quoted field may span lines; bad quoting is an error)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise LabelsError(f"{where}: not valid CSV at line {reader.line_num} ({exc}); quote fields that hold "
+                          f"the delimiter, quotes or line breaks, and close every quote") from None
+    if not rows or "name" not in (reader.fieldnames or []):
+        raise LabelsError(f"{where}: a CSV labels file needs a header row with a 'name' column "
+                          f"(optional: synonyms, descriptions)")
+    # A name spanning lines (a quoted field) is one label; its line breaks become spaces.
+    return [Label(" ".join(r["name"].split()), _split_multi(r.get("synonyms")), _split_multi(r.get("descriptions")))
+            for r in rows if (r.get("name") or "").strip()]
 
 
 def check_labels(labels: Sequence[Label], where: str = "labels") -> list[Label]:
@@ -145,10 +158,38 @@ def check_labels(labels: Sequence[Label], where: str = "labels") -> list[Label]:
     return labels
 
 
+#: The placeholders a template may use for the label: ``{}`` or ``{label}`` (other braces doubled: ``{{``).
+PLACEHOLDERS = ("", "label")
+
+
+def check_template(template: str, where: str = "template") -> str:
+    """A template with exactly one placeholder, ``{}`` or ``{label}``; anything else is a LabelsError."""
+    if not isinstance(template, str):
+        raise LabelsError(f"{where}: a template must be a string, got {type(template).__name__}")
+    fix = "use {} or {label} once where the label goes, and write a literal brace as {{ or }}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise LabelsError(f"{where}: template {template!r} is malformed ({exc}); {fix}") from None
+    for name, spec, conv in fields:
+        if name not in PLACEHOLDERS or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise LabelsError(f"{where}: template {template!r} uses {shown}; {fix}")
+    if len(fields) != 1:
+        raise LabelsError(f"{where}: template {template!r} must contain the placeholder exactly once "
+                          f"(found {len(fields)}); {fix}")
+    return template
+
+
+def fill_template(template: str, name: str) -> str:
+    """The prompt of ``template`` for the label ``name``."""
+    return template.format(name, label=name)
+
+
 def resolve_templates(spec: str | None) -> tuple[str, list[str]]:
     """Template set from a name (``imagenet80``, ``short``, ``photo``, ``none``) or a file of templates.
 
-    Returns ``(name, templates)``; every template must contain ``{}`` once.
+    Returns ``(name, templates)``; every template must contain the placeholder ``{}`` (or ``{label}``) once.
     """
     spec = spec or DEFAULT_TEMPLATES
     if spec in TEMPLATE_SETS:
@@ -157,10 +198,13 @@ def resolve_templates(spec: str | None) -> tuple[str, list[str]]:
     if not p.is_file():
         raise LabelsError(f"unknown template set {spec!r}: use one of {', '.join(TEMPLATE_SETS)} "
                           f"or a text file with one template per line containing {{}}")
-    templates = [t.strip() for t in p.read_text(encoding="utf-8").splitlines() if t.strip()]
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"{p}: cannot read the templates file ({exc}); save it as UTF-8 text") from None
+    templates = [t.strip() for t in text.splitlines() if t.strip()]
     for t in templates:
-        if t.count("{}") != 1:
-            raise LabelsError(f"{p}: template {t!r} must contain '{{}}' exactly once (where the label goes)")
+        check_template(t, str(p))
     if not templates:
         raise LabelsError(f"{p}: no templates in file")
     return str(p), templates
@@ -174,7 +218,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def label_prompts(label: Label, templates: Sequence[str]) -> list[str]:
     """Every prompt for a label: each template applied to its name and synonyms, then its descriptions."""
     names = [label.name, *label.synonyms]
-    return [t.format(n) for n in names for t in templates] + list(label.descriptions)
+    return [fill_template(t, n) for n in names for t in templates] + list(label.descriptions)
 
 
 def embed_labels(labels: Sequence[Label], templates: Sequence[str],
@@ -185,6 +229,8 @@ def embed_labels(labels: Sequence[Label], templates: Sequence[str],
     ``encode_texts`` maps a list of strings to raw (unnormalised) text embeddings [n, D].
     Returns the [N, D] float32 matrix, rows L2-normalised.
     """
+    for t in templates:
+        check_template(t)
     prompts: list[str] = []
     owner: list[int] = []
     for i, lab in enumerate(labels):

@@ -26,7 +26,7 @@ import ftfy
 import numpy as np
 import regex
 
-from ..errors import BundleError
+from ..errors import BundleError, OptionError
 
 __all__ = ["DEFAULT_VOCAB", "TOKENIZER_TYPE", "ClipTokenizer"]
 
@@ -45,6 +45,13 @@ END_OF_WORD = "</w>"
 _VOCAB_SIZE = 49152
 _NUM_MERGES = _VOCAB_SIZE - 256 - 2
 _BPE_CACHE_SIZE = 1 << 16
+#: The decompressed vocabulary file is read up to this size (CLIP's is 1.6 MB).
+_MAX_VOCAB_BYTES = 64 << 20
+#: Texts longer than ``_CHARS_PER_TOKEN * context_length`` characters are tokenized from a prefix that is
+#: grown until it yields a full context: any text length costs about the same.
+_CHARS_PER_TOKEN = 8
+#: When a prefix has to be cut inside a word, tokens from its last bytes (which the cut may change) are dropped.
+_CUT_MARGIN_BYTES = 256
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -81,7 +88,11 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
     """Read the BPE merge list from a gzipped vocabulary file; raise BundleError naming the path."""
     try:
         with gzip.open(path, "rb") as fh:
-            lines = fh.read().decode("utf-8").split("\n")
+            raw = fh.read(_MAX_VOCAB_BYTES + 1)
+        if len(raw) > _MAX_VOCAB_BYTES:
+            raise BundleError(f"tokenizer vocabulary {path} decompresses to more than {_MAX_VOCAB_BYTES} bytes; "
+                              "expected a CLIP BPE merges file such as bpe_simple_vocab_16e6.txt.gz")
+        lines = raw.decode("utf-8").split("\n")
     except FileNotFoundError:
         raise BundleError(f"tokenizer vocabulary not found: {path}") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
@@ -121,7 +132,7 @@ class ClipTokenizer:
     def __init__(self, vocab_path: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH) -> None:
         if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)) \
                 or context_length < 1:
-            raise ValueError(f"context_length must be a positive integer, got {context_length!r}")
+            raise OptionError(f"context_length must be a positive integer, got {context_length!r}")
         self.vocab_path: Path = Path(vocab_path) if vocab_path is not None else DEFAULT_VOCAB
         self.context_length: int = int(context_length)
 
@@ -195,18 +206,53 @@ class ClipTokenizer:
     # ------------------------------------------------------------------ public API
     def encode(self, text: str) -> list[int]:
         """BPE ids of ``text`` after cleaning, without start/end tokens."""
+        if not isinstance(text, str):
+            raise OptionError(f"the tokenizer takes strings, got {type(text).__name__}")
         ids: list[int] = []
         for piece in self._pattern.findall(clean_text(text)):
             mapped = "".join(_BYTE_ENCODER[b] for b in piece.encode("utf-8"))
             ids.extend(self._bpe_ids(mapped))
         return ids
 
+    def _encode_cut(self, prefix: str) -> list[int]:
+        """Ids of a prefix cut inside a word, without those from its last ``_CUT_MARGIN_BYTES`` bytes."""
+        pieces = [p.encode("utf-8") for p in self._pattern.findall(clean_text(prefix))]
+        keep_until = sum(len(p) for p in pieces) - _CUT_MARGIN_BYTES
+        ids: list[int] = []
+        pos = 0
+        for piece in pieces:
+            for token in self._bpe_ids("".join(_BYTE_ENCODER[b] for b in piece)):
+                pos += len(self.decoder[token].replace(END_OF_WORD, ""))
+                if pos > keep_until:
+                    return ids
+                ids.append(token)
+        return ids
+
+    def encode_head(self, text: str, limit: int) -> list[int]:
+        """``encode(text)[:limit]``, with work bounded by ``limit`` rather than by the text's length.
+
+        A long text is tokenized from a prefix ending at whitespace (or, inside one huge word, without the
+        tokens near the cut), grown 4x until it yields ``limit`` ids.
+        """
+        if not isinstance(text, str):
+            raise OptionError(f"the tokenizer takes strings, got {type(text).__name__}")
+        budget = max(256, _CHARS_PER_TOKEN * limit)
+        while len(text) > budget:
+            cut = next((i for i in range(budget, budget // 2, -1) if text[i].isspace()), 0)
+            ids = self.encode(text[:cut]) if cut else self._encode_cut(text[:budget])
+            if len(ids) >= limit:
+                return ids[:limit]
+            budget *= 4
+        return self.encode(text)[:limit]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids; word ends become spaces, invalid UTF-8 becomes U+FFFD (like open_clip)."""
         try:
             symbols = "".join(self.decoder[int(i)] for i in ids)
         except KeyError as exc:
-            raise ValueError(f"token id {exc.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
+            raise OptionError(f"token id {exc.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
+        except (TypeError, ValueError):
+            raise OptionError("token ids must be integers") from None
         raw = bytes(_BYTE_DECODER[c] for c in symbols)
         return raw.decode("utf-8", errors="replace").replace(END_OF_WORD, " ")
 
@@ -217,7 +263,7 @@ class ClipTokenizer:
         n = self.context_length
         out = np.zeros((len(texts), n), dtype=np.int64)
         for row, text in enumerate(texts):
-            tokens = [self.sot_token_id, *self.encode(text), self.eot_token_id]
+            tokens = [self.sot_token_id, *self.encode_head(text, n), self.eot_token_id]
             if len(tokens) > n:
                 tokens = tokens[:n]
                 tokens[-1] = self.eot_token_id
