@@ -95,3 +95,17 @@ def bundle_copy(tmp_path: Path, tiny_vit_bundle: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_vit_bundle, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def both_int8(tmp_path_factory: pytest.TempPathFactory, tiny_vit_bundle: Path) -> Path:
+    """The tiny ViT bundle with both INT8 recipes (cpu and tensorrt; noise calibration: seconds). Read-only."""
+    import shutil
+
+    from edgeclip.cli import main
+
+    dst = tmp_path_factory.mktemp("int8") / "both"
+    shutil.copytree(tiny_vit_bundle, dst)
+    for target in ("cpu", "tensorrt"):
+        assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "16", "--target", target]) == 0
+    return dst

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,6 @@ from edgeclip.cli import main
 from edgeclip.runtime.images import read_image
 
 
-@pytest.fixture(scope="module")
-def both_int8(tmp_path_factory: pytest.TempPathFactory, tiny_vit_bundle: Path) -> Path:
-    """A tiny ViT bundle holding both INT8 recipes (cpu and tensorrt)."""
-    dst = tmp_path_factory.mktemp("api") / "both"
-    shutil.copytree(tiny_vit_bundle, dst)
-    for target in ("cpu", "tensorrt"):
-        assert main(["-q", "quantize", str(dst), "--images", "8", "--steps", "5", "--target", target]) == 0
-    return dst
 
 
 @pytest.fixture(scope="module")

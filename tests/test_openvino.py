@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,14 +24,6 @@ CPU_HAS_BF16 = bool(read_cpuinfo()[2] & set(BF16_FLAGS))
 X86 = "x86-avx512-vnni"
 
 
-@pytest.fixture(scope="module")
-def both_int8(tmp_path_factory: pytest.TempPathFactory, tiny_vit_bundle: Path) -> Path:
-    """A tiny ViT bundle holding both INT8 recipes (noise calibration: seconds)."""
-    dst = tmp_path_factory.mktemp("openvino") / "both"
-    shutil.copytree(tiny_vit_bundle, dst)
-    for target in ("cpu", "tensorrt"):
-        assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "16", "--target", target]) == 0
-    return dst
 
 
 @pytest.fixture(scope="module")

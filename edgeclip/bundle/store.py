@@ -135,7 +135,7 @@ class Bundle:
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------
-def _real(path: Path) -> Path:
+def real_path(path: Path) -> Path:
     """The bundle's real location (symlinks and ``.`` resolved): where its lock and temporaries live."""
     try:
         return Path(os.path.realpath(path))
@@ -174,7 +174,7 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     one, never a mix.
     """
     root = Path(path)
-    recover_for_read(_real(root))
+    recover_for_read(real_path(root))
     for attempt in range(_READ_ATTEMPTS):
         stamp = _stamp(root)
         try:

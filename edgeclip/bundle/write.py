@@ -29,7 +29,7 @@ from . import store
 from .jsonfile import dumps_strict
 from .lock import _remove_tree, bundle_lock, recover
 from .manifest import MANIFEST, ROLES, SCHEMA_VERSION, Manifest
-from .store import Bundle, now_iso, sha256_file
+from .store import Bundle, now_iso, real_path, sha256_file
 
 
 @dataclass
@@ -157,15 +157,6 @@ def _finish(draft: BundleDraft, check: bool = True) -> None:
     draft.manifest = data
 
 
-def _real(path: Path) -> Path:
-    """The bundle's real location (symlinks and ``.`` resolved): where its lock and temporaries live."""
-    try:
-        return Path(os.path.realpath(path))
-    except OSError as exc:  # the current folder was removed (e.g. replaced by an update of the bundle)
-        raise BundleError(f"{path}: cannot resolve the path ({exc.strerror or exc}); if it is the current "
-                          f"folder, an update replaced it: change into the bundle folder again") from None
-
-
 def _copy_tree(src: Path, dst: Path) -> None:
     """Hard-link (or copy) every file of ``src`` into ``dst`` except the manifest; symlinks stay links."""
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
@@ -212,7 +203,7 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False,
 
     refuse()
     target.parent.mkdir(parents=True, exist_ok=True)
-    real = _real(target)
+    real = real_path(target)
     with bundle_lock(real, lock_timeout):
         recover(real)
         refuse()
@@ -242,7 +233,7 @@ def update_bundle(target: str | os.PathLike[str] | Bundle, verify: bool = True,
     """
     given = target if isinstance(target, Bundle) else None
     path = given.path if given is not None else Path(target)
-    real = _real(path)
+    real = real_path(path)
     if not real.is_dir():
         store.load_bundle(path, verify=False)  # raises the precise error (missing, not a directory...)
     with bundle_lock(real, lock_timeout):
