@@ -5,6 +5,8 @@ Sources (see ``edgeclip.quant.calibration`` for how they are chosen, cached and 
 * ``noise_images``: Gaussian or uniform noise in the model's input space, the baseline (numpy only);
 * ``synthesise`` with a ``bn-stats`` objective (ZeroQ): pixels optimised with Adam so that every
   BatchNorm layer sees batch statistics equal to its running statistics (BatchNorm towers only);
+  ``bn-stats:priors`` adds the natural-image priors below (random jitter/flip/scale views, in the spirit
+  of Genie's swing convolution and DeepInversion's jitter, total variation and L2);
 * ``synthesise`` with a ``text-guided`` objective (in the spirit of D4C and PSAQ-ViT): pixels optimised
   so the image embedding matches the text embedding of a prompt (the bundle's labels and generic scene
   prompts; cosine loss), with natural-image priors (total variation, L2, a random jitter/flip/scale view
@@ -60,11 +62,18 @@ class SynthesisConfig:
     generic_fraction: float = 0.25
     device: str = "cpu"
     threads: int = 0  # torch CPU threads; 0 = auto (see ``synthesis_threads``)
+    resolution: str = "auto"  # auto | full | coarse-to-fine (``edgeclip.quant.budget``)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast (``budget.choose_precision``)
 
     def check(self) -> None:
         """Reject values that cannot work."""
+        from .budget import PRECISIONS, check_mode
+
         if self.batch_size < 1 or self.steps < 1:
             raise OptionError("synthesis needs batch_size >= 1 and steps >= 1")
+        check_mode(self.resolution)
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown synthesis precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if not 0.0 <= self.generic_fraction <= 1.0:
             raise OptionError("generic_fraction must lie in [0, 1]")
 
@@ -141,6 +150,18 @@ class TorchTower:
         return bool(vit_blocks(self.visual))
 
 
+def tower_from_module(module: Any, size: tuple[int, int], mean: Any, std: Any, name: str = "") -> TorchTower:
+    """Any torch image model (pixel_values -> outputs) as a ``TorchTower``, frozen and in eval mode.
+
+    ``size`` (height, width), ``mean`` and ``std`` describe its input: normalised = (pixel/255 - mean) / std.
+    """
+    module = module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return TorchTower(module, module, (int(size[0]), int(size[1])), tuple(float(m) for m in mean),
+                      tuple(float(s) for s in std), name or type(module).__name__)
+
+
 def load_torch_tower(bundle: Any) -> TorchTower:
     """Reload the bundle's torch model from ``manifest.model.load`` and check it still matches the ONNX."""
     try:
@@ -177,8 +198,11 @@ def load_torch_tower(bundle: Any) -> TorchTower:
     return tower
 
 
-def synthesis_threads(tower: TorchTower, requested: int = 0) -> int:
+def synthesis_threads(tower: TorchTower, requested: int = 0, running: int = 0) -> int:
     """Torch CPU threads for synthesis: ``requested``, else 1 for small towers, else the idle cores.
+
+    ``running``: threads this process already keeps busy (they count in the load average but are not
+    somebody else's work); synthesis asks again before every batch, so it follows a machine that gets idle.
 
     Measured on the 2-core machine while another job trained: a second thread made one forward+backward
     step of the tiny ViT 50x slower (OpenMP threads spin against the other job) and ViT-B/32 2x slower; on
@@ -191,7 +215,7 @@ def synthesis_threads(tower: TorchTower, requested: int = 0) -> int:
     if params < 10_000_000 or cores == 1:
         return 1
     try:
-        busy = os.getloadavg()[0]
+        busy = max(0.0, os.getloadavg()[0] - running)
     except OSError:
         busy = 0.0
     return max(1, min(cores, int(round(cores - busy))))
@@ -217,12 +241,13 @@ class Objective:
                                 ("patch-diversity", self.diversity), ("priors", self.priors)) if on]
 
 
-def bn_stats_objective(tower: TorchTower) -> Objective:
-    """ZeroQ: BatchNorm statistics only; an OptionError for towers without BatchNorm."""
+def bn_stats_objective(tower: TorchTower, priors: bool = False) -> Objective:
+    """ZeroQ: BatchNorm statistics only (``priors``: plus the natural-image priors and random views);
+    an OptionError for towers without BatchNorm."""
     if not tower.has_batchnorm:
         raise OptionError(f"--calib bn-stats matches BatchNorm statistics, but this {tower.architecture or 'model'} "
                           f"image tower has no BatchNorm layer (a ViT); use --calib text-guided")
-    return Objective("bn-stats", batchnorm=True, priors=False)
+    return Objective("bn-stats:priors" if priors else "bn-stats", batchnorm=True, priors=priors)
 
 
 def text_guided_objective(tower: TorchTower, targets: np.ndarray) -> Objective:
@@ -253,7 +278,9 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     """
     import torch
 
+    from .budget import StepTimes, choose_precision, plan_batch, schedule_record, spread
     from .priors import BatchNormStats, PatchDiversity, ViewSampler, l2_prior, total_variation, vit_blocks
+    from .resolution import at_resolution, ladder
 
     cfg = config or SynthesisConfig()
     cfg.check()
@@ -261,7 +288,12 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         raise OptionError("--images must be >= 1")
     if objective.targets is not None and len(objective.targets) != n:
         raise QuantizationError(f"{len(objective.targets)} text targets for {n} images")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise QuantizationError(f"synthesis on device {cfg.device!r} needs a CUDA GPU that torch can see, and this "
+                                f"torch ({torch.__version__}) sees none; synthesise on the CPU (device 'cpu') instead")
     device = torch.device(cfg.device)
+    precision = choose_precision(device.type, cfg.precision)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     tower.encode.to(device)
     threads = synthesis_threads(tower, cfg.threads)
     saved_threads = torch.get_num_threads()
@@ -274,15 +306,31 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     out = np.empty((n, 3, *tower.size), dtype=np.float32)
     start = time.monotonic()
     steps_run: list[int] = []
+    plans: list[Any] = []
     first: list[dict[str, float]] = []
     last: list[dict[str, float]] = []
+    threads_used = [threads]
+    full_size = tuple(tower.size)
+    phases_of = ladder(tower.visual, full_size) if cfg.resolution != "full" else [(full_size, 1.0)]
+    blocks = div.blocks if div else None
+    times = StepTimes()
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.monotonic()
+
+    def autocast() -> Any:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
     def terms(x: Any, tgt: Any) -> dict[str, Any]:
         if bn:
             bn.reset()
         if div:
             div.reset()
-        emb = tower.encode(x)
+        emb = tower.encode(x).float()
         t: dict[str, Any] = {}
         if tgt is not None:
             t["text_cosine"] = torch.nn.functional.cosine_similarity(emb, tgt, dim=-1).mean()
@@ -297,8 +345,8 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         if "text_cosine" in t:
             loss = loss + cfg.text_weight * (1.0 - t["text_cosine"])
         if "bn_loss" in t:
-            # alone (ZeroQ) the BN term is the whole objective; with text it is one prior among others
-            loss = loss + (1.0 if objective.name == "bn-stats" else cfg.bn_weight) * t["bn_loss"]
+            # without text (ZeroQ) the BN term is the main objective; with text it is one prior among others
+            loss = loss + (1.0 if objective.targets is None else cfg.bn_weight) * t["bn_loss"]
         if "diversity" in t:
             loss = loss + cfg.diversity_weight * t["diversity"]
         if objective.priors:
@@ -317,33 +365,77 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         for hooks in (bn, div):
             if hooks is not None:
                 stack.enter_context(hooks)
+        def time_sizes() -> None:  # one step at every size the plans may use, smallest first
+            sizes = sorted({size for size, _ in phases_of} | {full_size}, key=lambda hw: hw[0] * hw[1])
+            count = min(cfg.batch_size, n)
+            tgt = targets[:count] if targets is not None else None
+            for i, size in enumerate([sizes[0]] + sizes):  # the first one warms up
+                probe = torch.zeros(count, 3, *size, device=device, requires_grad=True)
+                with at_resolution(tower.visual, full_size, size, blocks):
+                    t_step = now()
+                    with autocast():
+                        loss = total(terms(probe, tgt), probe)
+                    loss.backward()
+                    if i:
+                        times.seconds[size] = now() - t_step
+
+        if time_budget:
+            time_sizes()
         for b in range(batches):
+            if b and device.type == "cpu" and not cfg.threads:
+                threads = synthesis_threads(tower, cfg.threads, running=torch.get_num_threads())
+                if time_budget and threads != threads_used[-1]:
+                    torch.set_num_threads(threads)
+                    time_sizes()  # the step times of the other thread count no longer apply
+                torch.set_num_threads(threads)
+                threads_used.append(threads)
             sl = slice(b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size))
             count = sl.stop - sl.start
+            left = (start + time_budget - time.monotonic()) / (batches - b) if time_budget else None
+            plan = plan_batch(cfg.resolution, full_size, phases_of, cfg.steps, times if time_budget else None,
+                              max(0.0, left) if left is not None else None)
+            plans.append(plan)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-            x = _init_batch(torch, count, tower.size, cfg.init_std, gen).to(device)
+            x = _init_batch(torch, count, plan.phases[0].size, cfg.init_std, gen).to(device)
             x = torch.max(torch.min(x, hi), lo).requires_grad_(True)
             tgt = targets[sl] if targets is not None else None
-            first.append(measure(x, tgt))
+            first.append(measure(_resize(x.detach(), full_size), tgt))
             opt = torch.optim.Adam([x], lr=cfg.lr)
             views = ViewSampler(seed * 1_000_003 + b, cfg.max_shift, cfg.scale, cfg.flip)
-            deadline = start + time_budget * (b + 1) / batches if time_budget else None
-            done = 0
-            for step in range(cfg.steps):
-                if deadline is not None and time.monotonic() > deadline:
+            deadline = time.monotonic() + left if left is not None else None
+            done, stopped = 0, False
+            for phase in plan.phases:
+                if tuple(x.shape[-2:]) != phase.size:  # next phase: upsample, fresh optimiser state
+                    with torch.no_grad():
+                        x = torch.max(torch.min(_resize(x.detach(), phase.size), hi), lo)
+                    x.requires_grad_(True)
+                    opt = torch.optim.Adam([x], lr=cfg.lr)
+                with at_resolution(tower.visual, full_size, phase.size, blocks):
+                    for _ in range(phase.steps):
+                        if deadline is not None and time.monotonic() > deadline:
+                            stopped = True
+                            break
+                        t_step = now() if time_budget else 0.0
+                        for group in opt.param_groups:  # cosine decay to 5% of the rate
+                            group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done / plan.steps)))
+                        opt.zero_grad(set_to_none=True)
+                        view = views(x) if objective.priors else x
+                        with autocast():
+                            loss = total(terms(view, tgt), x)
+                        loss.backward()
+                        opt.step()
+                        with torch.no_grad():
+                            x.copy_(torch.max(torch.min(x, hi), lo))
+                        if time_budget:
+                            times.update(phase.size, now() - t_step)
+                        done += 1
+                        if progress:
+                            progress(1)
+                if stopped:
                     break
-                for group in opt.param_groups:  # cosine decay to 5% of the rate
-                    group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-                opt.zero_grad(set_to_none=True)
-                view = views(x) if objective.priors else x
-                loss = total(terms(view, tgt), x)
-                loss.backward()
-                opt.step()
+            if tuple(x.shape[-2:]) != full_size:  # cut inside a coarse phase: the image still leaves at full size
                 with torch.no_grad():
-                    x.copy_(torch.max(torch.min(x, hi), lo))
-                done += 1
-                if progress:
-                    progress(1)
+                    x = torch.max(torch.min(_resize(x.detach(), full_size), hi), lo)
             if progress and done < cfg.steps:
                 progress(cfg.steps - done)
             steps_run.append(done)
@@ -354,15 +446,33 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         keys = rows[0].keys() if rows else ()
         return {k: round(float(np.mean([r[k] for r in rows])), 6) for k in keys}
 
-    info = {"objective": objective.name, "steps": cfg.steps, "steps_run": steps_run,
-            "truncated": any(s < cfg.steps for s in steps_run),
-            "seconds": round(time.monotonic() - start, 2), "threads": threads,
-            "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
-    if info["truncated"]:
-        log.warning("the time budget (%.0f s) cut synthesis short: %d of %d steps per batch on average; pass a "
+    planned = [p.steps for p in plans]
+    uncut = spread(phases_of if any(p.mode == "coarse-to-fine" for p in plans) else [(full_size, 1.0)], cfg.steps)
+    info = {"objective": objective.name, "steps": cfg.steps, "steps_planned": planned, "steps_run": steps_run,
+            "plan_cut": any(p.cut for p in plans),
+            "truncated": any(r < p for r, p in zip(steps_run, planned)),
+            "schedule": schedule_record(plans),
+            "plan": {"resolution": cfg.resolution, "modes": sorted({p.mode for p in plans}),
+                     "precision": precision, "budget": time_budget, "step_seconds": times.record(),
+                     "needed_seconds": round(batches * times.cost(uncut), 1) if time_budget else None},
+            "seconds": round(time.monotonic() - start, 2), "threads": max(threads_used),
+            "threads_per_batch": threads_used, "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
+    if info["plan_cut"] or info["truncated"]:
+        need = info["plan"]["needed_seconds"]
+        log.warning("the time budget (%.0f s) %s the synthesis: %d of %d steps per batch on average%s; pass a "
                     "larger --time-budget or fewer --images for better images", time_budget or 0,
-                    int(np.mean(steps_run)), cfg.steps)
+                    "cut the plan of" if info["plan_cut"] else "stopped", int(np.mean(steps_run)), cfg.steps,
+                    f" (the full plan needs about {need:.0f} s)" if need else "")
     return SynthResult(out, info)
+
+
+def _resize(x: Any, size: tuple[int, int]) -> Any:
+    """``x`` [B, 3, H, W] resized to ``size`` (bicubic); unchanged when it already has that size."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
 
 
 def bn_statistics_loss(tower: TorchTower, images: np.ndarray, batch_size: int = 16) -> float:

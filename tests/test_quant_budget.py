@@ -1,0 +1,154 @@
+"""Synthesis that fits its time budget: coarse-to-fine resolution, plans that say when they are cut, autocast."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeclip.bundle import load_bundle
+from edgeclip.cli import main
+from edgeclip.errors import OptionError, QuantizationError
+from edgeclip.quant.budget import Phase, StepTimes, choose_precision, plan_batch, spread, summary
+from edgeclip.quant.calibration import text_targets
+from edgeclip.quant.resolution import at_resolution, ladder
+from edgeclip.quant.synthetic import (SynthesisConfig, load_torch_tower, pixel_bounds, synthesise, text_cosine,
+                                      text_guided_objective)
+
+FULL = (224, 224)
+LADDER = [((96, 96), 0.8), ((160, 160), 0.15), (FULL, 0.05)]
+TIMES = StepTimes({(96, 96): 1.0, (160, 160): 2.2, FULL: 4.3})
+
+
+@pytest.fixture(scope="module")
+def vit_tower(tiny_vit_bundle: Path):
+    return load_torch_tower(load_bundle(tiny_vit_bundle))
+
+
+def test_spread_keeps_every_step_and_one_at_full_size() -> None:
+    assert spread(LADDER, 200) == [Phase((96, 96), 160), Phase((160, 160), 30), Phase(FULL, 10)]
+    for n in (1, 2, 7, 19, 200):
+        phases = spread(LADDER, n)
+        assert sum(p.steps for p in phases) == n and phases[-1].size == FULL
+    assert spread([(FULL, 1.0)], 5) == [Phase(FULL, 5)]
+
+
+def test_plan_full_when_it_fits_coarse_to_fine_when_not_cut_when_nothing_fits() -> None:
+    no_budget = plan_batch("auto", FULL, LADDER, 200, None, None)
+    assert no_budget.mode == "full" and no_budget.steps == 200 and not no_budget.cut
+    roomy = plan_batch("auto", FULL, LADDER, 200, TIMES, 2000.0)  # 200 x 4.3 s = 860 s fits
+    assert roomy.mode == "full" and roomy.phases == [Phase(FULL, 200)] and not roomy.cut
+    tight = plan_batch("auto", FULL, LADDER, 200, TIMES, 400.0)  # full 860 s > 360; c2f 269 s fits
+    assert tight.mode == "coarse-to-fine" and tight.steps == 200 and not tight.cut
+    assert tight.estimated_seconds == pytest.approx(160 * 1.0 + 30 * 2.2 + 10 * 4.3)
+    cut = plan_batch("auto", FULL, LADDER, 200, TIMES, 100.0)
+    assert cut.mode == "coarse-to-fine" and cut.cut and 1 <= cut.steps < 200
+    assert cut.estimated_seconds <= 90.0 and TIMES.cost(spread(LADDER, cut.steps + 1)) > 90.0
+    forced = plan_batch("full", FULL, LADDER, 200, TIMES, 400.0)
+    assert forced.mode == "full" and forced.cut and forced.steps == int(360 / 4.3)
+    with pytest.raises(OptionError, match="coarse-to-fine"):
+        plan_batch("fast", FULL, LADDER, 200, TIMES, 1.0)
+
+
+def test_summary_says_how_many_steps_and_whether_cut() -> None:
+    info = {"steps": 200, "steps_planned": [40, 38], "steps_run": [40, 38], "plan_cut": True, "truncated": False,
+            "schedule": [[[96, 96, 32], [160, 160, 6], [224, 224, 2]]], "plan": {"needed_seconds": 1077.0}}
+    text = summary(info)
+    assert text.startswith("38-40 of 200 steps per batch") and "96px x32 -> 160px x6 -> 224px x2" in text
+    assert "PLAN CUT" in text and "1077 s" in text
+
+
+def test_ladder_follows_the_token_grid(vit_tower) -> None:
+    assert ladder(vit_tower.visual, (32, 32)) == [((16, 16), pytest.approx(0.95)), ((32, 32), 0.05)]
+    assert ladder(object(), (224, 224)) == [((224, 224), 1.0)], "unknown towers stay at full size"
+
+
+def test_at_resolution_runs_a_vit_and_a_resnet_smaller_and_restores_them(vit_tower) -> None:
+    import torch
+    from open_clip.modified_resnet import ModifiedResNet
+
+    resnet = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=16, heads=2, image_size=128, width=8).eval()
+    assert ladder(resnet, (128, 128))[0][0] == (64, 64)
+    for visual, full, small in ((vit_tower.visual, (32, 32), (16, 16)), (resnet, (128, 128), (64, 64))):
+        x = torch.randn(2, 3, *full)
+        with torch.no_grad():
+            before = visual(x)
+            with pytest.raises(RuntimeError):
+                visual(torch.randn(2, 3, *small))
+            with at_resolution(visual, full, small):
+                assert visual(torch.randn(2, 3, *small)).shape == before.shape
+            torch.testing.assert_close(visual(x), before, rtol=0, atol=0)
+
+
+def test_coarse_to_fine_is_deterministic_full_size_and_follows_the_text(vit_tower, tiny_vit_bundle: Path) -> None:
+    targets, _ = text_targets(load_bundle(tiny_vit_bundle), 8, 0, 0.25)
+    objective = text_guided_objective(vit_tower, targets)
+    cfg = SynthesisConfig(batch_size=4, steps=40, resolution="coarse-to-fine")
+    a = synthesise(vit_tower, 8, objective, seed=3, config=cfg)
+    b = synthesise(vit_tower, 8, objective, seed=3, config=cfg)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == (8, 3, 32, 32)
+    assert a.info["schedule"] == [[[16, 16, 38], [32, 32, 2]]] * 2 and a.info["plan"]["modes"] == ["coarse-to-fine"]
+    assert a.info["steps_planned"] == a.info["steps_run"] == [40, 40] and not a.info["plan_cut"]
+    assert a.info["end"]["text_cosine"] > a.info["start"]["text_cosine"] + 0.02, a.info
+    lo, hi = pixel_bounds(vit_tower.mean, vit_tower.std)
+    assert (a.images >= lo - 1e-5).all() and (a.images <= hi + 1e-5).all()
+
+
+def test_budget_plans_measures_step_times_and_cuts_visibly(vit_tower) -> None:
+    targets = np.eye(16, dtype=np.float32)[:8]
+    objective = text_guided_objective(vit_tower, targets)
+    r = synthesise(vit_tower, 8, objective, config=SynthesisConfig(batch_size=4, steps=20_000), time_budget=1.0)
+    info = r.info
+    assert info["plan_cut"] and all(p < 20_000 for p in info["steps_planned"]) and info["seconds"] < 6
+    assert set(info["plan"]["step_seconds"]) == {"16x16", "32x32"} and info["plan"]["needed_seconds"] > 1.0
+    assert info["schedule"][0][0][:2] == [16, 16], "did not fit at full size: coarse-to-fine first"
+    roomy = synthesise(vit_tower, 8, objective, config=SynthesisConfig(batch_size=4, steps=3), time_budget=600)
+    assert not roomy.info["plan_cut"] and roomy.info["schedule"] == [[[32, 32, 3]]] * 2, "fits: full size"
+    plain = synthesise(vit_tower, 8, objective, config=SynthesisConfig(batch_size=4, steps=3))
+    np.testing.assert_array_equal(roomy.images, plain.images)
+
+
+def test_autocast_path_of_cuda_runs_on_cpu_and_precision_choice(vit_tower) -> None:
+    """bf16 autocast is what ``--device cuda`` uses on a GPU with bf16; the same code path runs here on the CPU."""
+    targets = np.eye(16, dtype=np.float32)[:4]
+    objective = text_guided_objective(vit_tower, targets)
+    r = synthesise(vit_tower, 4, objective, config=SynthesisConfig(batch_size=4, steps=25, precision="bf16",
+                                                                  resolution="coarse-to-fine"))
+    assert r.info["plan"]["precision"] == "bf16" and r.images.dtype == np.float32
+    assert r.info["end"]["text_cosine"] > r.info["start"]["text_cosine"] + 0.02, r.info
+    assert text_cosine(vit_tower, r.images, targets).mean() > r.info["start"]["text_cosine"]
+    assert choose_precision("cuda", cuda_bf16=True) == "bf16" and choose_precision("cuda", cuda_bf16=False) == "fp32"
+    assert choose_precision("cpu", cpu_flags=frozenset({"avx512_bf16"})) == "fp32"
+    assert choose_precision("cpu", cpu_flags=frozenset({"avx512_bf16", "amx_bf16"})) == "bf16"
+    assert choose_precision("cpu", "fp16") == "fp16"
+    with pytest.raises(OptionError, match="fp32"):
+        choose_precision("cpu", "int4")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(vit_tower) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    objective = text_guided_objective(vit_tower, np.eye(16, dtype=np.float32)[:4])
+    with pytest.raises(QuantizationError, match="'cpu'"):
+        synthesise(vit_tower, 4, objective, config=SynthesisConfig(batch_size=4, steps=2, device="cuda"))
+
+
+def test_cut_plan_shows_in_final_line_manifest_and_inspect(tmp_path: Path, tiny_vit_bundle: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    vit = tmp_path / "vit"
+    shutil.copytree(tiny_vit_bundle, vit)
+    assert main(["quantize", str(vit), "--images", "8", "--steps", "50000", "--time-budget", "1"]) == 0
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert final.startswith("wrote ") and "PLAN CUT from 50000 steps" in final, final
+    calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
+    assert calib["plan_cut"] and calib["steps"] == 50_000 and len(calib["steps_planned"]) == 1  # 8 images: one batch
+    assert all(r <= p < 50_000 for r, p in zip(calib["steps_run"], calib["steps_planned"]))
+    assert calib["schedule"][0][-1][:2] == [32, 32] and calib["plan"]["budget"] == 1.0
+    assert main(["inspect", str(vit)]) == 0
+    out = capsys.readouterr().out
+    assert "synthesis " in out and "PLAN CUT from 50000 steps" in out, out
