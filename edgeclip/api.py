@@ -46,10 +46,10 @@ def load(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = 
     """Open ``bundle`` (verified) for a device and return a ready :class:`Classifier`.
 
     - ``device``: ``"auto"`` detects the profile; a profile name overrides detection.
-    - ``precision``: ``"auto"`` (the profile's: INT8 where the bundle has a file the backend runs), ``"fp32"``
-      or ``"int8"`` (an error if the bundle has no INT8 file that the backend runs).
-    - ``backend``: ``"auto"`` (the profile's order, each fallback logged with its reason), ``"onnxruntime"``
-      or ``"tensorrt"`` (an engine from ``edgeclip build``).
+    - ``precision``: ``"auto"`` (the profile's: INT8 where the bundle has a file the backend runs), ``"fp32"``,
+      ``"int8"`` (an error if the bundle has no INT8 file that the backend runs) or ``"bf16"`` (OpenVINO).
+    - ``backend``: ``"auto"`` (the profile's order, each fallback logged with its reason), ``"onnxruntime"``,
+      ``"openvino"`` or ``"tensorrt"`` (an engine from ``edgeclip build``).
     - ``target``: the INT8 recipe (``"cpu"`` or ``"tensorrt"``) where the profile's choice is not wanted.
     - ``providers``: ONNX Runtime execution providers in fallback order (implies ONNX Runtime).
     - ``threads``: intra-op threads (0 = all cores); ``top_k``: labels per prediction.
