@@ -24,16 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import bundle_fuzz as bf  # noqa: E402
 
 
-
-def tally(figures: dict, verdict: str, clean: tuple[str, ...], detail: str) -> None:
-    """Count one trial's verdict: a clean one under its name, anything else as a traceback or data lost (shown)."""
-    if verdict in clean:
-        figures["clean"] += 1
-        figures[verdict] += 1
-    else:
-        figures["traceback" if verdict == "traceback" else "data lost"] += 1
-        print(f"  {detail}", flush=True)
-
 def damaged_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, int]:
     outside = work / "outside"
     outside.mkdir(exist_ok=True)
@@ -45,7 +35,12 @@ def damaged_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, int
         case.apply(b)
         verdict, details = bf.check_damaged(b, image, case.text)
         figures["tried"] += 1
-        tally(figures, verdict, ("rejected", "accepted"), f"{verdict}: {case.name}: {details.strip()[-600:]}")
+        if verdict in ("rejected", "accepted"):
+            figures["clean"] += 1
+            figures[verdict] += 1
+        else:
+            figures["traceback" if verdict == "traceback" else "data lost"] += 1
+            print(f"  {verdict}: {case.name}: {details.strip()[-600:]}", flush=True)
     return figures
 
 
@@ -100,7 +95,12 @@ def kill_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, dict[s
                 print(f"  {name}: exit {rc} without a kill: {err.strip()[-400:]}", flush=True)
                 continue
             verdict, details = bf.outcome_after_kill(b, marker, old, new)
-            tally(fig, verdict, ("old", "new"), f"{name} {trial}: {verdict}: {details.strip()[-400:]}")
+            if verdict in ("old", "new"):
+                fig["clean"] += 1
+                fig[verdict] += 1
+            else:
+                fig["traceback" if verdict == "traceback" else "data lost"] += 1
+                print(f"  {name} {trial}: {verdict}: {details.strip()[-400:]}", flush=True)
         results[name] = fig
         print(f"kills {name}: {fig} (a run takes {duration:.1f} s; swap events {events})", flush=True)
     return results
