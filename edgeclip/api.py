@@ -50,7 +50,7 @@ def load(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = 
       ``"int8"`` (an error if the bundle has no INT8 file that the backend runs) or ``"bf16"`` (OpenVINO).
     - ``backend``: ``"auto"`` (the profile's order, each fallback logged with its reason), ``"onnxruntime"``,
       ``"openvino"`` or ``"tensorrt"`` (an engine from ``edgeclip build``).
-    - ``target``: the INT8 recipe (``"cpu"`` or ``"tensorrt"``) where the profile's choice is not wanted.
+    - ``target``: the INT8 recipe (``"cpu"``, ``"tensorrt"`` or ``"openvino"``) where the profile's choice is not wanted.
     - ``providers``: ONNX Runtime execution providers in fallback order (implies ONNX Runtime).
     - ``threads``: intra-op threads (0 = all cores); ``top_k``: labels per prediction.
     - OpenVINO only: ``hint`` (``"auto"``, ``"latency"`` or ``"throughput"``; default the profile's) and ``cache_dir``
@@ -114,11 +114,12 @@ def _templates(templates: str | Sequence[str] | None) -> tuple[str, list[str]]:
 
 def quantize(bundle: str | os.PathLike[str], target: str = "cpu", calib: str | None = None, *,
              progress: bool = False, step: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
-    """Write an INT8 image encoder for ``target`` (``cpu`` or ``tensorrt``) into the bundle (needs ``edgeclip[export]``).
+    """Write an INT8 image encoder for ``target`` (``cpu``, ``tensorrt`` or ``openvino``) into the bundle (needs ``edgeclip[export]``).
 
     ``calib``: ``text-guided`` (default), ``bn-stats`` (ResNets), ``noise`` or ``real:DIR``; ``options`` are
     the other fields of ``edgeclip.quant.pipeline.QuantizeOptions`` (images, seed, calib_method, max_drop,
-    time_budget, cache, steps, device). Returns the manifest's quantization record.
+    time_budget, cache, steps, device, synthesis_resolution, synthesis_precision, synthesis_threads). Returns the
+    manifest's quantization record.
     """
     import dataclasses
 

@@ -9,7 +9,9 @@ For each photo set, every round measures, one after the other on the same files:
 It prints img/s and the ratio classify / encoder per round and the median ratio; rounds alternate, so load
 from other processes hits both sides alike. ``--mad`` prints the mean absolute difference between the
 preprocessed model inputs of reduced and exact decoding; ``--ray N`` times ``edgeclip.batch.classify_ray``
-on N photos of the last set with 1 and 2 workers.
+on N photos of the last set with 1 and 2 workers. Each set's summary also gives the CPU time per photo of
+decoding + preprocessing and of the encoder, and the ratio they allow at most (``ceiling``): where the
+encoder alone keeps every core busy, classify cannot beat encoder CPU / (encoder CPU + preprocessing CPU).
 
     python scripts/bench_batch.py BUNDLE --set 12mp=/tmp/phone/imagenette --set 224=/tmp/imagenette/train \\
         --n 96 --rounds 3 --exact
@@ -42,6 +44,20 @@ def encoder_rate(clf, pixels: np.ndarray, batch: int) -> float:
     for i in range(0, len(pixels), batch):
         clf.encoder.run(np.ascontiguousarray(pixels[i:i + batch]))
     return len(pixels) / (time.perf_counter() - t)
+
+
+def cpu_ceiling(clf, files: list[Path], pixels: np.ndarray, batch: int) -> dict:
+    """CPU milliseconds per photo to read + decode + preprocess (one thread) and to encode (all threads),
+    and the ratio classify / encoder they allow when the encoder alone keeps every core busy: the encoder's
+    CPU time over the sum of both. No pipelining can beat it."""
+    t = time.process_time()
+    for f in files:
+        clf.preprocessor(read_image(f, min_size=clf.decode_min_size()))
+    prep = (time.process_time() - t) / len(files) * 1000
+    t = time.process_time()
+    encoder_rate(clf, pixels, batch)
+    enc = (time.process_time() - t) / len(pixels) * 1000
+    return {"prep_cpu_ms": round(prep, 2), "encoder_cpu_ms": round(enc, 2), "ceiling": round(enc / (enc + prep), 3)}
 
 
 def classify_rate(clf, files: list[Path], batch: int, workers: int, exact: bool) -> float:
@@ -131,6 +147,7 @@ def main() -> None:
     summary = {"load_average_end": round(os.getloadavg()[0], 1), "n": args.n, "batch_size": args.batch_size}
     for name, res in results.items():
         summary[name] = {k: round(statistics.median(v), 3) for k, v in res.items() if v}
+        summary[name].update(cpu_ceiling(clf, *sets[name], args.batch_size))
         print(f"median {name:>6}: " + ", ".join(f"{k} {v}" for k, v in summary[name].items()), flush=True)
     if args.mad:
         from edgeclip.runtime.preprocess import PreprocessConfig, Preprocessor

@@ -4,12 +4,15 @@
 Three parts, each optional:
 
 ``--steps-of BUNDLE ...``  time per optimisation step (one batch of 16, text-guided objective) of the old
-    schedule (every step at full size) and of the coarse-to-fine plan (its phases' steps weighted by their
-    share), interleaved round by round so machine load hits both alike; wall and CPU seconds, load average.
-``--full-run BUNDLE ...``  64 text-guided images with the planner at ``--time-budget`` (default 600 s):
-    wall and CPU seconds, steps planned and run per batch, the schedule, whether the plan was cut.
+    schedule (every step at full size), of the coarse-to-fine plan and of the coarser plan (their phases'
+    steps weighted by their share), interleaved round by round so machine load hits all alike; wall and CPU
+    seconds, load average.
+``--full-run BUNDLE ...``  64 text-guided images with the planner at ``--time-budget`` (default 600 s) and
+    ``--resolution`` (default auto): wall and CPU seconds, steps planned and run per batch, the schedule and
+    ladder per batch, whether the plan was cut, threads per batch and the cores other processes kept busy.
 ``--quality PROXY_BUNDLE ...``  on a proxy bundle that already holds INT8 files made by today's defaults
-    (``edgeclip quantize B --target cpu|tensorrt``), make the coarse-to-fine calibration set, quantize both
+    (``edgeclip quantize B --target cpu|tensorrt``), make the calibration set with ``--resolution``
+    (default coarse-to-fine; ``coarser`` for the coarser ladder), quantize both
     targets with it, and evaluate old and new INT8 against fp32 on CIFAR-10 test and held-out Imagenette
     (same decoded inputs for every model: top-1, top-1 agreement with fp32, mean embedding cosine).
 
@@ -51,7 +54,7 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
     from edgeclip.quant.budget import spread
     from edgeclip.quant.calibration import text_targets
     from edgeclip.quant.priors import BatchNormStats, PatchDiversity, l2_prior, total_variation, vit_blocks
-    from edgeclip.quant.resolution import at_resolution, ladder
+    from edgeclip.quant.resolution import COARSER, at_resolution, ladder
     from edgeclip.quant.synthetic import SynthesisConfig, load_torch_tower, text_guided_objective
 
     torch.set_num_threads(threads)
@@ -67,7 +70,8 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
         div = PatchDiversity(vit_blocks(tower.visual)) if obj.diversity else None
         full = tuple(tower.size)
         phases = spread(ladder(tower.visual, full), cfg.steps)
-        sizes = sorted({p.size for p in phases} | {full}, key=lambda s: s[0] * s[1])
+        coarser = spread(ladder(tower.visual, full, COARSER), cfg.steps)
+        sizes = sorted({p.size for p in phases + coarser} | {full}, key=lambda s: s[0] * s[1])
 
         def step(size: tuple[int, int]) -> tuple[float, float]:
             x = torch.zeros(cfg.batch_size, 3, *size, requires_grad=True)
@@ -100,6 +104,8 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
         old_w, old_c = med[full]
         new_w = sum(p.steps * med[p.size][0] for p in phases) / cfg.steps
         new_c = sum(p.steps * med[p.size][1] for p in phases) / cfg.steps
+        coarser_w = sum(p.steps * med[p.size][0] for p in coarser) / cfg.steps
+        coarser_c = sum(p.steps * med[p.size][1] for p in coarser) / cfg.steps
         n_batches = 4  # 64 images in batches of 16
         row = {"bundle": path, "architecture": tower.architecture, "threads": threads, "rounds": rounds,
                "schedule": [p.record() for p in phases],
@@ -109,6 +115,10 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
                "speedup_cpu": round(old_c / new_c, 2),
                "old_64_images": {"wall": round(old_w * cfg.steps * n_batches), "cpu": round(old_c * cfg.steps * n_batches)},
                "new_64_images": {"wall": round(new_w * cfg.steps * n_batches), "cpu": round(new_c * cfg.steps * n_batches)},
+               "coarser_schedule": [p.record() for p in coarser],
+               "coarser_step": {"wall": round(coarser_w, 3), "cpu": round(coarser_c, 3)},
+               "coarser_64_images": {"wall": round(coarser_w * cfg.steps * n_batches),
+                                     "cpu": round(coarser_c * cfg.steps * n_batches)},
                "load": loads}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -119,7 +129,7 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def full_run(bundles: list[str], budget: float) -> list[dict]:
+def full_run(bundles: list[str], budget: float, resolution: str = "auto") -> list[dict]:
     from edgeclip.bundle import load_bundle
     from edgeclip.quant.calibration import calibration_set
     from edgeclip.quant.synthetic import SynthesisConfig
@@ -128,12 +138,14 @@ def full_run(bundles: list[str], budget: float) -> list[dict]:
     for path in bundles:
         bundle = load_bundle(path)
         l0, w0, c0 = _load(), time.perf_counter(), _cpu()
-        cs = calibration_set(bundle, "text-guided", images=64, seed=0, time_budget=budget, config=SynthesisConfig(),
+        cs = calibration_set(bundle, "text-guided", images=64, seed=0, time_budget=budget,
+                             config=SynthesisConfig(resolution=resolution),
                              cache=False, progress=False, step=lambda m: print(m, file=sys.stderr, flush=True))
         row = {"bundle": path, "budget": budget, "wall": round(time.perf_counter() - w0, 1),
                "cpu": round(_cpu() - c0, 1), "load_start": l0, "load_end": _load(),
                **{k: cs.info.get(k) for k in ("steps", "steps_planned", "steps_run", "plan_cut", "truncated",
-                                              "schedule", "plan", "summary", "threads", "start", "end")}}
+                                              "schedule", "plan", "summary", "threads", "threads_per_batch",
+                                              "busy_elsewhere", "seconds", "start", "end")}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -174,7 +186,8 @@ def _embed(onnx_path: Path, x: np.ndarray, threads: int) -> np.ndarray:
     return out / np.linalg.norm(out, axis=-1, keepdims=True).clip(1e-12)
 
 
-def quality(bundles: list[str], threads: int, work: Path, limit: int | None) -> list[dict]:
+def quality(bundles: list[str], threads: int, work: Path, limit: int | None,
+            resolution: str = "coarse-to-fine") -> list[dict]:
     import edgeclip
     from edgeclip.bundle import load_bundle
     from edgeclip.quant import resolution
@@ -203,7 +216,7 @@ def quality(bundles: list[str], threads: int, work: Path, limit: int | None) -> 
         resolution.MIN_GRID = 1 if bundle.model.get("architecture") == "modified-resnet" else resolution.MIN_GRID
         w0, c0 = time.perf_counter(), _cpu()
         cs = calibration_set(bundle, "text-guided", images=64, seed=0, time_budget=None,
-                             config=SynthesisConfig(resolution="coarse-to-fine"), cache=False, progress=False)
+                             config=SynthesisConfig(resolution=resolution), cache=False, progress=False)
         synth = {"wall": round(time.perf_counter() - w0, 1), "cpu": round(_cpu() - c0, 1), "load": _load(),
                  "schedule": cs.info.get("schedule", [[]])[0]}
         _, label_matrix = bundle.labels()
@@ -239,6 +252,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=600.0)
+    ap.add_argument("--resolution", default=None, choices=("auto", "full", "coarse-to-fine", "coarser"),
+                    help="synthesis resolution mode (default: auto for --full-run, coarse-to-fine for --quality)")
     ap.add_argument("--limit", type=int, default=0, help="images per dataset (a fixed subset sampled with seed 0)")
     ap.add_argument("--work", default=None, help="folder for unpacked data and decoded inputs")
     ap.add_argument("--json", default=None)
@@ -247,10 +262,11 @@ def main() -> int:
     if args.steps_of:
         report["steps"] = steps_of(args.steps_of, args.rounds, args.threads)
     if args.full_run:
-        report["full_run"] = full_run(args.full_run, args.time_budget)
+        report["full_run"] = full_run(args.full_run, args.time_budget, args.resolution or "auto")
     if args.quality:
         work = Path(args.work or tempfile.mkdtemp(prefix="bench-synthesis-"))
-        report["quality"] = quality(args.quality, args.threads, work, args.limit)
+        report["quality"] = quality(args.quality, args.threads, work, args.limit,
+                                    args.resolution or "coarse-to-fine")
     report["load_end"] = _load()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -24,6 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import bundle_fuzz as bf  # noqa: E402
 
 
+def tally(fig: dict[str, int], verdict: str, clean: tuple[str, ...] = ()) -> bool:
+    """Count one trial in ``fig``: a verdict in ``clean`` as clean and under its own name, ``traceback`` as a
+    traceback, any other as data lost. Returns whether the trial was clean."""
+    fig["tried"] += 1
+    if verdict in clean:
+        fig["clean"] += 1
+        fig[verdict] += 1
+        return True
+    fig["traceback" if verdict == "traceback" else "data lost"] += 1
+    return False
+
+
 def damaged_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, int]:
     outside = work / "outside"
     outside.mkdir(exist_ok=True)
@@ -34,12 +46,7 @@ def damaged_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, int
         b = bf.fresh_copy(base, work / f"d{i % 4}")
         case.apply(b)
         verdict, details = bf.check_damaged(b, image, case.text)
-        figures["tried"] += 1
-        if verdict in ("rejected", "accepted"):
-            figures["clean"] += 1
-            figures[verdict] += 1
-        else:
-            figures["traceback" if verdict == "traceback" else "data lost"] += 1
+        if not tally(figures, verdict, ("rejected", "accepted")):
             print(f"  {verdict}: {case.name}: {details.strip()[-600:]}", flush=True)
     return figures
 
@@ -88,18 +95,13 @@ def kill_campaign(base: Path, work: Path, n: int, seed: int) -> dict[str, dict[s
             bf.fresh_copy(base, b)
             rc, err = bf.run_killed(args, event=trial.get("event"), when=trial.get("when", "before"),
                                     delay=trial.get("delay"), env=trial["env"])
-            fig["tried"] += 1
             fig["at swap"] += "event" in trial
             if rc not in (0, -9):
-                fig["traceback"] += 1
+                tally(fig, "traceback")
                 print(f"  {name}: exit {rc} without a kill: {err.strip()[-400:]}", flush=True)
                 continue
             verdict, details = bf.outcome_after_kill(b, marker, old, new)
-            if verdict in ("old", "new"):
-                fig["clean"] += 1
-                fig[verdict] += 1
-            else:
-                fig["traceback" if verdict == "traceback" else "data lost"] += 1
+            if not tally(fig, verdict, ("old", "new")):
                 print(f"  {name} {trial}: {verdict}: {details.strip()[-400:]}", flush=True)
         results[name] = fig
         print(f"kills {name}: {fig} (a run takes {duration:.1f} s; swap events {events})", flush=True)
@@ -118,31 +120,27 @@ def concurrent_campaign(base: Path, work: Path, n: int) -> dict[str, int]:
                   else ["-q", "labels", str(b), "--labels", *other])
         base_q = bf.quant_marker(bf_load(base))
         (rc_a, err_a), (rc_b, err_b) = bf.run_concurrent([second, labels_a])
-        fig["tried"] += 1
         if "Traceback" in err_a + err_b or rc_a not in (0, 2) or rc_b not in (0, 2):
-            fig["traceback"] += 1
+            tally(fig, "traceback")
             print(f"  trial {i}: exits {rc_a} {rc_b}: {(err_a + err_b).strip()[-600:]}", flush=True)
             continue
         try:
             final = bf_load(b)
             names = tuple(final.label_names())
         except Exception as exc:  # noqa: BLE001 - reported as lost
-            fig["data lost"] += 1
+            tally(fig, "data lost")
             print(f"  trial {i}: the bundle does not load: {exc}", flush=True)
             continue
         ok = True
         if rc_a == 0 and rc_b == 0:
-            fig["both succeeded"] += 1
+            verdict = "both succeeded"
             if quantize:
                 ok = names == tuple(bf.NEW_LABELS) and bf.quant_marker(final) and not base_q
             else:
                 ok = names in (tuple(bf.NEW_LABELS), tuple(other))
         else:
-            fig["one failed cleanly"] += 1
-        if ok:
-            fig["clean"] += 1
-        else:
-            fig["data lost"] += 1
+            verdict = "one failed cleanly"
+        if not tally(fig, verdict if ok else "data lost", ("both succeeded", "one failed cleanly")):
             print(f"  trial {i}: an update is missing: labels {names}, quantized {bf.quant_marker(final)}",
                   flush=True)
     return fig

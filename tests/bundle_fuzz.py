@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import tarfile
 import time
@@ -486,18 +487,19 @@ def run_killed(args: list[str], event: int | None = None, when: str = "before", 
                env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str]:
     """Run ``edgeclip ARGS``; kill it at swap event ``event`` (``before``/``after``/``during``) or after
     ``delay`` seconds. Returns (exit status, stderr); -9 when killed."""
-    full_env = {**os.environ, **(env or {})}
     if event is not None:
         cmd = [sys.executable, "-c", _KILL_AT, str(event), when, *args]
     else:
         cmd = [sys.executable, "-c", _KILL_AT, "0", "never", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
-    if delay is not None:
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="edgeclip-killed-") as tmp:  # what a killed writer leaves goes too
+        full_env = {**os.environ, "TMPDIR": tmp, **(env or {})}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+        if delay is not None:
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err
 
 

@@ -107,3 +107,12 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
             assert scale.ndim == 0 or scale.size == 1, "MatMul/Gemm weights per tensor"
             assert not any(r.op_type == "QuantizeLinear" for r in readers), "MatMul output float"
     return g
+
+
+def output_range(g: Graph, node) -> tuple[float, float]:
+    """The float range ``[lo, hi]`` of the quantizer of ``node``'s output (uint8 or int8 QuantizeLinear)."""
+    q = next((r for r in g.consumers.get(node.output[0], []) if r.op_type == "QuantizeLinear"), None)
+    assert q is not None, f"{node.name}: output not quantized"
+    scale, zp = float(g.array(q.input[1])), g.array(q.input[2])
+    qmin, qmax = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
+    return (qmin - float(zp)) * scale, (qmax - float(zp)) * scale

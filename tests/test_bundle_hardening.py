@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,6 +271,26 @@ def test_a_killed_relabel_leaves_the_old_or_the_new_bundle(bundle_copy: Path, mo
     assert rc == -9, err
     verdict, details = bf.outcome_after_kill(bundle_copy, bf.label_marker, before, tuple(bf.NEW_LABELS))
     assert verdict == expect, details
+
+
+def test_sigterm_stops_a_quantize_cleanly(bundle_copy: Path, tmp_path: Path) -> None:
+    """`kill` (SIGTERM) in the middle of a quantize: exit 143, no temporary left, the bundle old or new."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    cmd = [sys.executable, "-m", "edgeclip.cli", "-q", "quantize", str(bundle_copy), *bf.QUANTIZE]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # the recipe's scratch folder exists while ONNX Runtime calibrates (its imports are done by then)
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp.glob("edgeclip-quant-*")):
+        time.sleep(0.005)
+    assert proc.poll() is None, "quantize ended before it calibrated"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, proc.stderr.read()
+    assert "quantize: terminated" in proc.stderr.read()
+    assert list(tmp.glob("edgeclip-*")) == []  # (other libraries keep files of their own there)
+    verdict, details = bf.outcome_after_kill(bundle_copy, bf.quant_marker, False, True)
+    assert verdict == "old", details
 
 
 @pytest.mark.slow

@@ -11,11 +11,13 @@ import pytest
 from edgeclip.bundle import load_bundle
 from edgeclip.cli import main
 from edgeclip.errors import OptionError, QuantizationError
-from edgeclip.quant.budget import Phase, StepTimes, choose_precision, plan_batch, spread, summary
+from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_precision, ladders, plan_batch, spread,
+                                   summary)
 from edgeclip.quant.calibration import text_targets
-from edgeclip.quant.resolution import at_resolution, ladder
-from edgeclip.quant.synthetic import (SynthesisConfig, load_torch_tower, pixel_bounds, synthesise, text_cosine,
-                                      text_guided_objective)
+from edgeclip.quant.resolution import COARSER, at_resolution, ladder
+from edgeclip.quant.synthetic import (SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
+                                      synthesis_threads, synthesise, text_cosine, text_guided_objective,
+                                      tower_from_module, usable_cores)
 
 FULL = (224, 224)
 LADDER = [((96, 96), 0.8), ((160, 160), 0.15), (FULL, 0.05)]
@@ -152,3 +154,130 @@ def test_cut_plan_shows_in_final_line_manifest_and_inspect(tmp_path: Path, tiny_
     assert main(["inspect", str(vit)]) == 0
     out = capsys.readouterr().out
     assert "synthesis " in out and "PLAN CUT from 50000 steps" in out, out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the coarser ladder, the synthesis flags, the thread count
+# ---------------------------------------------------------------------------------------------------------
+COARSER_LADDER = [((64, 64), 0.8), ((96, 96), 0.1), ((160, 160), 0.05), (FULL, 0.05)]
+TIMES4 = StepTimes({(64, 64): 0.5, **TIMES.seconds})
+
+
+@pytest.fixture(scope="module")
+def grid8_tower():
+    """A tiny open_clip ViT with an 8x8 token grid (64 px, patch 8): its coarser ladder (16 px first) differs
+    from its coarse-to-fine one (24 px first), as on ViT-B/32 and RN50."""
+    import torch
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=64, patch_size=8, width=32, layers=1, heads=2, mlp_ratio=2.0, output_dim=16)
+    return tower_from_module(vit, (64, 64), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "grid8-vit")
+
+
+def test_auto_tries_full_then_coarse_to_fine_then_coarser_then_cuts() -> None:
+    # per batch: full 860 s, coarse-to-fine 269 s, coarser 160*0.5 + 20*1.0 + 10*2.2 + 10*4.3 = 165 s
+    def plan(available: float):
+        return plan_batch("auto", FULL, LADDER, 200, TIMES4, available, COARSER_LADDER)
+
+    assert plan(1000.0).mode == "full" and plan(400.0).mode == "coarse-to-fine"
+    only = plan(250.0)  # 225 s to fill: only the coarser ladder fits, uncut
+    assert only.mode == "coarser" and only.steps == 200 and not only.cut
+    assert only.phases == [Phase((64, 64), 160), Phase((96, 96), 20), Phase((160, 160), 10), Phase(FULL, 10)]
+    assert only.estimated_seconds == pytest.approx(165.0)
+    cut = plan(100.0)  # nothing fits: the coarsest ladder, cut
+    assert cut.mode == "coarser" and cut.cut and cut.phases[0].size == (64, 64)
+    assert TIMES4.cost(spread(COARSER_LADDER, cut.steps + 1)) > 90.0 >= cut.estimated_seconds
+    forced = plan_batch("coarser", FULL, LADDER, 200, TIMES4, 1000.0, COARSER_LADDER)
+    assert forced.mode == "coarser" and forced.steps == 200, "a forced ladder runs even when full size fits"
+    assert plan_batch("coarser", FULL, LADDER, 200, None, None, COARSER_LADDER).mode == "coarser"
+    assert plan_batch("coarse-to-fine", FULL, LADDER, 200, TIMES4, 1000.0, COARSER_LADDER).mode == "coarse-to-fine"
+    # without a distinct coarser ladder (same sizes as coarse-to-fine) auto cuts coarse-to-fine as before
+    same = [((96, 96), 0.95), (FULL, 0.05)]
+    assert [n for n, _ in ladders(FULL, same, same)] == ["full", "coarse-to-fine"]
+    assert plan_batch("coarser", FULL, same, 200, None, None, same).mode == "coarse-to-fine"
+    assert plan_batch("auto", FULL, same, 200, TIMES4, 100.0, same).mode == "coarse-to-fine"
+
+
+def test_coarser_ladder_starts_at_the_smallest_grid(grid8_tower) -> None:
+    from open_clip.modified_resnet import ModifiedResNet
+
+    rn = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=16, heads=2, image_size=224, width=8)
+    assert [s for s, _ in ladder(rn, FULL)] == [(96, 96), (128, 128), FULL]
+    assert [s for s, _ in ladder(rn, FULL, COARSER)] == [(64, 64), (96, 96), (128, 128), FULL]  # RN50's grid
+    assert [p.record() for p in spread(ladder(rn, FULL, COARSER), 200)] == \
+        [[64, 64, 160], [96, 96, 20], [128, 128, 10], [224, 224, 10]]
+    assert [s[0] for s, _ in ladder(grid8_tower.visual, (64, 64), COARSER)] == [16, 24, 32, 64]
+
+
+def test_coarser_synthesis_is_recorded_forced_or_as_auto_fallback(grid8_tower) -> None:
+    objective = text_guided_objective(grid8_tower, np.eye(16, dtype=np.float32)[:4])
+    forced = synthesise(grid8_tower, 4, objective, seed=1, config=SynthesisConfig(batch_size=4, steps=20,
+                                                                                  resolution="coarser"))
+    info = forced.info
+    assert forced.images.shape == (4, 3, 64, 64)
+    assert info["schedule"] == [[[16, 16, 16], [24, 24, 2], [32, 32, 1], [64, 64, 1]]]
+    assert info["plan"]["resolution"] == "coarser" and info["plan"]["modes_per_batch"] == ["coarser"]
+    assert info["end"]["text_cosine"] > info["start"]["text_cosine"] + 0.02, info
+    # auto with a budget nothing fits: full -> coarse-to-fine -> coarser, then the coarser plan is cut
+    cut = synthesise(grid8_tower, 8, text_guided_objective(grid8_tower, np.eye(16, dtype=np.float32)[:8]),
+                     config=SynthesisConfig(batch_size=4, steps=20_000), time_budget=1.0).info
+    assert cut["plan_cut"] and cut["plan"]["modes_per_batch"] == ["coarser", "coarser"]
+    assert cut["schedule"][0][0][:2] == [16, 16] and cut["schedule"][0][-1][:2] == [64, 64]
+    assert set(cut["plan"]["step_seconds"]) == {"16x16", "24x24", "32x32", "64x64"}
+    text = summary(cut)
+    assert "(coarser: 16px x" in text and "PLAN CUT from 20000 steps" in text, text
+
+
+def test_summary_names_the_ladder_of_every_batch_when_they_differ() -> None:
+    info = {"steps": 200, "steps_planned": [200, 200], "steps_run": [200, 200], "plan_cut": False,
+            "schedule": [[[96, 96, 160], [128, 128, 30], [224, 224, 10]],
+                         [[64, 64, 160], [96, 96, 20], [128, 128, 10], [224, 224, 10]]],
+            "plan": {"modes_per_batch": ["coarse-to-fine", "coarser"]}}
+    text = summary(info)
+    assert text.startswith("200 of 200 steps per batch (coarse-to-fine: 96px x160 -> 128px x30 -> 224px x10)")
+    assert text.endswith("; ladder per batch: coarse-to-fine, coarser") and "CUT" not in text
+
+
+def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Path) -> None:
+    from edgeclip.cli.quantize import PRECISIONS as CLI_PRECISIONS
+    from edgeclip.cli.quantize import RESOLUTIONS
+
+    assert RESOLUTIONS == MODES and CLI_PRECISIONS == PRECISIONS
+    vit = tmp_path / "vit"
+    shutil.copytree(tiny_vit_bundle, vit)
+    assert main(["-q", "quantize", str(vit), "--images", "4", "--steps", "4", "--no-cache", "--synthesis-resolution",
+                 "coarse-to-fine", "--synthesis-precision", "bf16", "--synthesis-threads", "1"]) == 0
+    calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
+    assert calib["plan"]["resolution"] == "coarse-to-fine" and calib["plan"]["precision"] == "bf16"
+    assert calib["schedule"] == [[[16, 16, 3], [32, 32, 1]]]
+    import edgeclip
+
+    with pytest.raises(OptionError, match="coarser"):
+        edgeclip.quantize(vit, synthesis_resolution="fast")
+    with pytest.raises(OptionError, match="synthesis-threads"):
+        edgeclip.quantize(vit, synthesis_threads=-1)
+    with pytest.raises(SystemExit):
+        main(["quantize", str(vit), "--synthesis-resolution", "fast"])
+
+
+def test_threads_follow_usable_cores_and_what_others_use_now(vit_tower) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    big = tower_from_module(torch.nn.Linear(3200, 3200), (1, 1), (0, 0, 0), (1, 1, 1))  # 10.2 M parameters
+    cores = usable_cores()
+    assert synthesis_threads(vit_tower) == 1 and synthesis_threads(vit_tower, 3) == 3
+    assert synthesis_threads(big) == cores, "not measured: every usable core (no stale load average)"
+    assert synthesis_threads(big, busy=float(cores)) == 1 and synthesis_threads(big, busy=0.0) == cores
+    assert synthesis_threads(big, 2, busy=float(cores)) == 2, "the user's count wins"
+    before = cpu_sample()
+    if before is None:
+        pytest.skip("no /proc/stat on this system")
+    spin = subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"],
+                          check=True)
+    assert spin.returncode == 0
+    assert busy_elsewhere(before, cpu_sample()) >= 0.4, "a spinning process is another process's work"
+    assert busy_elsewhere(before, None) is None

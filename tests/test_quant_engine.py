@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from qdq import Graph, assert_cpu_qdq, assert_tensorrt_qdq
+from qdq import Graph, assert_cpu_qdq, assert_tensorrt_qdq, output_range
 from torch import nn
 
 from edgeclip.errors import OptionError, QuantizationError
@@ -108,19 +108,18 @@ def test_array_calibration_and_max_drop_zero(tiny: tuple, tmp_path: Path) -> Non
     assert same.calibration.images is x
 
 
-def test_fold_activations_quantizes_relu6_outputs_in_their_range(tiny: tuple, tmp_path: Path) -> None:
+def test_cpu_recipe_folds_relu6_into_the_conv_output_range(tiny: tuple, tmp_path: Path) -> None:
     _, fp32 = tiny
-    recipe = dataclasses.replace(RECIPES["cpu"], fold_activations=True)
-    made = quantize_model(fp32, tmp_path / "fold.onnx", recipe, "noise", preprocess=PRE, images=8, progress=False)
+    made = quantize_model(fp32, tmp_path / "fold.onnx", "cpu", "noise", preprocess=PRE, images=8, progress=False)
     g = Graph(made.path)
-    assert len(g.of("Clip")) == 0, "the ReLU6 after a quantized Conv folds into the Conv's output quantizer"
-    for conv in g.of("Conv")[:1]:  # the stem: Conv -> ReLU6
-        q = next(r for r in g.consumers[conv.output[0]] if r.op_type == "QuantizeLinear")
-        lo = -float(g.array(q.input[2])) * float(g.array(q.input[1]))
-        hi = (255 - float(g.array(q.input[2]))) * float(g.array(q.input[1]))
+    assert len(g.of("Clip")) == 0, "each ReLU6 after a quantized Conv folds into the Conv's output quantizer"
+    for conv in g.of("Conv")[:2]:  # the stem and the depthwise Conv: Conv -> ReLU6
+        lo, hi = output_range(g, conv)
         assert lo >= -1e-6 and hi <= 6.0 + 1e-3, f"range [{lo}, {hi}] is the activation's [0, 6] or inside it"
-    assert made.record["settings"]["fold_activations"] is True
-    assert "fold_activations" not in RECIPES["cpu"].record(), "bundle records are unchanged"
+    assert made.record["settings"]["fold_activations"] == ["Clip"]
+    unfolded = dataclasses.replace(RECIPES["cpu"], fold_activations=())
+    plain = quantize_model(fp32, tmp_path / "plain.onnx", unfolded, made.calibration, progress=False)
+    assert len(Graph(plain.path).of("Clip")) == 2 and "fold_activations" not in plain.record["settings"]
 
 
 def test_clear_errors(tiny: tuple, tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ import numpy as np
 import onnx
 import pytest
 
-from qdq import WEIGHTED, Graph, assert_cpu_qdq, assert_quantized_exactly
+from onnx import TensorProto, helper, numpy_helper
+from qdq import WEIGHTED, Graph, assert_cpu_qdq, assert_quantized_exactly, assert_tensorrt_qdq, output_range
 
 from edgeclip.bundle import load_bundle
+from edgeclip.errors import OptionError
 from edgeclip.quant.agreement import compare, run_onnx
-from edgeclip.quant.recipes import RECIPES, prepare_fp32, quantize_onnx, weighted_nodes
+from edgeclip.quant.recipes import RECIPES, Recipe, prepare_fp32, quantize_onnx, ranges_cache_name, weighted_nodes
 from edgeclip.quant.synthetic import noise_images
 
 
@@ -202,3 +204,98 @@ def test_probe_switches_layers_on_and_off(built: dict, tmp_path: Path) -> None:
         return compare(ref, probe.run(images, on, others=bool(on)), labels, 100.0)["top1_agreement"]
 
     assert top1(k) == 1.0 and (k == 0 or top1(k - 1) < 1.0), "k is the smallest count that keeps every label"
+
+
+# --------------------------------------------------------------------------------------------------------
+# activation folding (cpu: bounded Clip(0, max) only)
+# --------------------------------------------------------------------------------------------------------
+def _act_net(path: Path) -> Path:
+    """Conv -> Clip(0, 6) -> Conv -> Relu -> Conv -> Clip(-1, 1) -> output: pre-activation ranges far
+    beyond the activations' (weights ~ N(0, 2))."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 2, (8, c, 3, 3)).astype(np.float32), f"w{i}")
+             for i, c in enumerate((3, 8, 8))]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+              (("zero", 0.0), ("six", 6.0), ("minus1", -1.0), ("one", 1.0))]
+    pads = helper.make_attribute("pads", [1, 1, 1, 1])
+    conv = [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}") for i, x in
+            enumerate(("x", "relu6", "relu"))]
+    for c in conv:
+        c.attribute.append(pads)
+    nodes = [conv[0], helper.make_node("Clip", ["c0", "zero", "six"], ["relu6"], name="relu6"),
+             conv[1], helper.make_node("Relu", ["c1"], ["relu"], name="relu"),
+             conv[2], helper.make_node("Clip", ["c2", "minus1", "one"], ["y"], name="clip11")]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def acts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    tmp = tmp_path_factory.mktemp("acts")
+    fp32 = prepare_fp32(_act_net(tmp / "acts.onnx"), tmp / "prepared.onnx")
+    return fp32, np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
+
+
+def test_cpu_recipe_folds_relu6_into_the_conv_output_quantizer(acts: tuple, tmp_path: Path) -> None:
+    fp32, images = acts
+    assert RECIPES["cpu"].fold_activations == ("Clip",)
+    out = quantize_onnx(RECIPES["cpu"], fp32, tmp_path / "cpu.onnx", images, "minmax")
+    g = assert_cpu_qdq(out, ["conv0", "conv1", "conv2"])
+    assert [n.name for n in g.of("Clip")] == ["clip11"], "Clip(0, 6) folded; Clip(-1, 1) is not ReLU6-style"
+    assert [n.name for n in g.of("Relu")] == ["relu"], "Relu stays (folding it would change ModifiedResNet towers)"
+    conv0 = next(n for n in g.nodes if n.name == "conv0")
+    lo, hi = output_range(g, conv0)
+    assert -1e-6 <= lo and hi <= 6.0 + 1e-3, f"conv0 output quantized over [{lo}, {hi}], the Clip's [0, 6]"
+    conv1 = next(n for n in g.nodes if n.name == "conv1")
+    assert output_range(g, conv1)[1] > 6.0 + 1e-3, "the unfolded Conv keeps its pre-activation range"
+    got, ref = run_onnx(out, images), run_onnx(fp32, images)
+    assert got.min() >= -1.0 - 1e-6 and got.max() <= 1.0 + 1e-6
+    cos = (got * ref).reshape(len(ref), -1).sum(-1) / np.linalg.norm(got.reshape(len(got), -1), axis=-1) / \
+        np.linalg.norm(ref.reshape(len(ref), -1), axis=-1)
+    assert cos.min() > 0.98, cos
+    no_fold = quantize_onnx(Recipe(**{**RECIPES["cpu"].__dict__, "fold_activations": ()}), fp32,
+                            tmp_path / "nofold.onnx", images, "minmax")
+    g0 = Graph(no_fold)
+    assert len(g0.of("Clip")) == 2
+    assert output_range(g0, next(n for n in g0.nodes if n.name == "conv0"))[1] > 6.0 + 1e-3, \
+        "without folding the range is the pre-activation one (what the fold fixes)"
+
+
+def test_tensorrt_recipe_folds_nothing(acts: tuple, tmp_path: Path) -> None:
+    fp32, images = acts
+    assert RECIPES["tensorrt"].fold_activations == ()
+    g = assert_tensorrt_qdq(quantize_onnx(RECIPES["tensorrt"], fp32, tmp_path / "trt.onnx", images, "minmax"),
+                            ["conv0", "conv1", "conv2"])
+    assert sorted(n.name for n in g.of("Clip") + g.of("Relu")) == ["clip11", "relu", "relu6"]
+
+
+def test_fold_activations_in_the_record_and_the_ranges_cache_key() -> None:
+    cpu, trt = RECIPES["cpu"], RECIPES["tensorrt"]
+    assert cpu.record()["fold_activations"] == ["Clip"]
+    assert "fold_activations" not in trt.record(), "records without folding are as before"
+    plain = Recipe(**{**cpu.__dict__, "fold_activations": ()})
+    assert ranges_cache_name("k", "sha", cpu, "minmax") != ranges_cache_name("k", "sha", plain, "minmax")
+    with pytest.raises(OptionError, match="fold_activations"):
+        Recipe(**{**cpu.__dict__, "fold_activations": True})
+    with pytest.raises(OptionError, match="fold_activations"):
+        Recipe(**{**cpu.__dict__, "fold_activations": ("Sigmoid",)})
+
+
+def test_probe_restores_folded_activations_when_a_layer_is_off(acts: tuple, tmp_path: Path) -> None:
+    from edgeclip.quant.sensitivity import QuantProbe
+
+    fp32, images = acts
+    int8 = quantize_onnx(RECIPES["cpu"], fp32, tmp_path / "cpu.onnx", images, "minmax")
+    assert len(Graph(int8).of("Clip")) == 1, "the ReLU6 is folded"
+    nodes = ["conv0", "conv1", "conv2"]
+    probe = QuantProbe(int8, fp32, nodes, tmp_path / "probe.onnx", RECIPES["cpu"].output_ops)
+    np.testing.assert_allclose(probe.run(images, []), run_onnx(fp32, images), rtol=1e-4, atol=1e-3,
+                               err_msg="all off is the fp32 model, its ReLU6 included")
+    on, real = probe.run(images, nodes, others=True), run_onnx(int8, images)
+    assert np.abs(on - real).max() < 0.05, "all on follows the real INT8 model"
+    # conv0 alone: its (folded) output quantizer stays on although conv1, which reads it, is off, as in the
+    # real model with conv1 and conv2 kept in fp32
+    only0 = quantize_onnx(RECIPES["cpu"], fp32, tmp_path / "only0.onnx", images, "minmax", exclude=["conv1", "conv2"])
+    assert np.abs(probe.run(images, ["conv0"], others=True) - run_onnx(only0, images)).max() < 0.01

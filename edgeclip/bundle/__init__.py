@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from .jsonfile import dumps_strict, loads_strict, read_json
 from .lock import bundle_lock, lock_path, lock_timeout, recover
-from .manifest import (LABELS_JSON, LABELS_NPY, MANIFEST, ROLES, SCHEMA_VERSION, EngineEntry, FileEntry, LabelsInfo,
-                       Manifest, ModelInfo, PreprocessInfo, QuantizationInfo, TokenizerInfo, validate_manifest)
+from .manifest import (LABELS_JSON, LABELS_NPY, MANIFEST, ROLES, SCHEMA_VERSION, FileEntry, LabelsInfo, Manifest,
+                       ModelInfo, PreprocessInfo, QuantizationInfo, TokenizerInfo, validate_manifest)
 from .onnxinfo import OnnxInfo, TensorSpec, read_onnx_info
 from .store import (Bundle, check_confined, check_encoder_io, check_external_data, file_problem, load_bundle,
                     now_iso, read_manifest, sha256_file, validate_contents, verify_files)
 from .write import BundleDraft, create_bundle, update_bundle
 
 __all__ = [
-    "LABELS_JSON", "LABELS_NPY", "MANIFEST", "ROLES", "SCHEMA_VERSION", "Bundle", "BundleDraft", "EngineEntry",
+    "LABELS_JSON", "LABELS_NPY", "MANIFEST", "ROLES", "SCHEMA_VERSION", "Bundle", "BundleDraft",
     "FileEntry", "LabelsInfo", "Manifest", "ModelInfo", "OnnxInfo", "PreprocessInfo", "QuantizationInfo",
     "TensorSpec", "TokenizerInfo", "bundle_lock", "check_confined", "check_encoder_io", "check_external_data",
     "create_bundle", "dumps_strict", "file_problem", "load_bundle", "loads_strict", "lock_path", "lock_timeout",

@@ -278,7 +278,7 @@ class FileEntry:
         target = _opt_str(p, where, d, "target")
         fmt = _opt_str(p, where, d, "format")
         if role == "engine":
-            EngineEntry.check(where, d, p)
+            _check_engine(p, where, d)
         if role == "external_data" and "of" in d and not isinstance(d["of"], str):
             p.add(f"{where}.of", f"must be the name of the ONNX file it belongs to, got {_show(d['of'])}")
         return cls(name, role or "report", sha, size, precision, target, fmt, _extra(d, cls.KNOWN))
@@ -298,40 +298,21 @@ class FileEntry:
         return {**out, **self.extra}
 
 
-@dataclass(frozen=True)
-class EngineEntry:
-    """A file entry of role ``engine``: a TensorRT engine and what it was built from and for."""
-
-    name: str
-    key: str
-    source: str
-    source_sha256: str
-    tensorrt: str
-    sm: str
-    precision: str
-    batch: tuple[int, int, int]
-    dla_core: int | None = None
-
-    @staticmethod
-    def check(where: str, d: dict[str, Any], p: Problems) -> None:
-        for key in ("key", "source", "tensorrt", "sm"):
-            _str(p, f"{where}.{key}", d.get(key))
-        sha = d.get("source_sha256")
-        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-            p.add(f"{where}.source_sha256", f"must be 64 lowercase hex digits, got {_show(sha)}")
-        _str(p, f"{where}.precision", d.get("precision"), PRECISIONS)
-        batch = d.get("batch")
-        if not isinstance(batch, list) or len(batch) != 3 or not all(is_int(b) and b >= 1 for b in batch) \
-                or not batch[0] <= batch[1] <= batch[2]:
-            p.add(f"{where}.batch", f"must be [min, opt, max] with 1 <= min <= opt <= max, got {_show(batch)}")
-        if d.get("dla_core") is not None and not (is_int(d["dla_core"]) and d["dla_core"] >= 0):
-            p.add(f"{where}.dla_core", f"must be null or a non-negative integer, got {_show(d['dla_core'])}")
-
-    @classmethod
-    def of(cls, entry: FileEntry) -> EngineEntry:
-        e = entry.extra
-        return cls(entry.name, e["key"], e["source"], e["source_sha256"], e["tensorrt"], e["sm"],
-                   entry.precision or "fp32", tuple(e["batch"]), e.get("dla_core"))
+def _check_engine(p: Problems, where: str, d: dict[str, Any]) -> None:
+    """The fields of a file entry of role ``engine``: a TensorRT engine and what it was built from and for."""
+    for key in ("key", "source", "tensorrt", "sm"):
+        _str(p, f"{where}.{key}", d.get(key))
+    sha = d.get("source_sha256")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        p.add(f"{where}.source_sha256", f"must be 64 lowercase hex digits, got {_show(sha)}")
+    if "precision" not in d:  # a present one is checked with every file entry's fields
+        _str(p, f"{where}.precision", None, PRECISIONS)
+    batch = d.get("batch")
+    if not isinstance(batch, list) or len(batch) != 3 or not all(is_int(b) and b >= 1 for b in batch) \
+            or not batch[0] <= batch[1] <= batch[2]:
+        p.add(f"{where}.batch", f"must be [min, opt, max] with 1 <= min <= opt <= max, got {_show(batch)}")
+    if d.get("dla_core") is not None and not (is_int(d["dla_core"]) and d["dla_core"] >= 0):
+        p.add(f"{where}.dla_core", f"must be null or a non-negative integer, got {_show(d['dla_core'])}")
 
 
 @dataclass(frozen=True)
@@ -488,11 +469,6 @@ class Manifest:
     def with_role(self, role: str) -> dict[str, FileEntry]:
         """Entries whose role is ``role``."""
         return {n: e for n, e in self.files.items() if e.role == role}
-
-    @property
-    def engines(self) -> dict[str, EngineEntry]:
-        """Recorded TensorRT engines by file name."""
-        return {n: EngineEntry.of(e) for n, e in self.with_role("engine").items()}
 
     def encoders(self) -> Iterator[FileEntry]:
         """Entries of the image and text encoders (every precision and target)."""

@@ -2,7 +2,7 @@
 
 Command modules import heavy dependencies (torch, onnx) inside their handlers, so ``edgeclip classify``
 never loads torch. Exit status: 0 success, 1 some inputs failed (reported per item), 2 usage or
-user-facing error, 130 interrupted.
+user-facing error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from .. import __version__
@@ -43,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so that a run stops the same clean way."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
@@ -51,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # third-party libraries log at WARNING and above; edgeclip's own loggers at the chosen level
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("edgeclip").setLevel(level)
+    if threading.current_thread() is threading.main_thread():
+        # `kill`/`timeout` end a run like Ctrl-C: temporary files and bundle swaps are cleaned up on the way out
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
     except EdgeclipError as exc:
@@ -73,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout is not a real file (embedded use)
             pass
         return 0
-    except KeyboardInterrupt:
-        print(f"edgeclip {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"edgeclip {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 

@@ -24,7 +24,7 @@ def add_backend_options(p: argparse.ArgumentParser, precision_default: str = "fp
     g.add_argument("--precision", choices=("auto", "fp32", "int8", "bf16"), default=precision_default,
                    help=f"image encoder precision (default {precision_default}; auto: the device profile's; bf16: "
                         f"OpenVINO on CPUs with AVX512_BF16/AMX)")
-    g.add_argument("--target", choices=("cpu", "tensorrt"), default=None,
+    g.add_argument("--target", choices=("cpu", "tensorrt", "openvino"), default=None,
                    help="INT8 recipe to use (default: the one made for the chosen backend)")
     g.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "openvino"), default="auto",
                    help="inference backend (default auto: the profile's order; tensorrt needs `edgeclip build`; "

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: ``edgeclip.quant.budget.MODES`` and ``PRECISIONS`` (not imported: the CLI starts without the export extra)
+RESOLUTIONS = ("auto", "full", "coarse-to-fine", "coarser")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", default="text-guided", metavar="SOURCE",
                    help="calibration images: noise (noise:uniform), bn-stats or bn-stats:priors (ResNet "
                         "towers), text-guided (default), or real:DIR")
-    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
-                   help="INT8 recipe: cpu (ONNX Runtime CPU kernels, U8S8) or tensorrt (symmetric S8S8 Q/DQ)")
+    p.add_argument("--target", choices=("cpu", "tensorrt", "openvino"), default="cpu",
+                   help="INT8 recipe: cpu (ONNX Runtime CPU kernels, U8S8), tensorrt (symmetric S8S8 Q/DQ) or "
+                        "openvino (U8S8 per-channel, residual adds and pools in INT8 too)")
     p.add_argument("--images", type=int, default=64, metavar="N", help="calibration images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration images (default 0)")
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default=None,
@@ -29,6 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="optimisation steps per synthetic batch (default 200; fewer is faster, rougher)")
     p.add_argument("--device", default="cpu", help="torch device for synthesis: cpu (default) or cuda")
+    p.add_argument("--synthesis-resolution", choices=RESOLUTIONS, default="auto",
+                   help="resolution plan of synthesis: auto (default: every step at full size if that fits "
+                        "--time-budget, else coarse-to-fine, else coarser, else cut), full, coarse-to-fine "
+                        "(most steps at a reduced size, the last at full size) or coarser (an extra first "
+                        "phase at the smallest size the tower supports); a forced plan is still cut to fit")
+    p.add_argument("--synthesis-precision", choices=PRECISIONS, default="auto",
+                   help="autocast precision of synthesis (default auto: bf16 on CUDA GPUs that support it and "
+                        "on CPUs with AMX, else fp32)")
+    p.add_argument("--synthesis-threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads for synthesis (default 0: the usable cores less those other "
+                        "processes keep busy, re-checked before every batch; 1 for small models)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not read or write the calibration cache in <bundle>/.work")
     p.set_defaults(handler=run)
@@ -44,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[quantize] {m}", file=sys.stderr))
     rec = quantize(args.bundle, args.target, args.calib, images=args.images, seed=args.seed,
                    calib_method=args.calib_method, max_drop=args.max_drop, time_budget=args.time_budget,
-                   cache=not args.no_cache, steps=args.steps, device=args.device, progress=not args.quiet, step=say)
+                   cache=not args.no_cache, steps=args.steps, device=args.device,
+                   synthesis_resolution=args.synthesis_resolution, synthesis_precision=args.synthesis_precision,
+                   synthesis_threads=args.synthesis_threads, progress=not args.quiet, step=say)
     a, c = rec["agreement"], rec["calibration"]
     excluded = f", {len(rec['excluded_nodes'])} layers kept in fp32" if rec["excluded_nodes"] else ""
     synthesis = f" (synthesis: {c['summary']}{', cached' if c.get('cached') else ''})" if c.get("summary") else ""

@@ -20,7 +20,7 @@ BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", 
 #: OpenVINO performance hints: one request per batch (latency), a batch split over parallel streams
 #: (throughput), or latency for single images and throughput for batches (auto)
 OPENVINO_HINTS = ("auto", "latency", "throughput")
-INT8_TARGETS = ("tensorrt", "cpu")
+INT8_TARGETS = ("tensorrt", "cpu", "openvino")
 
 
 @dataclass(frozen=True)

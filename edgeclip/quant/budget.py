@@ -1,17 +1,19 @@
 """Planning synthetic calibration to fit a time budget: which resolutions, how many steps, and whether cut.
 
 Synthesis optimises the calibration images batch by batch. Before the first batch, one step is timed at
-every size of the tower's coarse-to-fine ladder (``resolution.ladder``); ``plan_batch`` then chooses, for
-each batch and the time left for it, the steps at each size:
+every size of the tower's ladders (``resolution.ladder``); ``plan_batch`` then chooses, for each batch and
+the time left for it, the steps at each size:
 
 * ``full``: every step at full size (the original synthesis);
 * ``coarse-to-fine``: most steps at a reduced size, the image upsampled (bicubic) between phases, the last
   steps at full size (``resolution.COARSE_TO_FINE``);
-* ``auto`` (default): ``full`` when it fits the time left, else ``coarse-to-fine``.
+* ``coarser``: an extra first phase at the smallest grid the tower supports, then the coarse-to-fine
+  phases (``resolution.COARSER``);
+* ``auto`` (default): the first of ``full``, ``coarse-to-fine``, ``coarser`` that fits the time left.
 
-When even that does not fit, the plan is *cut*: the largest step count that fits, spread over the same
-phases, and the record says so (``plan_cut``). Step times are re-measured while the batches run, so a
-machine that gets busier or idler is followed from one batch to the next. Without a time budget the plan
+When even the coarsest does not fit, the plan is *cut*: the largest step count that fits, spread over the
+coarsest ladder's phases, and the record says so (``plan_cut``). Step times are re-measured while the
+batches run, so a machine that gets busier or idler is followed from one batch to the next. Without a time budget the plan
 is the configured schedule, untouched (deterministic images).
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from ..errors import OptionError
 
-MODES = ("auto", "full", "coarse-to-fine")
+MODES = ("auto", "full", "coarse-to-fine", "coarser")
+Ladder = list[tuple[tuple[int, int], float]]
 #: Share of the time left that a plan may fill: step times vary under load; the deadline is a hard stop.
 SAFETY = 0.9
 
@@ -106,23 +109,46 @@ def _fit(ladder: list[tuple[tuple[int, int], float]], steps: int, times: StepTim
     return lo
 
 
-def plan_batch(mode: str, full_size: tuple[int, int], ladder: list[tuple[tuple[int, int], float]], steps: int,
-               times: StepTimes | None, available: float | None) -> BatchPlan:
+def ladders(full_size: tuple[int, int], ladder: Ladder, coarser: Ladder | None = None) -> list[tuple[str, Ladder]]:
+    """The distinct ladders ``auto`` tries, in order: ``full``, ``coarse-to-fine`` (``ladder``, when it has a
+    reduced size), ``coarser`` (when it differs from ``ladder``)."""
+    full: Ladder = [((int(full_size[0]), int(full_size[1])), 1.0)]
+    out = [("full", full)]
+    if len(ladder) > 1:
+        out.append(("coarse-to-fine", ladder))
+    if coarser and len(coarser) > 1 and [s for s, _ in coarser] != [s for s, _ in out[-1][1]]:
+        out.append(("coarser", coarser))
+    return out
+
+
+def ladder_of(mode: str, full_size: tuple[int, int], ladder: Ladder,
+              coarser: Ladder | None = None) -> tuple[str, Ladder]:
+    """(name, phases) a forced ``mode`` runs: the nearest finer ladder where the tower has no such one
+    (e.g. ``coarser`` on a tower whose smallest grid is already the coarse-to-fine one)."""
+    check_mode(mode)
+    options = ladders(full_size, ladder, coarser)
+    order = ("full", "coarse-to-fine", "coarser")
+    wanted = order.index(mode) if mode in order else 0
+    return [o for o in options if order.index(o[0]) <= wanted][-1]
+
+
+def plan_batch(mode: str, full_size: tuple[int, int], ladder: Ladder, steps: int,
+               times: StepTimes | None, available: float | None, coarser: Ladder | None = None) -> BatchPlan:
     """The phases of one batch given ``available`` seconds for it (None: no budget, the configured plan).
 
-    ``ladder``: the tower's coarse-to-fine phases (``resolution.ladder``); ``times``: measured step times at
-    every size of the ladder and at full size.
+    ``ladder``: the tower's coarse-to-fine phases (``resolution.ladder``); ``coarser``: its coarser phases
+    (``resolution.ladder(..., COARSER)``), ``auto``'s last resort before a cut; ``times``: measured step
+    times at every size of the ladders and at full size.
     """
     check_mode(mode)
-    full = [((int(full_size[0]), int(full_size[1])), 1.0)]
-    c2f = ladder if len(ladder) > 1 else full
-    if mode == "full" or (mode == "auto" and available is None):
-        chosen, name = full, "full"
-    elif mode == "coarse-to-fine":
-        chosen, name = c2f, "coarse-to-fine" if len(c2f) > 1 else "full"
+    if mode != "auto":
+        name, chosen = ladder_of(mode, full_size, ladder, coarser)
+    elif available is None or times is None:
+        name, chosen = ladder_of("full", full_size, ladder, coarser)
     else:
-        fits = times is not None and times.cost(spread(full, steps)) <= SAFETY * available
-        chosen, name = (full, "full") if fits or len(c2f) == 1 else (c2f, "coarse-to-fine")
+        options = ladders(full_size, ladder, coarser)
+        fitting = [o for o in options if times.cost(spread(o[1], steps)) <= SAFETY * available]
+        name, chosen = fitting[0] if fitting else options[-1]  # nothing fits: the coarsest, cut below
     if available is None or times is None:
         return BatchPlan(name, spread(chosen, steps), steps)
     budget = SAFETY * available
@@ -147,9 +173,13 @@ def summary(info: dict[str, Any]) -> str:
     got = f"{lo}" if lo == hi else f"{lo}-{hi}"
     text = f"{got} of {steps} steps per batch"
     sched = info.get("schedule") or []
+    modes = (info.get("plan") or {}).get("modes_per_batch") or []
     if sched and any(len(b) > 1 for b in sched):
-        first = max(sched, key=lambda phases: sum(p[2] for p in phases))  # the batch that got the most
-        text += " (" + " -> ".join(f"{h}px x{s}" for h, _w, s in first) + ")"
+        most = max(range(len(sched)), key=lambda i: sum(p[2] for p in sched[i]))  # the batch that got the most
+        name = f"{modes[most]}: " if len(modes) == len(sched) else ""
+        text += " (" + name + " -> ".join(f"{h}px x{s}" for h, _w, s in sched[most]) + ")"
+        if len(set(modes)) > 1:
+            text += "; ladder per batch: " + ", ".join(modes)
     if info.get("plan_cut"):
         need = info.get("plan", {}).get("needed_seconds")
         text += f"; PLAN CUT from {steps} steps to fit the time budget" + (f" (the full plan needs about "

@@ -201,7 +201,7 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
                    step: Callable[[str], None] | None = None) -> QuantRecord:
     """INT8 QDQ model of any fp32 ONNX image model; returns the file and its record.
 
-    ``recipe``: ``"cpu"`` or ``"tensorrt"`` (or a ``Recipe``). ``calibration``: a source (``noise``,
+    ``recipe``: ``"cpu"``, ``"tensorrt"``, ``"openvino"`` (or a ``Recipe``). ``calibration``: a source (``noise``,
     ``noise:uniform``, ``bn-stats``, ``bn-stats:priors``, ``real:DIR``), a made ``CalibrationSet``, or a
     float32 array [N, 3, H, W] of model input. ``torch_model``: the torch twin for the synthetic sources;
     ``preprocess``: the model's input (``PreprocessConfig`` or dict with size, mean, std) for every source
@@ -247,7 +247,7 @@ def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], 
 
     say(f"INT8 changes the label of more than {max_drop:g}% of the calibration images: measuring the "
         f"sensitivity of {len(nodes)} layers")
-    probe = QuantProbe(tmp / "int8.onnx", fp32, nodes, tmp / "probe.onnx")
+    probe = QuantProbe(tmp / "int8.onnx", fp32, nodes, tmp / "probe.onnx", recipe.output_ops)
     subset = images[:SENSITIVITY_IMAGES]
     with tqdm(total=len(nodes), desc="sensitivity", unit="layer", disable=not progress, dynamic_ncols=True,
               mininterval=0.5) as bar:
@@ -267,4 +267,5 @@ def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], 
         agreement = compare(reference, run_onnx(out, images), labels, scale)
         if drop_points(agreement) <= max_drop + 1e-9:
             return excluded, agreement, [s.record() for s in ranking]
-        k = max(k + 1, int(k * 1.5))  # the probe was optimistic: confirm on the real model with more layers
+        # the probe was optimistic: confirm on the real model with more layers, up to all but one
+        k = len(order) if k >= len(order) - 1 else min(max(k + 1, int(k * 1.5)), len(order) - 1)

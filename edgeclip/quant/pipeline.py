@@ -48,6 +48,15 @@ class QuantizeOptions:
     cache: bool = True
     steps: int | None = None
     device: str = "cpu"
+    synthesis_resolution: str = "auto"  # auto | full | coarse-to-fine | coarser (``edgeclip.quant.budget``)
+    synthesis_precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast
+    synthesis_threads: int = 0  # torch CPU threads; 0 = the usable cores less those other processes keep busy
+
+    def synthesis_config(self) -> SynthesisConfig:
+        """The synthesis settings these options ask for."""
+        return SynthesisConfig(device=self.device, resolution=self.synthesis_resolution,
+                               precision=self.synthesis_precision, threads=self.synthesis_threads,
+                               **({"steps": self.steps} if self.steps else {}))
 
     def check(self) -> CalibSource:
         """Validate; returns the parsed calibration source."""
@@ -63,6 +72,9 @@ class QuantizeOptions:
                               "(e.g. --max-drop 1 allows 1% of the calibration images to change label)")
         if self.steps is not None and self.steps < 1:
             raise OptionError("--steps must be >= 1")
+        if self.synthesis_threads < 0:
+            raise OptionError("--synthesis-threads must be >= 0 (0: chosen for the machine)")
+        self.synthesis_config().check()
         return CalibSource.parse(self.calib)
 
 
@@ -75,7 +87,7 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
     method = opts.calib_method or recipe.calib_method
     bundle = load_bundle(path)
     t0 = time.monotonic()
-    config = SynthesisConfig(device=opts.device, **({"steps": opts.steps} if opts.steps else {}))
+    config = opts.synthesis_config()
     calib = calibration_set(bundle, source, opts.images, opts.seed, opts.time_budget, config, opts.cache,
                             progress, say)
     _, labels = bundle.labels()

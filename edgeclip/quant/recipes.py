@@ -16,7 +16,19 @@ see a Q/DQ pair). What is checked without TensorRT is asserted by ``tests/test_q
 static QDQ with U8 (asymmetric) activations and S8 weights; Conv inputs and outputs quantized so ORT fuses
 ``QLinearConv``, MatMul/Gemm inputs quantized and outputs float so ORT fuses ``MatMulIntegerToFloat``;
 per-channel weights for Conv and per-tensor for MatMul/Gemm; 7-bit weights (``reduce_range``) so AVX2
-CPUs without VNNI cannot saturate their 16-bit intermediate sums.
+CPUs without VNNI cannot saturate their 16-bit intermediate sums. A bounded activation ``Clip(0, max)``
+(ReLU6) that alone reads a quantized Conv output is folded into that output's quantizer
+(``fold_activations``): the U8 range is the activation's ``[0, max]`` rather than the pre-activation range,
+and ONNX Runtime drops the Clip (measured on EfficientNet-Lite0: docs/quantization.md). The CLIP towers
+have no Clip after a Conv (ViT: GELU; ModifiedResNet: Relu), so their INT8 files are unaffected.
+
+``openvino``: the fastest accurate recipe for OpenVINO's CPU plugin (measured against NNCF's own INT8 in
+``scripts/bench_openvino.py``; docs/quantization.md): U8 (asymmetric) activations and S8 symmetric
+per-channel weights, Q/DQ on the *inputs* only (OpenVINO fuses the rest), and beyond the weighted layers
+also on the inputs of the residual adds of feature maps (an ``Add`` of two rank-4 activations) and of the
+``AveragePool`` layers (``activation_ops``), so that a ResNet runs INT8 from one convolution to the next:
+without them, the ModifiedResNet's adds and anti-aliasing pools ran in fp32 between INT8 convolutions.
+A ViT has no such adds or pools, so its ``openvino`` file differs from ``cpu``/``tensorrt`` only in types.
 """
 from __future__ import annotations
 
@@ -37,9 +49,11 @@ from ..errors import OptionError, QuantizationError
 
 log = logging.getLogger("edgeclip.quant")
 
-TARGETS = ("cpu", "tensorrt")
+TARGETS = ("cpu", "tensorrt", "openvino")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+#: activations a recipe may fold into the quantizer of the output they read (``Recipe.fold_activations``)
+FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
 
 
 @dataclass(frozen=True)
@@ -58,16 +72,30 @@ class Recipe:
     calib_method: str  # the measured default
     op_types: tuple[str, ...] = WEIGHTED_OPS
     percentile: float = 99.999
-    #: a Relu/Clip that alone reads a quantized output is folded into its quantizer (the output range is
-    #: the activation's, e.g. [0, 6] for ReLU6, instead of the pre-activation range)
-    fold_activations: bool = False
+    #: op types (among ``FOLDABLE_ACTIVATIONS``) of the activations folded into the quantizer of the
+    #: quantized output they alone read: the output range is the activation's, e.g. [0, 6] for ReLU6,
+    #: instead of the pre-activation range (a Clip only when bounded below by 0: ``foldable_activations``)
+    fold_activations: tuple[str, ...] = ()
+    #: unweighted op types whose activation inputs are quantized too (``activation_nodes``: residual adds
+    #: of feature maps, average pools), for backends that run them in INT8 between INT8 layers
+    activation_ops: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        fold = self.fold_activations
+        if isinstance(fold, (str, bool)) or not set(fold) <= set(FOLDABLE_ACTIVATIONS):
+            raise OptionError(f"fold_activations is a tuple of op types among {FOLDABLE_ACTIVATIONS}, not {fold!r}")
+        object.__setattr__(self, "fold_activations", tuple(fold))
 
     def record(self) -> dict[str, Any]:
         """The recipe as recorded in the manifest."""
         d = asdict(self)
         d["op_types"] = list(self.op_types)
-        if not self.fold_activations:  # recorded only where used: bundle records stay as they were
+        d["fold_activations"] = list(self.fold_activations)
+        if not self.fold_activations:  # recorded only where used: records without folding stay as they were
             d.pop("fold_activations")
+        d["activation_ops"] = list(self.activation_ops)
+        if not self.activation_ops:
+            d.pop("activation_ops")
         return d
 
 
@@ -75,9 +103,14 @@ RECIPES: dict[str, Recipe] = {
     "tensorrt": Recipe("tensorrt-qdq-s8s8-symmetric-per-channel", "tensorrt", "int8", True, "all", False,
                        output_ops=(), quantize_bias=False, float_consumers_read_float=True,
                        calib_method="percentile"),
+    # Relu is not folded: the ModifiedResNet CLIP towers have Conv -> Relu, so folding it would change the
+    # CLIP proxies' INT8 files (and their measured tables); Clip(0, 6) (ReLU6) never follows a Conv in them.
     "cpu": Recipe("cpu-qdq-u8s8-7bit", "cpu", "uint8", False, "conv", True,
                   output_ops=("Conv",), quantize_bias=True, float_consumers_read_float=False,
-                  calib_method="percentile"),
+                  calib_method="percentile", fold_activations=("Clip",)),
+    "openvino": Recipe("openvino-qdq-u8s8-per-channel", "openvino", "uint8", False, "all", False,
+                       output_ops=(), quantize_bias=False, float_consumers_read_float=True,
+                       calib_method="percentile", activation_ops=("Add", "AveragePool")),
 }
 
 #: Alternatives measured for the CPU target (scripts/compare_cpu_recipes.py); not used by default.
@@ -148,6 +181,26 @@ def weighted_nodes(model: Any, op_types: Sequence[str] = WEIGHTED_OPS) -> list[s
             continue
         if node.input[1] in inits or node.input[1] in consts:
             out.append(node.name)
+    return out
+
+
+def activation_nodes(model: Any, op_types: Sequence[str]) -> list[str]:
+    """Names of the unweighted nodes of ``op_types`` whose activation inputs a recipe quantizes too: an
+    ``Add`` only when it adds two rank-4 activations (a residual add of feature maps, not a bias or a
+    transformer's residual), any other type (``AveragePool``) always. Ranks come from the shape inference
+    of ``prepare_fp32``."""
+    g = model.graph
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]
+             if v.type.tensor_type.HasField("shape")}
+    out = []
+    for node in g.node:
+        if node.op_type not in op_types or not node.name:
+            continue
+        if node.op_type == "Add" and not (len(node.input) == 2 and all(i not in consts and ranks.get(i) == 4
+                                                                       for i in node.input)):
+            continue
+        out.append(node.name)
     return out
 
 
@@ -238,9 +291,14 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
                                          if by_name[n].op_type == "Conv"}
     op_types = list(recipe.op_types)
     if recipe.fold_activations:
-        folded = foldable_activations(model, [n for n in selected if n in set(_by_type(model, recipe.output_ops))])
+        folded = foldable_activations(model, [n for n in selected if n in set(_by_type(model, recipe.output_ops))],
+                                      recipe.fold_activations)
         selected = selected + folded
         op_types += sorted({n.op_type for n in model.graph.node if n.name in set(folded)})
+    if recipe.activation_ops:
+        selected = selected + activation_nodes(model, recipe.activation_ops)
+        op_types += list(recipe.activation_ops)
+        extra["ForceQuantizeNoInputCheck"] = True  # a pool reading a float tensor gets its input quantized too
     act = QuantType.QInt8 if recipe.activation_type == "int8" else QuantType.QUInt8
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="edgeclip-quant-") as tmp:
@@ -278,16 +336,47 @@ def _by_type(model: Any, op_types: Sequence[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in op_types]
 
 
-def foldable_activations(model: Any, producers: Sequence[str]) -> list[str]:
-    """Names of the Relu/Clip nodes that are the only reader of the output of one of ``producers``."""
+def foldable_activations(model: Any, producers: Sequence[str],
+                         op_types: Sequence[str] = FOLDABLE_ACTIVATIONS) -> list[str]:
+    """Names of the ``op_types`` activations that are the only reader of the output of one of ``producers``.
+
+    A Clip qualifies only when bounded below by exactly 0 (ReLU6-style ``Clip(0, max)``, constant bounds):
+    folding removes it and relies on the U8 quantizer's range, which always starts at 0 or below, so any
+    other lower bound would no longer be applied.
+    """
     names = set(producers)
     producer = {o: n.name for n in model.graph.node for o in n.output}
     readers: dict[str, int] = {}
     for n in model.graph.node:
         for i in n.input:
             readers[i] = readers.get(i, 0) + 1
-    return [n.name for n in model.graph.node if n.op_type in ("Relu", "Clip") and n.name and n.input
-            and producer.get(n.input[0]) in names and readers.get(n.input[0]) == 1]
+    consts = _constants(model)
+    return [n.name for n in model.graph.node if n.op_type in op_types and n.op_type in FOLDABLE_ACTIVATIONS
+            and n.name and n.input and producer.get(n.input[0]) in names and readers.get(n.input[0]) == 1
+            and (n.op_type != "Clip" or _clip_min(n, consts) == 0.0)]
+
+
+def _constants(model: Any) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs of ``model``, as arrays."""
+    from onnx import numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                out[n.output[0]] = numpy_helper.to_array(value)
+    return out
+
+
+def _clip_min(node: Any, consts: dict[str, np.ndarray]) -> float | None:
+    """The constant lower bound of a Clip node (None when absent or not constant)."""
+    attr = next((a.f for a in node.attribute if a.name == "min"), None)  # opset < 11
+    if attr is not None:
+        return float(attr)
+    if len(node.input) > 1 and node.input[1] in consts and consts[node.input[1]].size == 1:
+        return float(consts[node.input[1]].reshape(()))
+    return None
 
 
 def reconnect_float_consumers(model: Any, quantized: set[str]) -> None:
@@ -330,6 +419,11 @@ def ranges_cache_name(calib_key: str, fp32_sha: str, recipe: Recipe, method: str
     """File name (in the bundle's ``.work``) of the calibrated ranges for this set, model, recipe, method."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps([calib_key, fp32_sha, recipe.activation_symmetric, list(recipe.op_types),
-                                   method, recipe.percentile, __version__]).encode()).hexdigest()[:16]
+    key = [calib_key, fp32_sha, recipe.activation_symmetric, list(recipe.op_types), method, recipe.percentile,
+           __version__]
+    if recipe.fold_activations:  # folding calibrates the activations' outputs too
+        key.append(sorted(recipe.fold_activations))
+    if recipe.activation_ops:  # so do the inputs of these
+        key.append(sorted(recipe.activation_ops))
+    h = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     return f"ranges-{h}.json"

@@ -19,6 +19,12 @@ from typing import Any, Iterator
 #: Each entry: (share of the full token grid per side, share of the steps). ViT-B/32 and RN50 at 224 px
 #: (7x7 grid): 160 steps at 96 px, 30 at 128 px, 10 at 224 px.
 COARSE_TO_FINE = ((0.4, 0.8), (0.55, 0.15), (1.0, 0.05))
+#: The coarser schedule (``coarser`` mode; ``auto`` falls back to it when coarse-to-fine does not fit the
+#: time left): a first phase at the smallest grid the tower supports (scale 0: ``MIN_GRID`` tokens per side)
+#: before the coarse-to-fine phases, the last 5% of the steps at full size as there. Shares chosen from
+#: measured RN50 step times (docs/quantization.md, "Faster synthesis"). ViT-B/32 and RN50 at 224 px: 160 steps
+#: at 64 px (2x2 grid), 20 at 96 px, 10 at 128 px, 10 at 224 px.
+COARSER = ((0.0, 0.8), (0.4, 0.1), (0.55, 0.05), (1.0, 0.05))
 #: Smallest token grid (per side) a reduced size may give.
 MIN_GRID = 2
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from .agreement import compare, drop_points
+from .recipes import FOLDABLE_ACTIVATIONS
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -48,7 +49,10 @@ class LayerSensitivity:
 class QuantProbe:
     """Fake-quant model where the quantization of each weighted layer is switched per run."""
 
-    def __init__(self, qdq_path: Path, fp32_path: Path, nodes: Sequence[str], out_path: Path) -> None:
+    def __init__(self, qdq_path: Path, fp32_path: Path, nodes: Sequence[str], out_path: Path,
+                 output_ops: Sequence[str] = ()) -> None:
+        """``output_ops``: op types whose outputs the recipe quantizes (``Recipe.output_ops``): a quantizer
+        between such a layer and a weighted layer reading it is on when either of the two is."""
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
@@ -76,8 +80,33 @@ class QuantProbe:
                                              name=f"edgeclip_probe_gather_{len(conds)}"))
             return conds[owner]
 
+        def either(a: str, b: str) -> str:
+            key = f"{a}\n{b}"
+            if key not in conds:
+                ca, cb = cond_for(a), cond_for(b)
+                conds[key] = f"edgeclip_probe_on_{len(conds)}"
+                head.append(helper.make_node("Or", [ca, cb], [conds[key]], name=f"edgeclip_probe_or_{len(conds)}"))
+            return conds[key]
+
         body: list[Any] = []
         switched = 0
+        qnames = {n.name for n in q.graph.node}
+        unfolded: dict[str, str] = {}
+
+        def unfold(act: Any, name: str) -> str:
+            """The fp32 activation ``act`` that the quantizer folded away, re-applied to ``name`` (in the INT8
+            graph the pre-activation tensor carries the activation's output name)."""
+            if name not in unfolded:
+                for extra in act.input[1:]:
+                    if extra and extra in finits and extra not in qinits:
+                        q.graph.initializer.append(finits[extra])
+                        qinits.add(extra)
+                unfolded[name] = f"{name}__unfolded"
+                copy = helper.make_node(act.op_type, [name, *act.input[1:]], [unfolded[name]],
+                                        name=f"edgeclip_probe_unfold_{len(unfolded)}")
+                copy.attribute.extend(act.attribute)
+                body.append(copy)
+            return unfolded[name]
         for node in q.graph.node:
             if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
                 ref = fnodes.get(node.name)
@@ -99,14 +128,22 @@ class QuantProbe:
                         if copy.name not in qinits:
                             q.graph.initializer.append(copy)
                             qinits.add(copy.name)
-                    if node.name in self.index:
-                        owner = node.name
-                    elif fproducer.get(float_name) in self.index:
-                        owner = fproducer[float_name]
+                    act = fnodes.get(fproducer.get(float_name, ""))
+                    if act is not None and act.name not in qnames and act.op_type in FOLDABLE_ACTIVATIONS:
+                        source = fproducer.get(act.input[0])  # folded: the quantized output is its producer's
+                        float_name = unfold(act, float_name)
                     else:
-                        owner = _OTHERS
+                        source = fproducer.get(float_name)
+                    if node.name in self.index:
+                        cond = cond_for(node.name)
+                        if source in self.index and self.op_types.get(source) in output_ops:
+                            cond = either(source, node.name)  # also the source's output quantizer
+                    elif source in self.index:
+                        cond = cond_for(source)
+                    else:
+                        cond = cond_for(_OTHERS)
                     out = f"{name}__probe_{switched}"
-                    body.append(helper.make_node("Where", [cond_for(owner), name, float_name], [out],
+                    body.append(helper.make_node("Where", [cond, name, float_name], [out],
                                                  name=f"edgeclip_probe_where_{switched}"))
                     node.input[i] = out
                     switched += 1

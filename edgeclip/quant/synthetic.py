@@ -62,7 +62,7 @@ class SynthesisConfig:
     generic_fraction: float = 0.25
     device: str = "cpu"
     threads: int = 0  # torch CPU threads; 0 = auto (see ``synthesis_threads``)
-    resolution: str = "auto"  # auto | full | coarse-to-fine (``edgeclip.quant.budget``)
+    resolution: str = "auto"  # auto | full | coarse-to-fine | coarser (``edgeclip.quant.budget``)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 autocast (``budget.choose_precision``)
 
     def check(self) -> None:
@@ -198,26 +198,70 @@ def load_torch_tower(bundle: Any) -> TorchTower:
     return tower
 
 
-def synthesis_threads(tower: TorchTower, requested: int = 0, running: int = 0) -> int:
-    """Torch CPU threads for synthesis: ``requested``, else 1 for small towers, else the idle cores.
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``), else ``os.cpu_count``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
-    ``running``: threads this process already keeps busy (they count in the load average but are not
-    somebody else's work); synthesis asks again before every batch, so it follows a machine that gets idle.
+
+@dataclass(frozen=True)
+class CpuSample:
+    """At one moment: busy CPU seconds of the cores this process may use (``/proc/stat``) and its own."""
+
+    wall: float
+    busy: float
+    own: float
+
+
+def cpu_sample() -> CpuSample | None:
+    """The CPU counters now, or None where they cannot be read (no ``/proc/stat``: not Linux)."""
+    try:
+        cores = os.sched_getaffinity(0)
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        import resource
+
+        tick = float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, OSError, ImportError, ValueError):
+        return None
+    busy = 0
+    for line in lines:
+        name, *vals = line.split()
+        if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cores and len(vals) >= 8:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in vals[:8])
+            busy += user + nice + system + irq + softirq + steal
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return CpuSample(time.monotonic(), busy / tick, r.ru_utime + r.ru_stime)
+
+
+def busy_elsewhere(before: CpuSample | None, after: CpuSample | None) -> float | None:
+    """Cores that other processes kept busy between two samples (None without both samples)."""
+    if before is None or after is None or after.wall - before.wall < 0.05:
+        return None
+    others = (after.busy - before.busy) - (after.own - before.own)
+    return max(0.0, others / (after.wall - before.wall))
+
+
+def synthesis_threads(tower: TorchTower, requested: int = 0, busy: float | None = None) -> int:
+    """Torch CPU threads for synthesis: ``requested``, else 1 for small towers, else the usable cores
+    (``usable_cores``) less those that other processes kept busy (``busy``, measured by ``busy_elsewhere``
+    over the last interval; None: not measured, every usable core).
 
     Measured on the 2-core machine while another job trained: a second thread made one forward+backward
     step of the tiny ViT 50x slower (OpenMP threads spin against the other job) and ViT-B/32 2x slower; on
-    an idle machine big towers gain from every core. Small towers (< 10 M parameters) never gain.
+    an idle machine big towers gain from every core. Small towers (< 10 M parameters) never gain. The load
+    average is not used: it lags by a minute, so a job that had just ended still cost a run its threads.
     """
     if requested > 0:
         return requested
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     params = sum(p.numel() for p in tower.encode.parameters())
     if params < 10_000_000 or cores == 1:
         return 1
-    try:
-        busy = max(0.0, os.getloadavg()[0] - running)
-    except OSError:
-        busy = 0.0
+    if busy is None:
+        return cores
     return max(1, min(cores, int(round(cores - busy))))
 
 
@@ -278,9 +322,9 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     """
     import torch
 
-    from .budget import StepTimes, choose_precision, plan_batch, schedule_record, spread
+    from .budget import StepTimes, choose_precision, ladder_of, plan_batch, schedule_record, spread
     from .priors import BatchNormStats, PatchDiversity, ViewSampler, l2_prior, total_variation, vit_blocks
-    from .resolution import at_resolution, ladder
+    from .resolution import COARSER, at_resolution, ladder
 
     cfg = config or SynthesisConfig()
     cfg.check()
@@ -296,6 +340,12 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     tower.encode.to(device)
     threads = synthesis_threads(tower, cfg.threads)
+    busy: list[float | None] = [None]
+    sample = cpu_sample() if device.type == "cpu" and not cfg.threads and threads > 1 else None
+    if sample is not None:  # what other processes use now (not the load average's last minute)
+        time.sleep(0.5)
+        busy[0] = busy_elsewhere(sample, sample := cpu_sample())
+        threads = synthesis_threads(tower, cfg.threads, busy[0])
     saved_threads = torch.get_num_threads()
     lo_np, hi_np = pixel_bounds(tower.mean, tower.std)
     lo, hi = torch.from_numpy(lo_np)[None].to(device), torch.from_numpy(hi_np)[None].to(device)
@@ -312,6 +362,7 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     threads_used = [threads]
     full_size = tuple(tower.size)
     phases_of = ladder(tower.visual, full_size) if cfg.resolution != "full" else [(full_size, 1.0)]
+    coarser_of = ladder(tower.visual, full_size, COARSER) if cfg.resolution in ("auto", "coarser") else None
     blocks = div.blocks if div else None
     times = StepTimes()
 
@@ -366,7 +417,8 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
             if hooks is not None:
                 stack.enter_context(hooks)
         def time_sizes() -> None:  # one step at every size the plans may use, smallest first
-            sizes = sorted({size for size, _ in phases_of} | {full_size}, key=lambda hw: hw[0] * hw[1])
+            sizes = sorted({size for size, _ in phases_of + (coarser_of or [])} | {full_size},
+                           key=lambda hw: hw[0] * hw[1])
             count = min(cfg.batch_size, n)
             tgt = targets[:count] if targets is not None else None
             for i, size in enumerate([sizes[0]] + sizes):  # the first one warms up
@@ -382,8 +434,9 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         if time_budget:
             time_sizes()
         for b in range(batches):
-            if b and device.type == "cpu" and not cfg.threads:
-                threads = synthesis_threads(tower, cfg.threads, running=torch.get_num_threads())
+            if b and sample is not None:  # other processes' use of the cores during the last batch
+                busy.append(busy_elsewhere(sample, sample := cpu_sample()))
+                threads = synthesis_threads(tower, cfg.threads, busy[-1])
                 if time_budget and threads != threads_used[-1]:
                     torch.set_num_threads(threads)
                     time_sizes()  # the step times of the other thread count no longer apply
@@ -393,7 +446,7 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
             count = sl.stop - sl.start
             left = (start + time_budget - time.monotonic()) / (batches - b) if time_budget else None
             plan = plan_batch(cfg.resolution, full_size, phases_of, cfg.steps, times if time_budget else None,
-                              max(0.0, left) if left is not None else None)
+                              max(0.0, left) if left is not None else None, coarser_of)
             plans.append(plan)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
             x = _init_batch(torch, count, plan.phases[0].size, cfg.init_std, gen).to(device)
@@ -447,16 +500,21 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         return {k: round(float(np.mean([r[k] for r in rows])), 6) for k in keys}
 
     planned = [p.steps for p in plans]
-    uncut = spread(phases_of if any(p.mode == "coarse-to-fine" for p in plans) else [(full_size, 1.0)], cfg.steps)
+    order = ("full", "coarse-to-fine", "coarser")  # the uncut plan of the coarsest ladder that ran
+    coarsest = max((p.mode for p in plans), key=order.index, default="full")
+    uncut = spread(ladder_of(coarsest, full_size, phases_of, coarser_of)[1], cfg.steps)
     info = {"objective": objective.name, "steps": cfg.steps, "steps_planned": planned, "steps_run": steps_run,
             "plan_cut": any(p.cut for p in plans),
             "truncated": any(r < p for r, p in zip(steps_run, planned)),
             "schedule": schedule_record(plans),
             "plan": {"resolution": cfg.resolution, "modes": sorted({p.mode for p in plans}),
+                     "modes_per_batch": [p.mode for p in plans],
                      "precision": precision, "budget": time_budget, "step_seconds": times.record(),
                      "needed_seconds": round(batches * times.cost(uncut), 1) if time_budget else None},
             "seconds": round(time.monotonic() - start, 2), "threads": max(threads_used),
-            "threads_per_batch": threads_used, "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
+            "threads_per_batch": threads_used,
+            "busy_elsewhere": [None if v is None else round(v, 2) for v in busy],
+            "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
     if info["plan_cut"] or info["truncated"]:
         need = info["plan"]["needed_seconds"]
         log.warning("the time budget (%.0f s) %s the synthesis: %d of %d steps per batch on average%s; pass a "

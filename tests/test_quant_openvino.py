@@ -1,0 +1,86 @@
+"""The ``openvino`` INT8 recipe: its Q/DQ structure on a ResNet tower, and OpenVINO choosing and running it."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from qdq import Graph, assert_quantized_exactly
+
+import edgeclip
+from edgeclip.cli import main
+from edgeclip.quant.recipes import activation_nodes, prepare_fp32
+
+pytest.importorskip("onnxruntime.quantization")
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+X86 = "x86-avx512-vnni"
+
+
+@pytest.fixture(scope="module")
+def rn_openvino(tmp_path_factory: pytest.TempPathFactory, tiny_rn_bundle: Path) -> Path:
+    """The tiny ResNet bundle with the openvino and tensorrt recipes (noise calibration)."""
+    dst = tmp_path_factory.mktemp("ov-recipe") / "rn"
+    shutil.copytree(tiny_rn_bundle, dst)
+    for target in ("openvino", "tensorrt"):
+        assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "16", "--target", target]) == 0
+    return dst
+
+
+def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: Path) -> None:
+    g = Graph(rn_openvino / "image_encoder.int8.openvino.onnx")
+    fp32 = onnx.load(str(prepare_fp32(rn_openvino / "image_encoder.onnx", tmp_path / "prep.onnx")))
+    adds = activation_nodes(fp32, ("Add",))
+    pools = activation_nodes(fp32, ("AveragePool",))
+    assert adds and pools, "the tiny ModifiedResNet has residual adds and anti-aliasing pools"
+    assert len(adds) < len([n for n in fp32.graph.node if n.op_type == "Add"]), "bias adds are not chosen"
+    weighted = {n.name for n in fp32.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                and any(i.name == n.input[1] for i in fp32.graph.initializer)}
+    assert_quantized_exactly(g, weighted)
+    for name in adds + pools:
+        node = next(n for n in g.nodes if n.name == name)
+        inputs = node.input if node.op_type == "Add" else node.input[:1]
+        assert all(g.made_by(i, "DequantizeLinear") for i in inputs), f"{name} reads a float input"
+    for q in g.of("QuantizeLinear"):
+        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
+    for node in g.quantized():
+        dq = g.producer[node.input[1]]
+        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
+        assert w.dtype == np.int8 and w.min() >= -127 and scale.ndim == 1, f"{node.name}: symmetric per-channel"
+        if len(node.input) > 2 and node.input[2]:
+            assert not g.made_by(node.input[2], "DequantizeLinear"), f"{node.name}: bias stays float"
+    allowed = {"Conv", "MatMul", "Gemm", "Add", "AveragePool"}
+    for dq in g.of("DequantizeLinear"):
+        for c in g.consumers.get(dq.output[0], []):
+            assert c.op_type in allowed and (c.op_type not in ("Add", "AveragePool") or c.name in adds + pools), \
+                f"{c.op_type} {c.name} reads a quantized copy"
+
+
+def test_a_vit_gets_no_extra_quantizers(both_int8: Path, tmp_path: Path) -> None:
+    fp32 = onnx.load(str(prepare_fp32(both_int8 / "image_encoder.onnx", tmp_path / "prep.onnx")))
+    assert activation_nodes(fp32, ("Add", "AveragePool")) == []  # transformer residuals are rank 3
+
+
+def test_record_names_the_activation_ops(rn_openvino: Path) -> None:
+    q = edgeclip.load_bundle(rn_openvino).manifest["quantization"]
+    rec = q["openvino"]
+    assert rec["file"] == "image_encoder.int8.openvino.onnx"
+    assert rec["recipe"] == "openvino-qdq-u8s8-per-channel"
+    assert rec["settings"]["activation_ops"] == ["Add", "AveragePool"]
+    assert "activation_ops" not in q["tensorrt"]["settings"]  # records of the other recipes as they were
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed: pip install 'edgeclip[openvino]'")
+def test_openvino_runs_its_own_recipe_and_agrees_with_onnxruntime(rn_openvino: Path, cifar_test: Path,
+                                                                  tmp_path: Path) -> None:
+    photos = [p for c in ("ship", "cat", "truck") for p in sorted((cifar_test / c).glob("*.jpg"))[:4]]
+    ov = edgeclip.load(rn_openvino, X86, "int8", "openvino", cache_dir=tmp_path / "cache")
+    assert ov.choice.file.name == "image_encoder.int8.openvino.onnx"
+    assert "the openvino recipe is the one made for openvino" in ov.choice.describe()
+    ort = edgeclip.load(rn_openvino, X86, "int8", "onnxruntime", target="openvino")
+    a, b = ov.embed(photos), ort.embed(photos)
+    assert float((a * b).sum(1).min()) > 0.99  # the same Q/DQ model on two runtimes
+    fp32 = edgeclip.load(rn_openvino, X86, "fp32", "onnxruntime").embed(photos)
+    assert float((a * fp32).sum(1).min()) > 0.98
