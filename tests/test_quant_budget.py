@@ -255,7 +255,7 @@ def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Pat
 
     with pytest.raises(OptionError, match="coarser"):
         edgeclip.quantize(vit, synthesis_resolution="fast")
-    with pytest.raises(OptionError, match="synthesis-threads"):
+    with pytest.raises(OptionError, match="`synthesis_threads`"):
         edgeclip.quantize(vit, synthesis_threads=-1)
     with pytest.raises(SystemExit):
         main(["quantize", str(vit), "--synthesis-resolution", "fast"])

@@ -73,7 +73,7 @@ class QuantizeOptions:
         if self.steps is not None and self.steps < 1:
             raise OptionError("--steps must be >= 1")
         if self.synthesis_threads < 0:
-            raise OptionError("--synthesis-threads must be >= 0 (0: chosen for the machine)")
+            raise OptionError("`synthesis_threads` must be >= 0 (0: chosen for the machine)")
         self.synthesis_config().check()
         return CalibSource.parse(self.calib)
 
