@@ -5,8 +5,8 @@ For each bundle: ONNX Runtime fp32 (the reference) and every INT8 file on ONNX R
 (where the CPU has it) and every INT8 file (``edgeclip.runtime.benchmark.openvino_variants``); and the peer,
 the fp32 model quantized by NNCF (``nncf.quantize`` on OpenVINO's model, ``ModelType.TRANSFORMER`` for ViTs,
 its default CPU preset) calibrated on the same kind of noise images as ``edgeclip quantize --calib noise``,
-run by the same backend class with the same hint and threads (other layers f32, as edgeclip's files), and
-once more with the other layers in bf16 (OpenVINO's default on CPUs with bf16).
+run by the same backend class with the same hint, threads and precision of the layers left in float (bf16 on
+CPUs with AVX512_BF16 or AMX, OpenVINO's default there; f32 elsewhere), as edgeclip's files.
 Everything is timed at each batch size in interleaved rounds (``edgeclip.runtime.benchmark.measure``);
 the table gives paired speed-ups vs ONNX Runtime fp32 and vs the NNCF peer, and each variant's embedding
 cosine with fp32 on 8 noise images. The NNCF model is cached in --work (keyed by the fp32 file's sha256).
@@ -28,7 +28,6 @@ import numpy as np
 
 PEER = "openvino nncf int8"
 REFERENCE = "onnxruntime fp32"
-CPU_HAS_BF16 = False
 
 
 def nncf_model(bundle: Any, work: Path, images: int) -> Path:
@@ -74,12 +73,9 @@ def bench_bundle(path: str, args: argparse.Namespace) -> dict[str, Any]:
     variants += ov_variants
     xml = nncf_model(bundle, Path(args.work), args.calib_images)
     note = f"NNCF INT8 of the fp32 ONNX ({args.calib_images} noise images), {args.hint} hint"
-    # the peer runs exactly as edgeclip's INT8 files do (same hint, threads, other layers in f32) ...
+    # the peer runs exactly as edgeclip's INT8 files do (same hint, threads, precision of the float layers)
     peer = OpenVinoBackend(xml, "CPU", "int8", args.hint, args.threads, args.cache_dir)
-    variants.append(Variant(PEER, "openvino", "int8", peer.run, "nncf", note))
-    if CPU_HAS_BF16:  # ... and with OpenVINO's own default on this CPU: the other layers in bf16
-        peer16 = OpenVinoBackend(xml, "CPU", "bf16", args.hint, args.threads, args.cache_dir)
-        variants.append(Variant(PEER + " +bf16", "openvino", "int8", peer16.run, "nncf", note + ", rest bf16"))
+    variants.append(Variant(PEER, "openvino", "int8", peer.run, "nncf", f"{note}, other layers {peer.rest_precision}"))
     h, w = bundle.preprocess["size"]
     probe = noise_images(8, (h, w), bundle.preprocess["mean"], bundle.preprocess["std"], seed=1)
     ref = variants[0].run(probe)
@@ -122,11 +118,6 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the reports as JSON")
     ap.add_argument("--png", default=None, help="write one chart per bundle (the name gets the model appended)")
     args = ap.parse_args()
-
-    from edgeclip.runtime.cpu import BF16_FLAGS, read_cpuinfo
-
-    global CPU_HAS_BF16
-    CPU_HAS_BF16 = bool(read_cpuinfo()[2] & set(BF16_FLAGS))
 
     from edgeclip.runtime.benchmark import write_png
 

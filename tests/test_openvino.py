@@ -14,7 +14,7 @@ import edgeclip
 from edgeclip.cli import main
 from edgeclip.devices.backends import backend_order
 from edgeclip.devices.catalog import get_profile
-from edgeclip.runtime.backends.openvino import check_bf16, default_cache_dir
+from edgeclip.runtime.backends.openvino import check_bf16, default_cache_dir, rest_precision
 from edgeclip.runtime.cpu import BF16_FLAGS, read_cpuinfo
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -45,6 +45,7 @@ def test_classify_equals_onnxruntime(both_int8: Path, photos: list[Path], cache:
     ort = edgeclip.load(both_int8, X86, precision, "onnxruntime", target=target)
     assert ov.encoder.name == "openvino:cpu" and ort.encoder.name == "onnxruntime:cpu"
     assert ov.choice.file == ort.choice.file and ov.choice.precision == precision
+    assert ov.encoder.rest_precision == ("bf16" if precision == "int8" and CPU_HAS_BF16 else "f32")
     a, b = ov.embed(photos), ort.embed(photos)
     assert a.shape == b.shape == (len(photos), a.shape[1])
     assert float((a * b).sum(1).min()) > 1 - tolerance / 10
@@ -53,6 +54,14 @@ def test_classify_equals_onnxruntime(both_int8: Path, photos: list[Path], cache:
     # dynamic batch: one image, then an odd batch, the same embeddings as in the batch of all
     assert np.allclose(ov.embed(photos[0]), a[0], atol=1e-5)
     assert np.allclose(ov.embed(photos[1:6]), a[1:6], atol=1e-5)
+
+
+def test_int8_keeps_its_float_layers_in_bf16_only_where_the_cpu_has_it() -> None:
+    assert rest_precision("int8", "CPU", {"avx512f", "avx512_bf16"}) == "bf16"
+    assert rest_precision("int8", "CPU", {"avx512f", "amx_bf16"}) == "bf16"
+    assert rest_precision("int8", "CPU", {"avx2", "avx512_vnni"}) == "f32"
+    assert rest_precision("fp32", "CPU", {"avx512_bf16"}) == "f32"  # fp32 is pinned
+    assert rest_precision("int8", "GPU", {"avx512_bf16"}) == "f32"
 
 
 @needs_openvino

@@ -106,6 +106,8 @@ def openvino_variants(bundle: Bundle, threads: int = 0, hint: str = "auto", cach
             skipped.append(f"{name}: {exc}")
             continue
         note = f"{hint} hint, compiled in {enc.start_seconds:.1f} s" + (" (cached)" if enc.from_cache else "")
+        if precision == "int8":
+            note += f", other layers {enc.rest_precision}"
         variants.append(Variant(name, "openvino", precision, enc.run, target, note))
     return variants, skipped
 
