@@ -1,8 +1,9 @@
 """Shared Q/DQ graph helpers for the quantization tests: read an INT8 ONNX file and assert its structure.
 
-``Graph`` gives producer/consumer maps; ``assert_tensorrt_qdq`` and ``assert_cpu_qdq`` check what each
-recipe promises (docs/quantization.md) on any quantized model, so every test that makes an INT8 file
-(bundle towers, hand-made nets, the generic ``quantize_model``) checks it the same way.
+``Graph`` gives producer/consumer maps; ``assert_tensorrt_qdq``, ``assert_cpu_qdq`` and
+``assert_openvino_qdq`` check what each recipe promises (docs/quantization.md) on any quantized model, so
+every test that makes an INT8 file (bundle towers, hand-made nets, the generic ``quantize_model``) checks
+it the same way.
 """
 from __future__ import annotations
 
@@ -106,6 +107,31 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
         else:
             assert scale.ndim == 0 or scale.size == 1, "MatMul/Gemm weights per tensor"
             assert not any(r.op_type == "QuantizeLinear" for r in readers), "MatMul output float"
+    return g
+
+
+def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: Iterable[str]) -> Graph:
+    """The ``openvino`` recipe: the weighted layers ``expected`` and the residual adds / pools ``activation``
+    read dequantized inputs; uint8 activations; symmetric per-channel int8 weights; float biases; no other
+    node reads a quantized copy."""
+    g = Graph(path)
+    assert_quantized_exactly(g, expected)
+    activation = set(activation)
+    for node in g.nodes:
+        if node.name in activation:
+            inputs = node.input if node.op_type == "Add" else node.input[:1]
+            assert all(g.made_by(i, "DequantizeLinear") for i in inputs), f"{node.name} reads a float input"
+    for q in g.of("QuantizeLinear"):
+        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
+    for node in g.quantized():
+        dq = g.producer[node.input[1]]
+        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
+        assert w.dtype == np.int8 and w.min() >= -127 and scale.ndim == 1, f"{node.name}: symmetric per-channel"
+        if len(node.input) > 2 and node.input[2]:
+            assert not g.made_by(node.input[2], "DequantizeLinear"), f"{node.name}: bias stays float"
+    for dq in g.of("DequantizeLinear"):
+        for c in g.consumers.get(dq.output[0], []):
+            assert c.op_type in WEIGHTED or c.name in activation, f"{c.op_type} {c.name} reads a quantized copy"
     return g
 
 

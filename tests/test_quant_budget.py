@@ -15,7 +15,7 @@ from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_p
                                    summary)
 from edgeclip.quant.calibration import text_targets
 from edgeclip.quant.resolution import COARSER, at_resolution, ladder
-from edgeclip.quant.synthetic import (SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
+from edgeclip.quant.synthetic import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
                                       synthesis_threads, synthesise, text_cosine, text_guided_objective,
                                       tower_from_module, usable_cores)
 
@@ -273,11 +273,12 @@ def test_threads_follow_usable_cores_and_what_others_use_now(vit_tower) -> None:
     assert synthesis_threads(big) == cores, "not measured: every usable core (no stale load average)"
     assert synthesis_threads(big, busy=float(cores)) == 1 and synthesis_threads(big, busy=0.0) == cores
     assert synthesis_threads(big, 2, busy=float(cores)) == 2, "the user's count wins"
-    before = cpu_sample()
-    if before is None:
+    before, others = cpu_sample(), OtherCpuUse()
+    if before is None or not others.available:
         pytest.skip("no /proc/stat on this system")
     spin = subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"],
                           check=True)
     assert spin.returncode == 0
     assert busy_elsewhere(before, cpu_sample()) >= 0.4, "a spinning process is another process's work"
+    assert others.since_last() >= 0.4, "the same, measured since the watch was made"
     assert busy_elsewhere(before, None) is None

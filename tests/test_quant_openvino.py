@@ -5,10 +5,9 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from qdq import Graph, assert_quantized_exactly
+from qdq import assert_openvino_qdq
 
 import edgeclip
 from edgeclip.cli import main
@@ -30,7 +29,7 @@ def rn_openvino(tmp_path_factory: pytest.TempPathFactory, tiny_rn_bundle: Path) 
 
 
 def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: Path) -> None:
-    g = Graph(rn_openvino / "image_encoder.int8.openvino.onnx")
+    path = rn_openvino / "image_encoder.int8.openvino.onnx"
     fp32 = onnx.load(str(prepare_fp32(rn_openvino / "image_encoder.onnx", tmp_path / "prep.onnx")))
     adds = activation_nodes(fp32, ("Add",))
     pools = activation_nodes(fp32, ("AveragePool",))
@@ -38,24 +37,7 @@ def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: P
     assert len(adds) < len([n for n in fp32.graph.node if n.op_type == "Add"]), "bias adds are not chosen"
     weighted = {n.name for n in fp32.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
                 and any(i.name == n.input[1] for i in fp32.graph.initializer)}
-    assert_quantized_exactly(g, weighted)
-    for name in adds + pools:
-        node = next(n for n in g.nodes if n.name == name)
-        inputs = node.input if node.op_type == "Add" else node.input[:1]
-        assert all(g.made_by(i, "DequantizeLinear") for i in inputs), f"{name} reads a float input"
-    for q in g.of("QuantizeLinear"):
-        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
-    for node in g.quantized():
-        dq = g.producer[node.input[1]]
-        w, scale = g.array(dq.input[0]), g.array(dq.input[1])
-        assert w.dtype == np.int8 and w.min() >= -127 and scale.ndim == 1, f"{node.name}: symmetric per-channel"
-        if len(node.input) > 2 and node.input[2]:
-            assert not g.made_by(node.input[2], "DequantizeLinear"), f"{node.name}: bias stays float"
-    allowed = {"Conv", "MatMul", "Gemm", "Add", "AveragePool"}
-    for dq in g.of("DequantizeLinear"):
-        for c in g.consumers.get(dq.output[0], []):
-            assert c.op_type in allowed and (c.op_type not in ("Add", "AveragePool") or c.name in adds + pools), \
-                f"{c.op_type} {c.name} reads a quantized copy"
+    assert_openvino_qdq(path, weighted, adds + pools)
 
 
 def test_a_vit_gets_no_extra_quantizers(both_int8: Path, tmp_path: Path) -> None:

@@ -173,15 +173,15 @@ def prepare_fp32(src: Path, dst: Path) -> Path:
 
 def weighted_nodes(model: Any, op_types: Sequence[str] = WEIGHTED_OPS) -> list[str]:
     """Names of the nodes a recipe may quantize: Conv, and MatMul/Gemm with a constant weight input."""
-    inits = {i.name for i in model.graph.initializer}
-    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    out = []
-    for node in model.graph.node:
-        if node.op_type not in op_types or len(node.input) < 2 or not node.name:
-            continue
-        if node.input[1] in inits or node.input[1] in consts:
-            out.append(node.name)
-    return out
+    consts = _constant_names(model)
+    return [n.name for n in model.graph.node
+            if n.op_type in op_types and len(n.input) >= 2 and n.name and n.input[1] in consts]
+
+
+def _constant_names(model: Any) -> set[str]:
+    """Names of the initializers and Constant-node outputs of ``model``."""
+    g = model.graph
+    return {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
 
 
 def activation_nodes(model: Any, op_types: Sequence[str]) -> list[str]:
@@ -190,7 +190,7 @@ def activation_nodes(model: Any, op_types: Sequence[str]) -> list[str]:
     transformer's residual), any other type (``AveragePool``) always. Ranks come from the shape inference
     of ``prepare_fp32``."""
     g = model.graph
-    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    consts = _constant_names(model)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]
              if v.type.tensor_type.HasField("shape")}
     out = []

@@ -244,6 +244,24 @@ def busy_elsewhere(before: CpuSample | None, after: CpuSample | None) -> float |
     return max(0.0, others / (after.wall - before.wall))
 
 
+class OtherCpuUse:
+    """Cores other processes keep busy, measured from one call of ``since_last`` to the next."""
+
+    def __init__(self) -> None:
+        self.last = cpu_sample()
+
+    @property
+    def available(self) -> bool:
+        """False where the counters cannot be read (no ``/proc/stat``)."""
+        return self.last is not None
+
+    def since_last(self) -> float | None:
+        """Cores other processes kept busy since the previous call (or since this was made)."""
+        now = cpu_sample()
+        busy, self.last = busy_elsewhere(self.last, now), now
+        return busy
+
+
 def synthesis_threads(tower: TorchTower, requested: int = 0, busy: float | None = None) -> int:
     """Torch CPU threads for synthesis: ``requested``, else 1 for small towers, else the usable cores
     (``usable_cores``) less those that other processes kept busy (``busy``, measured by ``busy_elsewhere``
@@ -340,11 +358,11 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     tower.encode.to(device)
     threads = synthesis_threads(tower, cfg.threads)
+    others = OtherCpuUse() if device.type == "cpu" and not cfg.threads and threads > 1 else None
     busy: list[float | None] = [None]
-    sample = cpu_sample() if device.type == "cpu" and not cfg.threads and threads > 1 else None
-    if sample is not None:  # what other processes use now (not the load average's last minute)
+    if others is not None and others.available:  # what other processes use now (not the load average's last minute)
         time.sleep(0.5)
-        busy[0] = busy_elsewhere(sample, sample := cpu_sample())
+        busy[0] = others.since_last()
         threads = synthesis_threads(tower, cfg.threads, busy[0])
     saved_threads = torch.get_num_threads()
     lo_np, hi_np = pixel_bounds(tower.mean, tower.std)
@@ -434,8 +452,8 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
         if time_budget:
             time_sizes()
         for b in range(batches):
-            if b and sample is not None:  # other processes' use of the cores during the last batch
-                busy.append(busy_elsewhere(sample, sample := cpu_sample()))
+            if b and others is not None and others.available:  # other processes' use during the last batch
+                busy.append(others.since_last())
                 threads = synthesis_threads(tower, cfg.threads, busy[-1])
                 if time_budget and threads != threads_used[-1]:
                     torch.set_num_threads(threads)

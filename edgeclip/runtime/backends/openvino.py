@@ -42,9 +42,13 @@ def rest_precision(precision: str, device: str, cpu_flags: Iterable[str] | None 
     """OpenVINO's inference precision for ``precision``: ``int8`` files keep their float layers in bf16 on a
     CPU with AVX512_BF16 or AMX (OpenVINO's default there), in f32 elsewhere."""
     if precision == "int8" and device.upper().startswith("CPU"):
-        flags = frozenset(read_cpuinfo()[2] if cpu_flags is None else cpu_flags)
-        return "bf16" if flags & set(BF16_FLAGS) else "f32"
+        return "bf16" if _has_bf16(cpu_flags) else "f32"
     return _INFERENCE_PRECISION[precision]
+
+
+def _has_bf16(cpu_flags: Iterable[str] | None = None) -> bool:
+    """Whether this CPU (or one with ``cpu_flags``) has AVX512_BF16 or AMX."""
+    return bool(frozenset(read_cpuinfo()[2] if cpu_flags is None else cpu_flags) & set(BF16_FLAGS))
 
 
 def import_openvino() -> ModuleType:
@@ -112,8 +116,7 @@ def check_bf16(device: str, cpu_flags: Iterable[str] | None = None) -> None:
     """Raise OptionError unless bf16 can run on ``device`` (a CPU needs AVX512_BF16 or AMX)."""
     if not device.upper().startswith("CPU"):
         return
-    flags = frozenset(read_cpuinfo()[2] if cpu_flags is None else cpu_flags)
-    if not flags & set(BF16_FLAGS):
+    if not _has_bf16(cpu_flags):
         raise OptionError(f"precision='bf16' needs a CPU with AVX512_BF16 or AMX ({' or '.join(BF16_FLAGS)} in its "
                           f"flags); this CPU has neither: use precision='fp32', or 'int8' with a quantized file")
 
