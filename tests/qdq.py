@@ -42,9 +42,13 @@ class Graph:
         return numpy_helper.to_array(self.inits[name])
 
     def quantized(self) -> list:
-        """Weighted nodes whose inputs are dequantized."""
-        return [n for n in self.nodes if n.op_type in WEIGHTED and any(self.made_by(i, "DequantizeLinear")
-                                                                        for i in n.input[:2])]
+        """Weighted nodes (a constant weight) whose inputs are dequantized."""
+        def weighted(n) -> bool:
+            w = n.input[1] if len(n.input) > 1 else ""
+            return w in self.inits or self.made_by(w, "DequantizeLinear") and self.producer[w].input[0] in self.inits
+
+        return [n for n in self.nodes if n.op_type in WEIGHTED and weighted(n)
+                and any(self.made_by(i, "DequantizeLinear") for i in n.input[:2])]
 
 
 def assert_quantized_exactly(g: Graph, expected: Iterable[str]) -> None:
@@ -110,19 +114,31 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
     return g
 
 
-def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: Iterable[str]) -> Graph:
-    """The ``openvino`` recipe: the weighted layers ``expected`` and the residual adds / pools ``activation``
-    read dequantized inputs; uint8 activations; symmetric per-channel int8 weights; float biases; no other
-    node reads a quantized copy."""
+def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: Iterable[str],
+                        attention: Iterable[str] = ()) -> Graph:
+    """The ``openvino`` recipe: the weighted layers ``expected``, the residual adds / pools ``activation`` and
+    the attention-head nodes ``attention`` (a CNN's) read dequantized inputs; symmetric per-channel int8
+    weights; float biases; no other node reads a quantized copy. Activations: in a transformer, asymmetric
+    uint8; in a CNN (``attention`` given), symmetric (zero point 0), int8 where they have negatives, except the
+    model input, which stays asymmetric uint8."""
     g = Graph(path)
     assert_quantized_exactly(g, expected)
-    activation = set(activation)
+    activation, attention = set(activation), set(attention)
     for node in g.nodes:
-        if node.name in activation:
-            inputs = node.input if node.op_type == "Add" else node.input[:1]
+        if node.name in activation | attention:
+            data = [i for i in node.input if i and i not in g.inits]
+            inputs = data if node.op_type in ("Add", "MatMul", "Concat") else data[:1]
             assert all(g.made_by(i, "DequantizeLinear") for i in inputs), f"{node.name} reads a float input"
+    inputs = {i.name for i in g.model.graph.input}
+    signs = set()
     for q in g.of("QuantizeLinear"):
-        assert g.array(q.input[2]).dtype == np.uint8, "activations are asymmetric uint8"
+        zp = g.array(q.input[2])
+        if not attention or q.input[0] in inputs:
+            assert zp.dtype == np.uint8, f"{q.name}: activations are asymmetric uint8"
+        else:
+            assert zp.dtype in (np.uint8, np.int8) and not zp.any(), f"{q.name}: symmetric ({zp}, {zp.dtype})"
+            signs.add(zp.dtype.name)
+    assert not attention or signs == {"int8", "uint8"}, f"a CNN has signed and unsigned activations: {signs}"
     for node in g.quantized():
         dq = g.producer[node.input[1]]
         w, scale = g.array(dq.input[0]), g.array(dq.input[1])
@@ -131,7 +147,8 @@ def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: I
             assert not g.made_by(node.input[2], "DequantizeLinear"), f"{node.name}: bias stays float"
     for dq in g.of("DequantizeLinear"):
         for c in g.consumers.get(dq.output[0], []):
-            assert c.op_type in WEIGHTED or c.name in activation, f"{c.op_type} {c.name} reads a quantized copy"
+            assert c.op_type in WEIGHTED or c.name in activation | attention, \
+                f"{c.op_type} {c.name} reads a quantized copy"
     return g
 
 

@@ -11,7 +11,7 @@ from qdq import assert_openvino_qdq
 
 import edgeclip
 from edgeclip.cli import main
-from edgeclip.quant.recipes import activation_nodes, prepare_fp32
+from edgeclip.quant.recipes import activation_nodes, attention_nodes, is_convolutional, prepare_fp32
 
 pytest.importorskip("onnxruntime.quantization")
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -37,12 +37,29 @@ def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: P
     assert len(adds) < len([n for n in fp32.graph.node if n.op_type == "Add"]), "bias adds are not chosen"
     weighted = {n.name for n in fp32.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
                 and any(i.name == n.input[1] for i in fp32.graph.initializer)}
-    assert_openvino_qdq(path, weighted, adds + pools)
+    attention = attention_nodes(fp32)
+    assert is_convolutional(fp32)
+    kinds = {n.op_type for n in fp32.graph.node if n.name in set(attention)}
+    assert {"MatMul", "Reshape"} <= kinds, f"the attention pool's activation MatMuls and reshapes: {kinds}"
+    assert all("attnpool" in name or name.startswith("Transpose") for name in attention), attention
+    assert_openvino_qdq(path, weighted, adds + pools, attention)
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["edgeclip.int8_graph"] == "convolutional"
 
 
-def test_a_vit_gets_no_extra_quantizers(both_int8: Path, tmp_path: Path) -> None:
-    fp32 = onnx.load(str(prepare_fp32(both_int8 / "image_encoder.onnx", tmp_path / "prep.onnx")))
+def test_a_vit_gets_no_extra_quantizers(tiny_vit_bundle: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "vit"
+    shutil.copytree(tiny_vit_bundle, dst)
+    assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "8", "--target", "openvino"]) == 0
+    fp32 = onnx.load(str(prepare_fp32(dst / "image_encoder.onnx", tmp_path / "prep.onnx")))
     assert activation_nodes(fp32, ("Add", "AveragePool")) == []  # transformer residuals are rank 3
+    assert not is_convolutional(fp32) and attention_nodes(fp32), "a transformer, with attention MatMuls"
+    weighted = {n.name for n in fp32.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                and any(i.name == n.input[1] for i in fp32.graph.initializer)}
+    path = dst / "image_encoder.int8.openvino.onnx"
+    assert_openvino_qdq(path, weighted, ())  # uint8 everywhere, the attention left in float
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["edgeclip.int8_graph"] == "transformer"
 
 
 def test_record_names_the_activation_ops(rn_openvino: Path) -> None:
@@ -51,7 +68,9 @@ def test_record_names_the_activation_ops(rn_openvino: Path) -> None:
     assert rec["file"] == "image_encoder.int8.openvino.onnx"
     assert rec["recipe"] == "openvino-qdq-u8s8-per-channel"
     assert rec["settings"]["activation_ops"] == ["Add", "AveragePool"]
-    assert "activation_ops" not in q["tensorrt"]["settings"]  # records of the other recipes as they were
+    assert rec["settings"]["cnn_signed_activations"] is True and rec["settings"]["cnn_attention"] is True
+    for key in ("activation_ops", "cnn_signed_activations", "cnn_attention"):
+        assert key not in q["tensorrt"]["settings"]  # records of the other recipes as they were
 
 
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed: pip install 'edgeclip[openvino]'")

@@ -29,6 +29,11 @@ also on the inputs of the residual adds of feature maps (an ``Add`` of two rank-
 ``AveragePool`` layers (``activation_ops``), so that a ResNet runs INT8 from one convolution to the next:
 without them, the ModifiedResNet's adds and anti-aliasing pools ran in fp32 between INT8 convolutions.
 A ViT has no such adds or pools, so its ``openvino`` file differs from ``cpu``/``tensorrt`` only in types.
+In a convolutional graph (one without LayerNormalization: the ModifiedResNet, not a transformer) it also
+follows NNCF's preset for CNNs, as measured against it: activations whose calibrated range has negatives get
+symmetric int8 (zero point 0; ``cnn_signed_activations``), and the attention head runs in INT8 too: the inputs of
+its activation x activation MatMuls, float Concats and Reshape/Transpose chains get Q/DQ (``cnn_attention``,
+``attention_nodes``). Transformers keep asymmetric uint8 activations, as NNCF's transformer preset does.
 """
 from __future__ import annotations
 
@@ -54,6 +59,10 @@ CALIB_METHODS = ("minmax", "percentile", "entropy")
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 #: activations a recipe may fold into the quantizer of the output they read (``Recipe.fold_activations``)
 FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
+#: data-movement ops whose chains ``attention_nodes`` quantizes at their start
+MOVEMENT_OPS = ("Reshape", "Transpose")
+#: the op types ``attention_nodes`` selects
+ATTENTION_OPS = ("MatMul", "Concat", *MOVEMENT_OPS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,11 @@ class Recipe:
     #: unweighted op types whose activation inputs are quantized too (``activation_nodes``: residual adds
     #: of feature maps, average pools), for backends that run them in INT8 between INT8 layers
     activation_ops: tuple[str, ...] = ()
+    #: in a convolutional graph (``is_convolutional``), activations whose calibrated range has negatives get
+    #: symmetric int8 instead of ``activation_type`` (the model input keeps ``activation_type``)
+    cnn_signed_activations: bool = False
+    #: in a convolutional graph, the attention head is quantized too (``attention_nodes``)
+    cnn_attention: bool = False
 
     def __post_init__(self) -> None:
         fold = self.fold_activations
@@ -96,6 +110,9 @@ class Recipe:
         d["activation_ops"] = list(self.activation_ops)
         if not self.activation_ops:
             d.pop("activation_ops")
+        for key in ("cnn_signed_activations", "cnn_attention"):
+            if not d[key]:
+                d.pop(key)
         return d
 
 
@@ -110,7 +127,8 @@ RECIPES: dict[str, Recipe] = {
                   calib_method="percentile", fold_activations=("Clip",)),
     "openvino": Recipe("openvino-qdq-u8s8-per-channel", "openvino", "uint8", False, "all", False,
                        output_ops=(), quantize_bias=False, float_consumers_read_float=True,
-                       calib_method="percentile", activation_ops=("Add", "AveragePool")),
+                       calib_method="percentile", activation_ops=("Add", "AveragePool"),
+                       cnn_signed_activations=True, cnn_attention=True),
 }
 
 #: Alternatives measured for the CPU target (scripts/compare_cpu_recipes.py); not used by default.
@@ -201,6 +219,49 @@ def activation_nodes(model: Any, op_types: Sequence[str]) -> list[str]:
                                                                        for i in node.input)):
             continue
         out.append(node.name)
+    return out
+
+
+def is_convolutional(model: Any) -> bool:
+    """True for a graph without LayerNormalization (a CNN such as the ModifiedResNet), False for a transformer:
+    where a recipe's ``cnn_*`` choices apply."""
+    return not any(n.op_type == "LayerNormalization" for n in model.graph.node)
+
+
+def attention_nodes(model: Any) -> list[str]:
+    """Names of the nodes whose float inputs quantize an attention head to INT8 (``Recipe.cnn_attention``):
+    activation x activation ``MatMul``s, ``Concat``s of float tensors, and each ``Reshape``/``Transpose`` that
+    starts a chain of them at a computed float tensor, unless the chain leads only to the model's outputs.
+    OpenVINO then runs the chains in int8 (it moves dequantization through them), as with NNCF's INT8."""
+    g = model.graph
+    consts = _constant_names(model)
+    floats = {v.name for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.elem_type == 1}  # FLOAT
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def only_to_outputs(tensor: str) -> bool:
+        """Whether ``tensor`` reaches nothing but model outputs through movement/indexing ops."""
+        ahead = readers.get(tensor, [])
+        if not ahead:
+            return tensor in outputs
+        return all(r.op_type in (*MOVEMENT_OPS, "Gather", "Squeeze", "Unsqueeze", "Flatten")
+                   and all(only_to_outputs(o) for o in r.output) for r in ahead)
+
+    out = []
+    for node in g.node:
+        data = [i for i in node.input if i and i not in consts]
+        if not node.name or not data or not all(i in floats for i in data[:1 if node.op_type in MOVEMENT_OPS else None]):
+            continue
+        if node.op_type == "MatMul" and len(data) == 2 or node.op_type == "Concat":
+            out.append(node.name)
+        elif node.op_type in MOVEMENT_OPS and node.input[0] in data:
+            start = producer.get(node.input[0])
+            if (start is None or start.op_type not in MOVEMENT_OPS) and not only_to_outputs(node.output[0]):
+                out.append(node.name)
     return out
 
 
@@ -299,28 +360,52 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
         selected = selected + activation_nodes(model, recipe.activation_ops)
         op_types += list(recipe.activation_ops)
         extra["ForceQuantizeNoInputCheck"] = True  # a pool reading a float tensor gets its input quantized too
+    convolutional = is_convolutional(model)
+    if recipe.cnn_attention and convolutional:
+        selected = selected + attention_nodes(model)
+        op_types += [op for op in ATTENTION_OPS if op not in op_types]
+        extra["OpTypesToExcludeOutputQuantization"] = sorted({*no_output, *ATTENTION_OPS})
+        extra["ForceQuantizeNoInputCheck"] = True
+    signed = recipe.cnn_signed_activations and convolutional
     act = QuantType.QInt8 if recipe.activation_type == "int8" else QuantType.QUInt8
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="edgeclip-quant-") as tmp:
         raw = Path(tmp) / "qdq.onnx"
-        try:
-            with quiet_onnxruntime():
-                quantize_static(str(fp32), str(raw), _data_reader(images, input_name, batch_size),
-                                quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-                                per_channel=recipe.per_channel == "all", reduce_range=recipe.reduce_range,
-                                activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=selected,
-                                calibrate_method=calib, extra_options=extra,
-                                calibration_cache_path=str(ranges_cache) if ranges_cache else None)
-        except QuantizationError:
-            raise
-        except Exception as exc:  # ORT's quantizer raises many types
-            raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} recipe: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+        cache = ranges_cache or (Path(tmp) / "ranges.json" if signed else None)
+
+        def run() -> None:
+            try:
+                with quiet_onnxruntime():
+                    quantize_static(str(fp32), str(raw), _data_reader(images, input_name, batch_size),
+                                    quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                                    per_channel=recipe.per_channel == "all", reduce_range=recipe.reduce_range,
+                                    activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=selected,
+                                    calibrate_method=calib, extra_options=extra,
+                                    calibration_cache_path=str(cache) if cache else None)
+            except QuantizationError:
+                raise
+            except Exception as exc:  # ORT's quantizer raises many types
+                raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} "
+                                        f"recipe: {type(exc).__name__}: {exc}") from exc
+
+        run()
+        if signed:  # again, from the same calibrated ranges, with the signed activations as overrides
+            negative = signed_activation_tensors(onnx.load(str(raw), load_external_data=False), Path(cache),
+                                                 {i.name for i in model.graph.input})
+            if negative:
+                overrides = dict(extra.get("TensorQuantOverrides", {}))
+                for name in negative:
+                    overrides[name] = [{**overrides.get(name, [{}])[0], "quant_type": QuantType.QInt8,
+                                        "symmetric": True}]
+                extra["TensorQuantOverrides"] = overrides
+                run()
         q = onnx.load(str(raw))
     if recipe.float_consumers_read_float:
         reconnect_float_consumers(q, set(selected))
     props = {"edgeclip.version": __version__, "edgeclip.precision": "int8", "edgeclip.int8_target": recipe.target,
              "edgeclip.int8_recipe": recipe.name, "edgeclip.calib_method": method}
+    if recipe.cnn_signed_activations or recipe.cnn_attention:  # whether the recipe's cnn_* choices applied
+        props["edgeclip.int8_graph"] = "convolutional" if convolutional else "transformer"
     keep = {p.key: p.value for p in q.metadata_props if not p.key.startswith("edgeclip.")}
     del q.metadata_props[:]
     for k, v in {**keep, **props}.items():
@@ -330,6 +415,18 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
     onnx.save_model(q, str(out))
     onnx.checker.check_model(str(out))
     return out
+
+
+def signed_activation_tensors(quantized: Any, ranges: Path, keep: set[str]) -> list[str]:
+    """The activations ``quantized`` quantizes (QuantizeLinear inputs that are not constants) whose calibrated
+    range in ``ranges`` (ONNX Runtime's calibration cache) reaches below zero, except those in ``keep``."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(ranges).data
+    consts = _constant_names(quantized)
+    names = [n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"
+             and n.input[0] not in consts and n.input[0] not in keep]
+    return sorted({t for t in names if t in data and float(np.min(data[t].range_value[0])) < 0.0})
 
 
 def _by_type(model: Any, op_types: Sequence[str]) -> list[str]:
@@ -425,5 +522,7 @@ def ranges_cache_name(calib_key: str, fp32_sha: str, recipe: Recipe, method: str
         key.append(sorted(recipe.fold_activations))
     if recipe.activation_ops:  # so do the inputs of these
         key.append(sorted(recipe.activation_ops))
+    if recipe.cnn_attention:  # and, in a convolutional graph, those of the attention head
+        key.append("cnn_attention")
     h = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     return f"ranges-{h}.json"
