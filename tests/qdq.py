@@ -38,6 +38,13 @@ class Graph:
         p = self.producer.get(tensor)
         return p is not None and p.op_type == op
 
+    def dequantized(self, tensor: str) -> bool:
+        """Made by a DequantizeLinear, directly or through reshapes and transposes."""
+        p = self.producer.get(tensor)
+        while p is not None and p.op_type in ("Reshape", "Transpose"):
+            p = self.producer.get(p.input[0])
+        return p is not None and p.op_type == "DequantizeLinear"
+
     def array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name])
 
@@ -59,7 +66,7 @@ def assert_quantized_exactly(g: Graph, expected: Iterable[str]) -> None:
     assert {n.name for n in g.quantized()} == expected
     for n in g.nodes:
         if n.name in expected:
-            assert g.made_by(n.input[0], "DequantizeLinear"), f"{n.name}: activation not from DQ"
+            assert g.dequantized(n.input[0]), f"{n.name}: activation not from DQ"
             assert g.made_by(n.input[1], "DequantizeLinear"), f"{n.name}: weight not from DQ"
 
 
@@ -128,7 +135,7 @@ def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: I
         if node.name in activation | attention:
             data = [i for i in node.input if i and i not in g.inits]
             inputs = data if node.op_type in ("Add", "MatMul", "Concat") else data[:1]
-            assert all(g.made_by(i, "DequantizeLinear") for i in inputs), f"{node.name} reads a float input"
+            assert all(g.dequantized(i) for i in inputs), f"{node.name} reads a float input"
     inputs = {i.name for i in g.model.graph.input}
     signs = set()
     for q in g.of("QuantizeLinear"):
@@ -139,6 +146,9 @@ def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: I
             assert zp.dtype in (np.uint8, np.int8) and not zp.any(), f"{q.name}: symmetric ({zp}, {zp.dtype})"
             signs.add(zp.dtype.name)
     assert not attention or signs == {"int8", "uint8"}, f"a CNN has signed and unsigned activations: {signs}"
+    for q in g.of("QuantizeLinear"):  # a reshape of a dequantized tensor is read as it is, never requantized
+        moved = g.producer.get(q.input[0]) is not None and g.producer[q.input[0]].op_type in ("Reshape", "Transpose")
+        assert not (moved and g.dequantized(q.input[0])), f"{q.name} requantizes a reshaped quantized tensor"
     for node in g.quantized():
         dq = g.producer[node.input[1]]
         w, scale = g.array(dq.input[0]), g.array(dq.input[1])

@@ -33,7 +33,8 @@ In a convolutional graph (one without LayerNormalization: the ModifiedResNet, no
 follows NNCF's preset for CNNs, as measured against it: activations whose calibrated range has negatives get
 symmetric int8 (zero point 0; ``cnn_signed_activations``), and the attention head runs in INT8 too: the inputs of
 its activation x activation MatMuls, float Concats and Reshape/Transpose chains get Q/DQ (``cnn_attention``,
-``attention_nodes``). Transformers keep asymmetric uint8 activations, as NNCF's transformer preset does.
+``attention_nodes``), and a reshape of a dequantized tensor is not quantized again (``drop_requantization``).
+Transformers keep asymmetric uint8 activations, as NNCF's transformer preset does.
 """
 from __future__ import annotations
 
@@ -402,6 +403,8 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
         q = onnx.load(str(raw))
     if recipe.float_consumers_read_float:
         reconnect_float_consumers(q, set(selected))
+    if recipe.cnn_attention and convolutional:
+        drop_requantization(q)
     props = {"edgeclip.version": __version__, "edgeclip.precision": "int8", "edgeclip.int8_target": recipe.target,
              "edgeclip.int8_recipe": recipe.name, "edgeclip.calib_method": method}
     if recipe.cnn_signed_activations or recipe.cnn_attention:  # whether the recipe's cnn_* choices applied
@@ -486,7 +489,6 @@ def reconnect_float_consumers(model: Any, quantized: set[str]) -> None:
     """
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output}
-    outputs = {o.name for o in model.graph.output}
     for node in nodes:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.name in quantized:
             continue
@@ -498,7 +500,38 @@ def reconnect_float_consumers(model: Any, quantized: set[str]) -> None:
             if q is None or q.op_type != "QuantizeLinear":
                 continue  # a DQ of a constant weight (only quantized nodes read those)
             node.input[i] = q.input[0]
-    # drop Q/DQ nodes whose outputs nobody reads any more
+    _drop_unread_qdq(model)
+
+
+def drop_requantization(model: Any) -> list[str]:
+    """Let the readers of ``DQ(Q(x))`` read ``x`` itself when ``x`` is only a reshape/transpose of a
+    dequantized tensor: its values are already on that quantizer's grid, so a second quantizer would only
+    round them again (and cost a requantization). Returns the tensors freed."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def moved_from_dq(tensor: str) -> bool:
+        node = producer.get(tensor)
+        if node is None or node.op_type not in MOVEMENT_OPS:
+            return False
+        while node is not None and node.op_type in MOVEMENT_OPS:
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    freed = []
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and moved_from_dq(n.input[0])]:
+        dqs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]}
+        for node in model.graph.node:
+            for k, name in enumerate(node.input):
+                if name in dqs:
+                    node.input[k] = q.input[0]
+        freed.append(q.input[0])
+    _drop_unread_qdq(model)
+    return freed
+
+
+def _drop_unread_qdq(model: Any) -> None:
+    """Remove the Q/DQ nodes whose outputs nobody reads any more, and the initializers left unused."""
+    outputs = {o.name for o in model.graph.output}
     while True:
         used = {i for n in model.graph.node for i in n.input} | outputs
         dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
