@@ -234,9 +234,12 @@ def attention_nodes(model: Any) -> list[str]:
     activation x activation ``MatMul``s, ``Concat``s of float tensors, and each ``Reshape``/``Transpose`` that
     starts a chain of them at a computed float tensor, unless the chain leads only to the model's outputs.
     OpenVINO then runs the chains in int8 (it moves dequantization through them), as with NNCF's INT8."""
+    from onnx import TensorProto
+
     g = model.graph
     consts = _constant_names(model)
-    floats = {v.name for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.elem_type == 1}  # FLOAT
+    floats = {v.name for v in [*g.value_info, *g.input, *g.output]
+              if v.type.tensor_type.elem_type == TensorProto.FLOAT} - consts
     producer = {o: n for n in g.node for o in n.output}
     readers: dict[str, list[Any]] = {}
     for n in g.node:
@@ -255,11 +258,12 @@ def attention_nodes(model: Any) -> list[str]:
     out = []
     for node in g.node:
         data = [i for i in node.input if i and i not in consts]
-        if not node.name or not data or not all(i in floats for i in data[:1 if node.op_type in MOVEMENT_OPS else None]):
+        if not node.name or not data:
             continue
         if node.op_type == "MatMul" and len(data) == 2 or node.op_type == "Concat":
-            out.append(node.name)
-        elif node.op_type in MOVEMENT_OPS and node.input[0] in data:
+            if all(i in floats for i in data):
+                out.append(node.name)
+        elif node.op_type in MOVEMENT_OPS and node.input[0] in floats:
             start = producer.get(node.input[0])
             if (start is None or start.op_type not in MOVEMENT_OPS) and not only_to_outputs(node.output[0]):
                 out.append(node.name)
