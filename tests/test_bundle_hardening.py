@@ -273,6 +273,31 @@ def test_a_killed_relabel_leaves_the_old_or_the_new_bundle(bundle_copy: Path, mo
     assert verdict == expect, details
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (apt-get install strace)")
+def test_a_relabel_flushes_the_new_version_to_disk_before_the_swap(bundle_copy: Path, tmp_path: Path) -> None:
+    """A real `edgeclip labels` under strace: every file of the new version and its folder are fsync'd in
+    the draft, and the parent folder after the swap (a power cut cannot leave files the disk never got)."""
+    trace = tmp_path / "trace.txt"
+    cmd = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace),
+           sys.executable, "-m", "edgeclip.cli", "-q", "labels", str(bundle_copy), "--labels", *bf.NEW_LABELS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptrace" in proc.stderr.lower():
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    synced = [line.split("<", 1)[1].split(">", 1)[0] for line in trace.read_text().splitlines()
+              if "fsync(" in line and "<" in line and "= 0" in line]
+    drafts = {Path(p) for p in synced if Path(p).parent == bundle_copy.parent
+              and Path(p).name.startswith(f".{bundle_copy.name}.tmp-")}
+    assert len(drafts) == 1, synced
+    draft = drafts.pop()
+    files = {p.relative_to(bundle_copy) for p in bundle_copy.rglob("*") if p.is_file() and not p.is_symlink()}
+    flushed = [synced.index(str(draft / f)) for f in files if str(draft / f) in synced]
+    assert files and len(flushed) == len(files), (sorted(map(str, files)), synced)
+    assert str(bundle_copy.parent) in synced, "the parent folder after the swap"
+    assert synced.index(str(bundle_copy.parent)) > max(flushed)
+    assert list(load_bundle(bundle_copy).label_names()) == bf.NEW_LABELS
+
+
 def test_sigterm_stops_a_quantize_cleanly(bundle_copy: Path, tmp_path: Path) -> None:
     """`kill` (SIGTERM) in the middle of a quantize: exit 143, no temporary left, the bundle old or new."""
     tmp = tmp_path / "tmp"

@@ -6,6 +6,8 @@ lock, so two writers never lose each other's changes. The draft (``.NAME.tmp-*``
 before the switch, which is one ``renameat2(RENAME_EXCHANGE)`` on Linux: the bundle path always holds the
 old or the new version. Where the exchange is unavailable (or ``EDGECLIP_BUNDLE_SWAP=rename``), the switch
 is two renames through ``.NAME.old-PID`` and ``recover`` rolls back a writer killed between them.
+Before the switch every file and folder of the draft is flushed to disk, and the parent folder after it,
+so a power cut right after a write leaves the new version whole, not files the system had not written yet.
 
 A new bundle gets the mode ``0o777 & ~umask`` (like ``mkdir``); an update keeps the bundle's mode.
 """
@@ -129,6 +131,31 @@ def _swap_in(tmp: Path, target: Path) -> None:
     _remove_tree(old)
 
 
+def _sync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """``fsync`` one file or folder; a file system that cannot sync a folder is let be."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (directory and exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: Path) -> int:
+    """Flush every regular file and folder under ``path`` to disk; returns the number of files."""
+    files = 0
+    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                _sync_path(p)
+                files += 1
+        _sync_path(dirpath, directory=True)
+    return files
+
+
 def _umask() -> int:
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -213,7 +240,9 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False,
             draft = BundleDraft(tmp, {"schema_version": SCHEMA_VERSION, "created": now_iso(), "files": {}})
             yield draft
             _finish(draft)
+            sync_tree(tmp)
             _swap_in(tmp, real)
+            _sync_path(real.parent, directory=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -251,7 +280,9 @@ def update_bundle(target: str | os.PathLike[str] | Bundle, verify: bool = True,
             draft = BundleDraft(tmp, copy.deepcopy(current.manifest))
             yield draft
             _finish(draft, check=verify)
+            sync_tree(tmp)
             _swap_in(tmp, real)
+            _sync_path(real.parent, directory=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
