@@ -122,12 +122,12 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
 
 
 def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: Iterable[str],
-                        attention: Iterable[str] = ()) -> Graph:
+                        attention: Iterable[str] = (), convolutional: bool = False) -> Graph:
     """The ``openvino`` recipe: the weighted layers ``expected``, the residual adds / pools ``activation`` and
     the attention-head nodes ``attention`` (a CNN's) read dequantized inputs; symmetric per-channel int8
     weights; float biases; no other node reads a quantized copy. Activations: in a transformer, asymmetric
-    uint8; in a CNN (``attention`` given), symmetric (zero point 0), int8 where they have negatives, except the
-    model input, which stays asymmetric uint8."""
+    uint8; in a CNN (``convolutional``), symmetric (zero point 0), int8 where they have negatives (the tested
+    CNNs have both kinds), except the model input, which stays asymmetric uint8."""
     g = Graph(path)
     assert_quantized_exactly(g, expected)
     activation, attention = set(activation), set(attention)
@@ -140,12 +140,12 @@ def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: I
     signs = set()
     for q in g.of("QuantizeLinear"):
         zp = g.array(q.input[2])
-        if not attention or q.input[0] in inputs:
+        if not convolutional or q.input[0] in inputs:
             assert zp.dtype == np.uint8, f"{q.name}: activations are asymmetric uint8"
         else:
             assert zp.dtype in (np.uint8, np.int8) and not zp.any(), f"{q.name}: symmetric ({zp}, {zp.dtype})"
             signs.add(zp.dtype.name)
-    assert not attention or signs == {"int8", "uint8"}, f"a CNN has signed and unsigned activations: {signs}"
+    assert not convolutional or signs == {"int8", "uint8"}, f"a CNN has signed and unsigned activations: {signs}"
     for q in g.of("QuantizeLinear"):  # a reshape of a dequantized tensor is read as it is, never requantized
         moved = g.producer.get(q.input[0]) is not None and g.producer[q.input[0]].op_type in ("Reshape", "Transpose")
         assert not (moved and g.dequantized(q.input[0])), f"{q.name} requantizes a reshaped quantized tensor"

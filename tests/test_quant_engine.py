@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from qdq import Graph, assert_cpu_qdq, assert_tensorrt_qdq, output_range
+from qdq import Graph, assert_cpu_qdq, assert_openvino_qdq, assert_tensorrt_qdq, output_range
 from torch import nn
 
 from edgeclip.errors import OptionError, QuantizationError
 from edgeclip.quant import CalibrationSet, quantize_model
 from edgeclip.quant.agreement import run_onnx
-from edgeclip.quant.recipes import RECIPES, prepare_fp32, weighted_nodes
+from edgeclip.quant.recipes import RECIPES, activation_nodes, attention_nodes, prepare_fp32, weighted_nodes
 from edgeclip.quant.synthetic import SynthesisConfig
 
 PRE = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -93,6 +93,22 @@ def test_noise_cpu_and_priors_source(tiny: tuple, tmp_path: Path) -> None:
     priors = quantize_model(fp32, tmp_path / "p.onnx", "cpu", "bn-stats:priors", torch_model=net, preprocess=PRE,
                             images=8, synthesis=FAST, progress=False)
     assert priors.record["calibration"]["terms"] == ["bn-stats", "priors"]
+
+
+def test_openvino_recipe_on_a_plain_classifier(tiny: tuple, tmp_path: Path) -> None:
+    """A CNN without attention: its residual add in INT8, signed where the branch is, the rest as in the CNN
+    rules; close to fp32."""
+    _, fp32 = tiny
+    made = quantize_model(fp32, tmp_path / "ov.onnx", "openvino", "noise", preprocess=PRE, images=8, progress=False)
+    prepared = onnx.load(str(prepare_fp32(fp32, tmp_path / "prepared.onnx")))
+    adds = activation_nodes(prepared, ("Add", "AveragePool"))
+    assert len(adds) == 1 and not attention_nodes(prepared)
+    assert_openvino_qdq(made.path, _weighted(fp32, tmp_path), adds, convolutional=True)
+    assert made.record["settings"]["cnn_signed_activations"] is True
+    x = made.calibration.images
+    a, b = run_onnx(made.path, x), run_onnx(fp32, x)
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.95
 
 
 def test_array_calibration_and_max_drop_zero(tiny: tuple, tmp_path: Path) -> None:
