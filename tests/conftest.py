@@ -98,14 +98,25 @@ def bundle_copy(tmp_path: Path, tiny_vit_bundle: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def both_int8(tmp_path_factory: pytest.TempPathFactory, tiny_vit_bundle: Path) -> Path:
-    """The tiny ViT bundle with both INT8 recipes (cpu and tensorrt; noise calibration: seconds). Read-only."""
+def quantized_copy(tmp_path_factory: pytest.TempPathFactory):
+    """A function ``(bundle, name, targets, images=16) -> Path``: a copy of ``bundle`` in a new folder
+    ``name``, quantized for each target with noise calibration (seconds for the tiny bundles)."""
     import shutil
 
     from edgeclip.cli import main
 
-    dst = tmp_path_factory.mktemp("int8") / "both"
-    shutil.copytree(tiny_vit_bundle, dst)
-    for target in ("cpu", "tensorrt"):
-        assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "16", "--target", target]) == 0
-    return dst
+    def make(src: Path, name: str, targets: tuple[str, ...], images: int = 16) -> Path:
+        dst = tmp_path_factory.mktemp(name) / name
+        shutil.copytree(src, dst)
+        for target in targets:
+            args = ["-q", "quantize", str(dst), "--calib", "noise", "--images", str(images), "--target", target]
+            assert main(args) == 0
+        return dst
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def both_int8(quantized_copy, tiny_vit_bundle: Path) -> Path:
+    """The tiny ViT bundle with both INT8 recipes (cpu and tensorrt; noise calibration: seconds). Read-only."""
+    return quantized_copy(tiny_vit_bundle, "both", ("cpu", "tensorrt"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import onnx
@@ -10,7 +9,6 @@ import pytest
 from qdq import assert_openvino_qdq
 
 import edgeclip
-from edgeclip.cli import main
 from edgeclip.quant.recipes import activation_nodes, attention_nodes, is_convolutional, prepare_fp32
 
 pytest.importorskip("onnxruntime.quantization")
@@ -19,13 +17,9 @@ X86 = "x86-avx512-vnni"
 
 
 @pytest.fixture(scope="module")
-def rn_openvino(tmp_path_factory: pytest.TempPathFactory, tiny_rn_bundle: Path) -> Path:
+def rn_openvino(quantized_copy, tiny_rn_bundle: Path) -> Path:
     """The tiny ResNet bundle with the openvino and tensorrt recipes (noise calibration)."""
-    dst = tmp_path_factory.mktemp("ov-recipe") / "rn"
-    shutil.copytree(tiny_rn_bundle, dst)
-    for target in ("openvino", "tensorrt"):
-        assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "16", "--target", target]) == 0
-    return dst
+    return quantized_copy(tiny_rn_bundle, "rn", ("openvino", "tensorrt"))
 
 
 def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: Path) -> None:
@@ -51,10 +45,8 @@ def test_residual_adds_and_pools_read_int8_inputs(rn_openvino: Path, tmp_path: P
     assert meta["edgeclip.int8_graph"] == "convolutional"
 
 
-def test_a_vit_gets_no_extra_quantizers(tiny_vit_bundle: Path, tmp_path: Path) -> None:
-    dst = tmp_path / "vit"
-    shutil.copytree(tiny_vit_bundle, dst)
-    assert main(["-q", "quantize", str(dst), "--calib", "noise", "--images", "8", "--target", "openvino"]) == 0
+def test_a_vit_gets_no_extra_quantizers(quantized_copy, tiny_vit_bundle: Path, tmp_path: Path) -> None:
+    dst = quantized_copy(tiny_vit_bundle, "vit", ("openvino",), images=8)
     fp32 = onnx.load(str(prepare_fp32(dst / "image_encoder.onnx", tmp_path / "prep.onnx")))
     assert activation_nodes(fp32, ("Add", "AveragePool")) == []  # transformer residuals are rank 3
     assert not is_convolutional(fp32) and attention_nodes(fp32), "a transformer, with attention MatMuls"
