@@ -143,17 +143,14 @@ def _sync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
         os.close(fd)
 
 
-def sync_tree(path: Path) -> int:
-    """Flush every regular file and folder under ``path`` to disk; returns the number of files."""
-    files = 0
+def sync_tree(path: Path) -> None:
+    """Flush every regular file and folder under ``path`` to disk."""
     for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
         for f in filenames:
             p = os.path.join(dirpath, f)
             if stat.S_ISREG(os.lstat(p).st_mode):
                 _sync_path(p)
-                files += 1
         _sync_path(dirpath, directory=True)
-    return files
 
 
 def _umask() -> int:

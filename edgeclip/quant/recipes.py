@@ -103,19 +103,15 @@ class Recipe:
 
     def record(self) -> dict[str, Any]:
         """The recipe as recorded in the manifest."""
-        d = asdict(self)
-        d["op_types"] = list(self.op_types)
-        d["fold_activations"] = list(self.fold_activations)
-        if not self.fold_activations:  # recorded only where used: records without folding stay as they were
-            d.pop("fold_activations")
-        d["activation_ops"] = list(self.activation_ops)
-        if not self.activation_ops:
-            d.pop("activation_ops")
-        for key in ("cnn_signed_activations", "cnn_attention"):
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        for key in _RECORDED_WHERE_USED:  # so records of the recipes without them stay as they were
             if not d[key]:
                 d.pop(key)
         return d
 
+
+#: recipe settings recorded in the manifest only when set
+_RECORDED_WHERE_USED = ("fold_activations", "activation_ops", "cnn_signed_activations", "cnn_attention")
 
 RECIPES: dict[str, Recipe] = {
     "tensorrt": Recipe("tensorrt-qdq-s8s8-symmetric-per-channel", "tensorrt", "int8", True, "all", False,
@@ -393,17 +389,16 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
                 raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} "
                                         f"recipe: {type(exc).__name__}: {exc}") from exc
 
+        if signed:
+            if not Path(cache).is_file():
+                run()  # calibrates and writes the ranges the overrides come from
+            negative = signed_activation_tensors(Path(cache), {i.name for i in model.graph.input})
+            overrides = dict(extra.get("TensorQuantOverrides", {}))
+            for name in negative:
+                overrides[name] = [{**overrides.get(name, [{}])[0], "quant_type": QuantType.QInt8,
+                                    "symmetric": True}]
+            extra["TensorQuantOverrides"] = overrides
         run()
-        if signed:  # again, from the same calibrated ranges, with the signed activations as overrides
-            negative = signed_activation_tensors(onnx.load(str(raw), load_external_data=False), Path(cache),
-                                                 {i.name for i in model.graph.input})
-            if negative:
-                overrides = dict(extra.get("TensorQuantOverrides", {}))
-                for name in negative:
-                    overrides[name] = [{**overrides.get(name, [{}])[0], "quant_type": QuantType.QInt8,
-                                        "symmetric": True}]
-                extra["TensorQuantOverrides"] = overrides
-                run()
         q = onnx.load(str(raw))
     if recipe.float_consumers_read_float:
         reconnect_float_consumers(q, set(selected))
@@ -424,16 +419,14 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
     return out
 
 
-def signed_activation_tensors(quantized: Any, ranges: Path, keep: set[str]) -> list[str]:
-    """The activations ``quantized`` quantizes (QuantizeLinear inputs that are not constants) whose calibrated
-    range in ``ranges`` (ONNX Runtime's calibration cache) reaches below zero, except those in ``keep``."""
+def signed_activation_tensors(ranges: Path, keep: set[str]) -> list[str]:
+    """The tensors whose calibrated range in ``ranges`` (ONNX Runtime's calibration cache) reaches below
+    zero, except those in ``keep``: the activations to quantize as signed int8 (an override for a tensor
+    the recipe does not quantize is not used)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     data = load_tensors_data(ranges).data
-    consts = _constant_names(quantized)
-    names = [n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"
-             and n.input[0] not in consts and n.input[0] not in keep]
-    return sorted({t for t in names if t in data and float(np.min(data[t].range_value[0])) < 0.0})
+    return sorted(t for t, d in data.items() if t not in keep and float(np.min(d.range_value[0])) < 0.0)
 
 
 def _by_type(model: Any, op_types: Sequence[str]) -> list[str]:
