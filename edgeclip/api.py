@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .bundle import Bundle, load_bundle
-from .devices.backends import open_image_encoder
+from .devices.choice import open_image_encoder
 from .devices.catalog import DeviceProfile, get_profile
 from .devices.detect import Detection, detect
 from .errors import OptionError
@@ -94,7 +94,7 @@ def export(out: str | os.PathLike[str], model: str | None = None, labels: Sequen
     from .export.defaults import DEFAULT_MODEL, PROXY_LABELS, PROXY_MODELS
     from .export.models import load_model
     from .export.onnx_export import DEFAULT_OPSET, Tolerance
-    from .export.pipeline import export_bundle
+    from .export.exporter import export_bundle
 
     default = PROXY_LABELS if (model or DEFAULT_MODEL) in PROXY_MODELS else None
     items = _labels(labels, labels_file, default)
@@ -117,13 +117,13 @@ def quantize(bundle: str | os.PathLike[str], target: str = "cpu", calib: str | N
     """Write an INT8 image encoder for ``target`` (``cpu``, ``tensorrt`` or ``openvino``) into the bundle (needs ``edgeclip[export]``).
 
     ``calib``: ``text-guided`` (default), ``bn-stats`` (ResNets), ``noise`` or ``real:DIR``; ``options`` are
-    the other fields of ``edgeclip.quant.pipeline.QuantizeOptions`` (images, seed, calib_method, max_drop,
+    the other fields of ``edgeclip.quant.quantize.QuantizeOptions`` (images, seed, calib_method, max_drop,
     time_budget, cache, steps, device, synthesis_resolution, synthesis_precision, synthesis_threads). Returns the
     manifest's quantization record.
     """
     import dataclasses
 
-    from .quant.pipeline import QuantizeOptions, quantize_bundle
+    from .quant.quantize import QuantizeOptions, quantize_bundle
 
     known = {f.name for f in dataclasses.fields(QuantizeOptions)}
     unknown = sorted(set(options) - known)

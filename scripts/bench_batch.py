@@ -86,7 +86,7 @@ def mad(pre, files: list[Path]) -> dict:
 
 def ray_rates(bundle: str, files: list[Path], batch: int, args) -> dict:
     from edgeclip.batch import classify_ray
-    from edgeclip.runtime.batch.ray import init_ray
+    from edgeclip.batch.ray import init_ray
 
     init_ray(None, num_cpus=os.cpu_count())
     out = {}

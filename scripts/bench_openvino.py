@@ -2,12 +2,12 @@
 """edgeclip's INT8 files on OpenVINO and ONNX Runtime against OpenVINO with NNCF's own INT8, in one interleaved run.
 
 For each bundle: ONNX Runtime fp32 (the reference) and every INT8 file on ONNX Runtime; OpenVINO fp32, bf16
-(where the CPU has it) and every INT8 file (``edgeclip.runtime.benchmark.openvino_variants``); and the peer,
+(where the CPU has it) and every INT8 file (``edgeclip.bench.openvino_variants``); and the peer,
 the fp32 model quantized by NNCF (``nncf.quantize`` on OpenVINO's model, ``ModelType.TRANSFORMER`` for ViTs,
 its default CPU preset) calibrated on the same kind of noise images as ``edgeclip quantize --calib noise``,
 run by the same backend class with the same hint, threads and precision of the layers left in float (bf16 on
 CPUs with AVX512_BF16 or AMX, OpenVINO's default there; f32 elsewhere), as edgeclip's files.
-Everything is timed at each batch size in interleaved rounds (``edgeclip.runtime.benchmark.measure``);
+Everything is timed at each batch size in interleaved rounds (``edgeclip.bench.measure``);
 the table gives paired speed-ups vs ONNX Runtime fp32 and vs the NNCF peer, and each variant's embedding
 cosine with fp32 on 8 noise images. The NNCF model is cached in --work (keyed by the fp32 file's sha256).
 
@@ -63,7 +63,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def bench_bundle(path: str, args: argparse.Namespace) -> dict[str, Any]:
     from edgeclip.bundle import load_bundle
     from edgeclip.runtime.backends.openvino import OpenVinoBackend
-    from edgeclip.runtime.benchmark import (Variant, format_table, measure, onnxruntime_variants, openvino_variants,
+    from edgeclip.bench import (Variant, format_table, measure, onnxruntime_variants, openvino_variants,
                                             report)
     from edgeclip.quant.synthetic import noise_images
 
@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--png", default=None, help="write one chart per bundle (the name gets the model appended)")
     args = ap.parse_args()
 
-    from edgeclip.runtime.benchmark import write_png
+    from edgeclip.bench import write_png
 
     reports = []
     for path in args.bundles:

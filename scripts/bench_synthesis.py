@@ -192,10 +192,10 @@ def quality(bundles: list[str], threads: int, work: Path, limit: int | None,
     from edgeclip.bundle import load_bundle
     from edgeclip.quant import resolution
     from edgeclip.quant.calibration import calibration_set
-    from edgeclip.quant.engine import quantize_images
+    from edgeclip.quant.quantizer import quantize_images
     from edgeclip.quant.recipes import recipe_for
     from edgeclip.quant.synthetic import SynthesisConfig
-    from edgeclip.runtime.evaluate import load_dataset, read_class_map
+    from edgeclip.evaluate import load_dataset, read_class_map
     from edgeclip.runtime.labels import resolve_templates
 
     work.mkdir(parents=True, exist_ok=True)

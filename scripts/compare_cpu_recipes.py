@@ -4,7 +4,7 @@
 Candidates: static QDQ U8S8 (per-tensor, per-channel, Conv-per-channel with 7-bit weights = edgeclip's
 ``cpu`` recipe), static QDQ S8S8, static QOperator U8S8, dynamic INT8 MatMul (``quantize_dynamic``), and
 mixed (static Conv + dynamic MatMul). Each is calibrated on the same noise images (speed does not depend on
-the calibration) and timed at batch 1 and 8 in interleaved rounds with ``edgeclip.runtime.benchmark``;
+the calibration) and timed at batch 1 and 8 in interleaved rounds with ``edgeclip.bench``;
 the table shows median ms per image, the paired speed-up over ONNX Runtime fp32 and the embedding cosine
 with fp32.
 
@@ -72,7 +72,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgeclip.runtime.backends.onnxruntime import OrtBackend
-    from edgeclip.runtime.benchmark import Variant, format_table, measure, report
+    from edgeclip.bench import Variant, format_table, measure, report
 
     with tempfile.TemporaryDirectory(prefix="cpu-recipes-") as tmp:
         models, images = build(args.bundle, Path(tmp), args.images)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from edgeclip.export.defaults import PROXY_LABELS  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
-from edgeclip.runtime.stream.decisions import HalfLife  # noqa: E402
-from edgeclip.runtime.stream.sources import parse_source  # noqa: E402
-from edgeclip.runtime.stream.pipeline import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
-from edgeclip.runtime.stream.outputs import JsonLinesSink, rss_bytes  # noqa: E402
+from edgeclip.stream.decisions import HalfLife  # noqa: E402
+from edgeclip.sources import parse_source  # noqa: E402
+from edgeclip.stream.loop import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
+from edgeclip.stream.outputs import JsonLinesSink, rss_bytes  # noqa: E402
 
 
 def export_tiny(out: Path) -> Path:

@@ -17,7 +17,7 @@ import pytest
 
 from edgeclip.cli import main
 from edgeclip.errors import OptionError
-from edgeclip.runtime.batch.resume import complete_prefix, resume_output
+from edgeclip.batch.resume import complete_prefix, resume_output
 from edgeclip.runtime.classifier import Classifier
 from edgeclip.runtime.decode_pillow import decode_pillow
 from edgeclip.runtime.images import decode_image, jpeg_reduction, read_image

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgeclip.errors import OptionError
-from edgeclip.runtime.stream.decisions import UNKNOWN, EmaSmoother, HalfLife, LabelDecider, Roi, ema_weight
+from edgeclip.stream.decisions import UNKNOWN, EmaSmoother, HalfLife, LabelDecider, Roi, ema_weight
 
 NAMES = ["cat", "dog", "bird"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgeclip.cli import main
 from edgeclip.bundle import load_bundle
-from edgeclip.devices.backends import backend_order, open_image_encoder
+from edgeclip.devices.choice import backend_order, open_image_encoder
 from edgeclip.devices.catalog import get_profile, load_profiles, profile_from_dict
 from edgeclip.devices.detect import detect, l4t_software, parse_tegra_release, run_command
 from edgeclip.errors import DeviceError

@@ -11,7 +11,7 @@ import pytest
 
 import edgeclip
 from edgeclip.cli import main
-from edgeclip.runtime.evaluate import score
+from edgeclip.evaluate import score
 
 
 def test_score_math() -> None:

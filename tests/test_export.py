@@ -18,7 +18,7 @@ from edgeclip.bundle import load_bundle
 from edgeclip.errors import ExportError, ModelLoadError, OptionError, ParityError
 from edgeclip.export.models import load_model
 from edgeclip.export.onnx_export import check_parity, export_onnx
-from edgeclip.export.pipeline import export_bundle
+from edgeclip.export.exporter import export_bundle
 from edgeclip.runtime.labels import Label
 
 

@@ -10,13 +10,13 @@ ROOT = Path(edgeclip.__file__).parent
 
 #: part -> parts it must never import (directly or inside a function)
 FORBIDDEN = {
-    "bundle": {"runtime", "devices", "export", "quant", "cli", "api"},
+    "bundle": {"runtime", "devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources"},
     "errors": {"bundle", "runtime", "devices", "export", "quant", "cli", "api"},
-    "runtime": {"devices", "export", "quant", "cli", "api"},
-    "devices": {"export", "quant", "cli", "api"},
-    "export": {"devices", "cli", "api"},
-    "quant": {"devices", "cli", "api"},
-    "api": {"cli"},
+    "runtime": {"devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources"},
+    "devices": {"export", "quant", "cli", "api", "stream", "serve", "batch"},
+    "export": {"devices", "cli", "api", "stream", "serve", "batch"},
+    "quant": {"devices", "cli", "api", "stream", "serve", "batch"},
+    "api": {"cli", "stream", "serve", "batch"},
 }
 
 

@@ -18,10 +18,10 @@ import pytest
 from mjpeg_servers import BadMjpegServer
 from image_fuzz import jpeg_bomb, png_bomb
 from edgeclip.runtime.classifier import Classifier
-from edgeclip.runtime.stream.decisions import HalfLife
-from edgeclip.runtime.stream.outputs import JsonLinesSink
-from edgeclip.runtime.stream.pipeline import ReconnectPolicy, StreamOptions, StreamPipeline
-from edgeclip.runtime.stream.sources import MjpegHttpReader, parse_source
+from edgeclip.stream.decisions import HalfLife
+from edgeclip.stream.outputs import JsonLinesSink
+from edgeclip.stream.loop import ReconnectPolicy, StreamOptions, StreamPipeline
+from edgeclip.sources import MjpegHttpReader, parse_source
 
 LIMIT = 2**20  # the part size limit in these tests (1 MiB)
 

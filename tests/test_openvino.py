@@ -12,7 +12,7 @@ import pytest
 
 import edgeclip
 from edgeclip.cli import main
-from edgeclip.devices.backends import backend_order
+from edgeclip.devices.choice import backend_order
 from edgeclip.devices.catalog import get_profile
 from edgeclip.runtime.backends.openvino import check_bf16, default_cache_dir, rest_precision
 from edgeclip.runtime.cpu import BF16_FLAGS, read_cpuinfo

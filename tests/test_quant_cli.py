@@ -117,7 +117,7 @@ def test_max_drop_keeps_the_most_sensitive_layers_in_fp32(vit: Path, tmp_path: P
 
     from edgeclip.bundle import update_bundle
     from edgeclip.quant.agreement import run_onnx
-    from edgeclip.quant.pipeline import QuantizeOptions, quantize_bundle
+    from edgeclip.quant.quantize import QuantizeOptions, quantize_bundle
     from edgeclip.quant.recipes import RECIPES, prepare_fp32, quantize_onnx
     from edgeclip.quant.synthetic import noise_images
     from edgeclip.runtime.labels import Label

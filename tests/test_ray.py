@@ -16,7 +16,7 @@ pytest.importorskip("ray.data")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from edgeclip.runtime.batch.ray import init_ray
+    from edgeclip.batch.ray import init_ray
 
     yield init_ray(None, num_cpus=2)
     ray.shutdown()

@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 
 import edgeclip  # noqa: E402
 from edgeclip.bundle import load_bundle  # noqa: E402
-from edgeclip.runtime.stream.pipeline import StreamOptions  # noqa: E402
+from edgeclip.stream.loop import StreamOptions  # noqa: E402
 from edgeclip.serve import create_app  # noqa: E402
 from serve_helpers import call, multipart, read_events, read_mjpeg_parts, running_server  # noqa: E402
 
@@ -336,7 +336,7 @@ def test_metrics_are_prometheus_text_with_requests_errors_batches_and_stream(ser
 # without a source, host check, mounting
 # ---------------------------------------------------------------------------------------------------------
 def test_without_a_source_the_stream_endpoints_say_so_and_foreign_hosts_are_refused(served_bundle, photos) -> None:
-    from edgeclip.runtime.serve.app import LOOPBACK_HOSTS
+    from edgeclip.serve.app import LOOPBACK_HOSTS
 
     app = create_app(edgeclip.load(served_bundle), allowed_hosts=LOOPBACK_HOSTS, max_body_bytes=4096)
     with running_server(app) as base:

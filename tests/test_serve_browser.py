@@ -18,7 +18,7 @@ pytest.importorskip("starlette", reason="the 'serve' extra (starlette, uvicorn, 
 pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 
 import edgeclip  # noqa: E402
-from edgeclip.runtime.stream.pipeline import StreamOptions  # noqa: E402
+from edgeclip.stream.loop import StreamOptions  # noqa: E402
 from edgeclip.serve import create_app  # noqa: E402
 from serve_helpers import call, running_server  # noqa: E402
 

@@ -24,10 +24,10 @@ from edgeclip.cli import main
 from edgeclip.errors import SourceError
 from edgeclip.runtime.backends import create_backend
 from edgeclip.runtime.classifier import Classifier
-from edgeclip.runtime.stream.decisions import EmaSmoother, HalfLife, LabelDecider, Roi
-from edgeclip.runtime.stream.sources import opencv_has, parse_source
-from edgeclip.runtime.stream.pipeline import FrameMailbox, ReconnectPolicy, StreamOptions, StreamPipeline
-from edgeclip.runtime.stream.outputs import JsonLinesSink, LatencyStats
+from edgeclip.stream.decisions import EmaSmoother, HalfLife, LabelDecider, Roi
+from edgeclip.sources import opencv_has, parse_source
+from edgeclip.stream.loop import FrameMailbox, ReconnectPolicy, StreamOptions, StreamPipeline
+from edgeclip.stream.outputs import JsonLinesSink, LatencyStats
 
 SEGMENTS = 10
 HOLD = 8  # frames per segment
@@ -205,7 +205,7 @@ def test_gstreamer_sources_explain_the_system_opencv(source: str) -> None:
 
 
 def test_gstreamer_preset_pipelines() -> None:
-    from edgeclip.runtime.stream.sources import csi_pipeline, usb_pipeline
+    from edgeclip.sources import csi_pipeline, usb_pipeline
 
     csi = csi_pipeline(1, 1920, 1080, 30)
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ") and "width=1920,height=1080,framerate=30/1" in csi
@@ -454,7 +454,7 @@ def test_stream_runtime_never_imports_torch(tiny_vit_bundle: Path) -> None:
             "from edgeclip.cli import main\n"
             f"rc = main(['-q', 'stream', {str(tiny_vit_bundle)!r}, '--source', 'synthetic://64x48', "
             "'--max-frames', '20', '--jsonl', '/dev/null', '--threads', '1'])\n"
-            "import edgeclip.runtime.stream.relabel, edgeclip.runtime.stream.sources, edgeclip.runtime.stream\n"
+            "import edgeclip.stream.relabel, edgeclip.sources, edgeclip.stream\n"
             "assert rc == 0, rc\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'open_clip'))\n"
             "assert not bad, bad\n")

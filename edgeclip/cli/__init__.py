@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EdgeclipError
 from .options import flag_wording
 

@@ -45,7 +45,7 @@ def _tensorrt_variants(bundle: Any) -> tuple[list, list[str]]:
     from ..errors import EdgeclipError
     from ..devices.engines import find_engine
     from ..runtime.backends import create_backend
-    from ..runtime.benchmark import Variant
+    from ..bench import Variant
 
     variants, skipped = [], []
     if not bundle.files_with_role("engine"):
@@ -76,7 +76,7 @@ def _torch_variant(bundle: Any, threads: int) -> tuple[Any, str | None]:
     except ImportError:
         return None, "torch is not installed"
     from ..errors import BundleError, EdgeclipError
-    from ..runtime.benchmark import Variant
+    from ..bench import Variant
 
     try:
         from ..export.models import load_source_model
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import load_bundle
     from ..errors import OptionError
     from ..extras import require, require_onnxruntime
-    from ..runtime.benchmark import (format_table, measure, onnxruntime_variants, openvino_variants, report, write_json,
+    from ..bench import (format_table, measure, onnxruntime_variants, openvino_variants, report, write_json,
                                      write_png)
     from .options import progress_bar, providers_of
 

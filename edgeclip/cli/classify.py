@@ -276,7 +276,7 @@ def _path_width(paths: list[Path]) -> int:
 def _resume(args: argparse.Namespace, fmt: str, paths: list[Path]):
     """--resume: read --output back (cutting a partial last row) and say what is left to do."""
     from ..errors import OptionError
-    from ..runtime.batch.resume import RESUMABLE_FORMATS, resume_output
+    from ..batch.resume import RESUMABLE_FORMATS, resume_output
 
     if not args.output:
         raise OptionError("--resume needs --output FILE: the csv or jsonl file of the run to resume")

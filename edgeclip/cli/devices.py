@@ -58,7 +58,7 @@ def run_devices(args: argparse.Namespace) -> int:
     order = None
     if args.bundle:
         from ..bundle import load_bundle
-        from ..devices.backends import backend_order
+        from ..devices.choice import backend_order
 
         order = backend_order(found.profile, load_bundle(args.bundle))
     if args.json:

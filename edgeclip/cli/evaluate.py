@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _runtime_embedder(args, bundle_path: str, precision: str, names: list[str], templates: list[str],
                       target: str | None | bool = True):
-    from ..runtime.evaluate import embed_files_with
+    from ..evaluate import embed_files_with
 
     clf = open_classifier(args, bundle_path, precision, target=target)
     if getattr(args, "exact_decode", False):
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         require_onnxruntime("edgeclip eval")
     if args.confusion:
         require("opencv", what="eval --confusion (drawing the PNG)")
-    from ..runtime.evaluate import (agreement, confusion_png, evaluate_embeddings, load_dataset, read_class_map,
+    from ..evaluate import (agreement, confusion_png, evaluate_embeddings, load_dataset, read_class_map,
                                     write_json)
     from ..runtime.labels import resolve_templates
 

@@ -108,7 +108,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     """Refuse a non-loopback bind without a token (OptionError); the warning to print for --insecure."""
     from ..errors import OptionError
-    from ..runtime.serve.app import is_loopback
+    from ..serve.app import is_loopback
 
     if is_loopback(host) or token:
         return None
@@ -152,10 +152,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..runtime.serve.app import LOOPBACK_HOSTS, create_app, is_loopback
-    from ..runtime.stream.decisions import HalfLife
-    from ..runtime.stream.pipeline import StreamOptions
-    from ..runtime.stream.sources import parse_source
+    from ..serve.app import LOOPBACK_HOSTS, create_app, is_loopback
+    from ..stream.decisions import HalfLife
+    from ..stream.loop import StreamOptions
+    from ..sources import parse_source
 
     spec = stream_options = None
     if args.source is not None:

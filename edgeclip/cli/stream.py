@@ -111,8 +111,8 @@ def _size(text: str) -> int:
 
 def _options(args: argparse.Namespace) -> Any:
     from ..errors import OptionError
-    from ..runtime.stream.decisions import HalfLife, Roi
-    from ..runtime.stream.pipeline import ReconnectPolicy, StreamOptions
+    from ..stream.decisions import HalfLife, Roi
+    from ..stream.loop import ReconnectPolicy, StreamOptions
 
     if args.video_fps is not None and not args.video_out:
         raise OptionError("--video-fps sets the rate of --video-out; pass --video-out FILE too, or drop it")
@@ -163,10 +163,10 @@ def _require_opencv(args: argparse.Namespace, spec: Any) -> None:
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    from ..runtime.stream.relabel import LabelReloader
-    from ..runtime.stream.sources import parse_source
-    from ..runtime.stream.pipeline import CLEAN_END, StreamPipeline
-    from ..runtime.stream.outputs import AnnotatedVideo, JsonLinesSink, Window
+    from ..stream.relabel import LabelReloader
+    from ..sources import parse_source
+    from ..stream.loop import CLEAN_END, StreamPipeline
+    from ..stream.outputs import AnnotatedVideo, JsonLinesSink, Window
 
     options = _options(args)
     spec = parse_source(args.source, args.width, args.height, args.fps, args.read_timeout, args.realtime,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ExportError, ParityShapeError, ParityToleranceError
 
 log = logging.getLogger("edgeclip.export")

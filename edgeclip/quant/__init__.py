@@ -6,6 +6,6 @@ is the same engine applied to a bundle's image encoder.
 from __future__ import annotations
 
 from .calibration import CalibrationSet, CalibSource
-from .engine import QuantRecord, make_calibration, quantize_images, quantize_model
+from .quantizer import QuantRecord, make_calibration, quantize_images, quantize_model
 
 __all__ = ["CalibSource", "CalibrationSet", "QuantRecord", "make_calibration", "quantize_images", "quantize_model"]

@@ -50,7 +50,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import OptionError, QuantizationError
 
 log = logging.getLogger("edgeclip.quant")

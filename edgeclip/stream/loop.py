@@ -31,11 +31,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...errors import EdgeclipError, FrameError, ImageReadError, OptionError, SourceError
-from ..classifier import Classifier
+from ..errors import EdgeclipError, FrameError, ImageReadError, OptionError, SourceError
+from ..runtime.classifier import Classifier
 from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
 from .relabel import LabelReloader, Relabel
-from .sources import FrameReader, SourceSpec
+from ..sources import FrameReader, SourceSpec
 from .outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
 
 log = logging.getLogger("edgeclip.runtime")

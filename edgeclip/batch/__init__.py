@@ -1,4 +1,5 @@
-"""Batch classification beyond one process: :func:`classify_ray` runs ``edgeclip.load`` on Ray Data actors.
+"""Offline batch runs: resumable result files (:func:`resume_output`) and, beyond one process,
+:func:`classify_ray`, which runs ``edgeclip.load`` on Ray Data actors (the ``ray`` extra).
 
     from edgeclip.batch import classify_ray
     for r in classify_ray("bundle", paths, workers=4):          # local Ray on 127.0.0.1
@@ -15,10 +16,11 @@ import functools
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import load
-from .errors import OptionError
-from .runtime.batch import ray as ray_batch
-from .runtime.classifier import FileResult
+from ..api import load
+from ..errors import OptionError
+from . import ray as ray_batch
+from .resume import ResumeState, resume_output
+from ..runtime.classifier import FileResult
 
 
 def classify_ray(bundle: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *, workers: int = 2,
@@ -34,7 +36,7 @@ def classify_ray(bundle: str | os.PathLike[str], paths: Sequence[str | os.PathLi
     - ``threads``: ONNX Runtime threads per actor (0: this machine's cores / ``workers`` for a local Ray; the
       backend's default on a cluster). Each actor reserves ``max(1, threads)`` Ray CPUs.
     - ``parquet``: also write the result rows as Parquet shards into this folder (columns
-      ``edgeclip.runtime.batch.ray.COLUMNS``; ``path`` is UTF-8 text, ``path_bytes`` the name's exact bytes).
+      ``edgeclip.batch.ray.COLUMNS``; ``path`` is UTF-8 text, ``path_bytes`` the name's exact bytes).
     - The other options are :func:`edgeclip.load`'s and :meth:`Classifier.classify_files`'s; ``max_pixels`` /
       ``max_bytes`` are the image limits applied on the workers.
 

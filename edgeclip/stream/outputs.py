@@ -19,7 +19,7 @@ from typing import IO, Any, Sequence
 
 import numpy as np
 
-from ...errors import OptionError, SourceError
+from ..errors import OptionError, SourceError
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ...errors import EdgeclipError, FrameError, SourceError
-from ..images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
+from ..errors import EdgeclipError, FrameError, SourceError
+from ..runtime.images import IMAGE_EXTENSIONS, decode_image, expand_inputs, read_image
 
 log = logging.getLogger("edgeclip.runtime")
 

@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ...errors import BackendError, EdgeclipError, OptionError
-from ..classifier import FileResult, Prediction
+from ..errors import BackendError, EdgeclipError, OptionError
+from ..runtime.classifier import FileResult, Prediction
 
-log = logging.getLogger("edgeclip.runtime.batch")
+log = logging.getLogger("edgeclip.batch")
 
 #: columns of the result dataset (and of the Parquet shards)
 COLUMNS = ("path", "path_bytes", "label", "score", "top_labels", "top_scores", "error")
@@ -35,7 +35,7 @@ def require_ray(loopback: bool = False) -> Any:
     mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS and Windows) keeps everything on
     the loopback address, for this process and the Ray processes it starts.
     """
-    from ...extras import require
+    from ..extras import require
 
     require("ray", what="a --ray run (Ray Data)")
     if loopback:
@@ -74,7 +74,7 @@ class ClassifyActor:
 
     def __init__(self, factory: Callable[[], Any], top_k: int, exact_decode: bool, decode_threads: int,
                  max_pixels: int | None, max_bytes: int | None) -> None:
-        from .. import images
+        from ..runtime import images
 
         images.set_limits(max_pixels, max_bytes)  # this worker process's defaults
         self.clf = factory()

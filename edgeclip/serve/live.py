@@ -1,7 +1,7 @@
 """The live source behind ``edgeclip serve --source``: the streaming pipeline on a thread, its decisions as
 events for ``GET /v1/stream`` and its newest annotated frame for ``GET /v1/preview.mjpg``.
 
-The pipeline (``edgeclip.runtime.stream``) runs unchanged: this module is its sink (pipeline events) and
+The pipeline (``edgeclip.stream``) runs unchanged: this module is its sink (pipeline events) and
 an observer (one call per classified frame). Everything is bounded: the event log keeps the last
 :data:`EVENT_LOG` events with increasing ids (a client resumes from its last id), and only the newest frame
 is kept; it is annotated and JPEG-encoded at most once per frame, however many viewers there are.
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import Classifier
+from ..runtime.classifier import Classifier
 from ..stream.outputs import annotate
-from ..stream.pipeline import FrameResult, StreamOptions, StreamPipeline
-from ..stream.sources import SourceSpec
+from ..stream.loop import FrameResult, StreamOptions, StreamPipeline
+from ..sources import SourceSpec
 
 log = logging.getLogger("edgeclip.serve")
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..errors import OptionError
-from .images import IMAGE_EXTENSIONS
+from .errors import OptionError
+from .runtime.images import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
-    from .classifier import Classifier
+    from .runtime.classifier import Classifier
 
 
 @dataclass

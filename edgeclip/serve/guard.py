@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...errors import BackendError, BundleBusyError, BundleError, EdgeclipError, LabelsError, RequestError
+from ..errors import BackendError, BundleBusyError, BundleError, EdgeclipError, LabelsError, RequestError
 
 COOKIE = "edgeclip_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

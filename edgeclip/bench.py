@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cpu import BF16_FLAGS, VNNI_FLAGS, read_cpuinfo
-from ..bundle import Bundle
-from ..errors import EdgeclipError, OptionError
+from .runtime.cpu import BF16_FLAGS, VNNI_FLAGS, read_cpuinfo
+from .bundle import Bundle
+from .errors import EdgeclipError, OptionError
 
 #: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
 CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS, *BF16_FLAGS})
@@ -72,7 +72,7 @@ def int8_files(bundle: Bundle) -> list[tuple[str, Path, str | None]]:
 
 def onnxruntime_variants(bundle: Bundle, providers: Sequence[str], threads: int = 0) -> list[Variant]:
     """ONNX Runtime fp32 (named ``onnxruntime fp32``, the usual reference) and every INT8 file of the bundle."""
-    from .backends.onnxruntime import OrtBackend
+    from .runtime.backends.onnxruntime import OrtBackend
 
     fp32 = OrtBackend(bundle.encoder("image", "fp32"), list(providers), threads)
     out = [Variant("onnxruntime fp32", "onnxruntime", "fp32", fp32.run)]
@@ -86,7 +86,7 @@ def onnxruntime_variants(bundle: Bundle, providers: Sequence[str], threads: int 
 def openvino_variants(bundle: Bundle, threads: int = 0, hint: str = "auto", cache_dir: str | None = None,
                       cpu_flags: frozenset[str] | None = None) -> tuple[list[Variant], list[str]]:
     """OpenVINO on the CPU: fp32, bf16 (where the CPU has it) and every INT8 file; and what was skipped, why."""
-    from .backends.openvino import OpenVinoBackend, check_bf16, have_openvino
+    from .runtime.backends.openvino import OpenVinoBackend, check_bf16, have_openvino
 
     ok, why = have_openvino()
     if not ok:

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
-from ...errors import EdgeclipError, OptionError
+from ..errors import EdgeclipError, OptionError
 
 log = logging.getLogger("edgeclip.serve")
 

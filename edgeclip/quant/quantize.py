@@ -1,6 +1,6 @@
 """``edgeclip quantize``: calibration set -> INT8 image encoder -> agreement check -> bundle, atomically.
 
-A thin layer over ``edgeclip.quant.engine`` (which works on any image model): the bundle adds the cached,
+A thin layer over ``edgeclip.quant.quantizer`` (which works on any image model): the bundle adds the cached,
 text-guided calibration sets, the zero-shot agreement against its labels, and the atomic write.
 
 Steps: make (or load) the calibration images; prepare the fp32 encoder (ORT basic optimisation); quantize
@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..bundle import load_bundle, now_iso, update_bundle
 from ..errors import OptionError
 from .calibration import CalibSource, calibration_set, work_dir, write_contact_sheet
-from .engine import quantize_images
+from .quantizer import quantize_images
 from .recipes import CALIB_METHODS, int8_file_name, ranges_cache_name, recipe_for
 from .synthetic import SynthesisConfig
 

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..bundle import BundleDraft, create_bundle
 from ..runtime.labels import Label, embed_labels
 from ..runtime.text import TextEncoder, write_labels

@@ -22,10 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ...bundle import Bundle
-from ...errors import EdgeclipError
-from ..labels import embed_labels, read_labels_file, resolve_templates
-from ..text import TextEncoder, bundle_templates
+from ..bundle import Bundle
+from ..errors import EdgeclipError
+from ..runtime.labels import embed_labels, read_labels_file, resolve_templates
+from ..runtime.text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
 

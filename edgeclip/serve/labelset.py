@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...bundle import LABELS_JSON, Bundle
-from ...errors import EdgeclipError, LabelsError
-from ..labels import TEMPLATE_SETS, Label, check_labels, check_template, label_prompts
-from ..text import bundle_templates
+from ..bundle import LABELS_JSON, Bundle
+from ..errors import EdgeclipError, LabelsError
+from ..runtime.labels import TEMPLATE_SETS, Label, check_labels, check_template, label_prompts
+from ..runtime.text import bundle_templates
 
 #: Limits on one label document.
 MAX_LABELS = 2000

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...errors import OptionError
+from ..errors import OptionError
 
 UNKNOWN = "unknown"
 

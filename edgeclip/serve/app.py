@@ -38,14 +38,14 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ... import __version__
-from ...bundle import update_bundle
-from ...errors import EdgeclipError, ImageReadError, OptionError, RequestError
-from .. import images
-from ..classifier import Classifier, softmax
-from ..stream.pipeline import StreamOptions
-from ..stream.sources import SourceSpec, parse_source
-from ..text import write_labels
+from .._version import __version__
+from ..bundle import update_bundle
+from ..errors import EdgeclipError, ImageReadError, OptionError, RequestError
+from ..runtime import images
+from ..runtime.classifier import Classifier, softmax
+from ..stream.loop import StreamOptions
+from ..sources import SourceSpec, parse_source
+from ..runtime.text import write_labels
 from .batcher import MicroBatcher, QueueFull
 from .guard import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, Guard, is_loopback
 from .labelset import LabelSet, check_prompt_count, initial_label_set, parse_label_document

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import OptionError
+from ..errors import OptionError
 
 #: formats whose rows can be read back
 RESUMABLE_FORMATS = ("jsonl", "csv")
