@@ -79,6 +79,17 @@ class FrameError(SourceError):
         self.file = file
 
 
+class ConfigError(OptionError):
+    """A configuration file is wrong at one place: ``file``, ``line`` (1-based) and ``key`` (dotted path)
+    name it, and the message says what is expected there."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        where = ", ".join(p for p in (file, f"line {line}" if line else None, f"key {key}" if key else None) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.file, self.line, self.key = file, line, key
+
+
 class RequestError(EdgeclipError):
     """A request to ``edgeclip serve`` cannot be served; ``status`` is the HTTP status code to answer."""
 

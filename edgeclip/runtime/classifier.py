@@ -214,9 +214,14 @@ class Classifier:
     def _no_embeddings(self) -> np.ndarray:
         return np.zeros((0, int(self.bundle.model["embed_dim"])), np.float32)
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """softmax(logit_scale * cosine) over the labels, [B, N]."""
-        return softmax(self.logit_scale * (embeddings @ self.label_matrix.T))
+    def probabilities(self, embeddings: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+        """softmax(logit_scale * cosine) over the labels, [B, N].
+
+        ``matrix``: another L2-normalised [N, D] label matrix to score against (e.g. one per region of a
+        camera, from :meth:`embed_labels`), so one batch of embeddings serves several label sets.
+        """
+        labels = self.label_matrix if matrix is None else matrix
+        return softmax(self.logit_scale * (embeddings @ labels.T))
 
     def predictions(self, probs: np.ndarray, top_k: int | None = None) -> list[Prediction]:
         """Top-k predictions from a [B, N] probability matrix."""

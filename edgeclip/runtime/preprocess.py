@@ -399,8 +399,11 @@ def _as_image(image: Any) -> np.ndarray:
 class Preprocessor:
     """BGR uint8 images -> float32 model input, identical to open_clip's eval transform on PIL images."""
 
-    def __init__(self, config: PreprocessConfig) -> None:
+    def __init__(self, config: PreprocessConfig, cache_size: int = _CACHE_SIZE) -> None:
         self.config = config
+        #: input sizes whose resampling plans are kept (raise it to the number of differently sized inputs
+        #: that recur, e.g. the regions of many cameras, so no plan is rebuilt)
+        self.cache_size = int(cache_size)
         mean = np.asarray(config.mean, dtype=np.float32)
         std = np.asarray(config.std, dtype=np.float32)
         # ToTensor then Normalize, in float32 like torch: (v / 255 - mean) / std, tabulated per channel.
@@ -419,7 +422,7 @@ class Preprocessor:
         plan = _Plan(self.config, h, w)  # built outside the lock; a duplicate build is harmless
         with self._lock:
             self._plans[key] = plan
-            while len(self._plans) > _CACHE_SIZE:
+            while len(self._plans) > max(1, self.cache_size):
                 self._plans.popitem(last=False)
         return plan
 

@@ -429,6 +429,14 @@ class SourceSpec:
     files: list[Path] = field(default_factory=list, repr=False)
     realtime: bool = False
     max_part_bytes: int | None = None
+    #: threads OpenCV's FFmpeg decoder may use for files and network streams (None: OpenCV's default, one per
+    #: core); a process reading many sources sets 1 so that decoders do not outnumber the cores
+    decode_threads: int | None = None
+
+    def _ffmpeg_params(self) -> list[int]:
+        import cv2
+
+        return [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
 
     @property
     def live(self) -> bool:
@@ -491,14 +499,17 @@ class SourceSpec:
             if url.startswith(("rtsp://", "rtsps://")) and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
                 os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
             ms = int(self.timeout * 1000)
-            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms, *self._ffmpeg_params()])
             if not cap.isOpened():
                 raise SourceError(f"{_redact(url)}: cannot open the stream (unreachable, wrong path or "
                                   f"credentials, or a format FFmpeg cannot read)")
             return CaptureReader(cap, _redact(url))
         # file
-        cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG if opencv_has("FFMPEG") else cv2.CAP_ANY)
+        if opencv_has("FFMPEG"):
+            cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, self._ffmpeg_params())
+        else:
+            cap = cv2.VideoCapture(str(self.target), cv2.CAP_ANY)
         if not cap.isOpened():
             raise SourceError(f"{self.target}: OpenCV cannot open this video file (unknown container or codec); "
                               f"convert it, e.g. `ffmpeg -i IN -c:v libx264 out.mp4`")

@@ -128,12 +128,15 @@ class CaptureWorker:
     """Reads a source on its own thread into a mailbox; reconnects lost live sources; loops files."""
 
     def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, loop: bool = False,
-                 max_frames: int = 0, policy: ReconnectPolicy | None = None) -> None:
+                 max_frames: int = 0, policy: ReconnectPolicy | None = None, reader: FrameReader | None = None,
+                 name: str = "edgeclip-capture") -> None:
         self.spec, self.mailbox, self.emit = spec, mailbox, emit
         self.lossless = not spec.paced  # unpaced sources wait for room in the mailbox instead of dropping
         self.loop, self.max_frames = loop, max_frames
         self.policy = policy or ReconnectPolicy()
-        self.reader: FrameReader = spec.open()  # raises SourceError now, on the caller's thread
+        # opened now, on the caller's thread (SourceError), unless a reader is given: a reader that reads as
+        # lost (None) makes a live source that is down at start reconnect with backoff like a lost one
+        self.reader: FrameReader = reader if reader is not None else spec.open()
         self.fps = spec.nominal_fps(self.reader)
         self.captured = self.reconnects = self.frame_errors = 0
         self._failures = 0
@@ -144,7 +147,7 @@ class CaptureWorker:
         self._lost_at: float | None = None
         self._attempts = 0
         self._delay = self.policy.initial
-        self.thread = threading.Thread(target=self._run, name="edgeclip-capture", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
