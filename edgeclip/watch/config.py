@@ -136,6 +136,9 @@ class WatchOptions:
                           _number(1, 1024, integer=True))
     staleness: float = _opt(1.0, "a crop waiting longer than this many seconds is dropped (and counted)",
                             parse_duration)
+    frame_buffer: int = _opt(2, "frames a camera keeps for the inference thread, and crops a region keeps waiting "
+                                "(the newest win; more absorb jitter, fewer keep latency down)",
+                             _number(1, 64, integer=True))
     encoder_threads: int = _opt(0, "image encoder threads (0: the thread budget's choice, see docs/watch.md)",
                                 _number(0, 1024, integer=True))
     decode_threads: int = _opt(1, "threads each source's decoder may use (FFmpeg); cameras x this, plus the "
@@ -453,7 +456,7 @@ def _cameras(r: _Reader, node: Any, defaults: RegionSettings) -> list[CameraConf
 def _camera(r: _Reader, name: str, knode: Any, node: Any, key: str, defaults: RegionSettings) -> CameraConfig:
     items = r.mapping(node, key, CAMERA_KEYS)
     if "source" not in items:
-        raise r.fail(node, f"{key}.source", "missing: a camera (0, /dev/video0, csi://0), a URL, a file or a folder")
+        raise r.fail(knode, f"{key}.source", "missing: a camera (0, /dev/video0, csi://0), a URL, a file or a folder")
     source = r.value(items["source"][1], f"{key}.source")
     if source is None or str(source).strip() == "":
         raise r.fail(items["source"][1], f"{key}.source", "empty source")
@@ -468,7 +471,7 @@ def _camera(r: _Reader, name: str, knode: Any, node: Any, key: str, defaults: Re
             except ValueError as exc:
                 raise r.fail(items[k][1], f"{key}.{k}", str(exc)) from None
     if "regions" not in items:
-        raise r.fail(node, f"{key}.regions", "missing: name at least one region with a rect or polygon and states")
+        raise r.fail(knode, f"{key}.regions", "missing: name at least one region with a rect or polygon and states")
     regions = r.mapping(items["regions"][1], f"{key}.regions")
     if not regions:
         raise r.fail(items["regions"][1], f"{key}.regions", "no regions")
@@ -483,11 +486,11 @@ def _region(r: _Reader, name: str, knode: Any, node: Any, key: str, defaults: Re
     items = r.mapping(node, key, REGION_KEYS)
     shapes = [k for k in SHAPE_KEYS if k in items]
     if len(shapes) != 1:
-        raise r.fail(node, f"{key}.rect", "give the region's place as exactly one of rect: [x, y, w, h] or "
+        raise r.fail(knode, f"{key}.rect", "give the region's place as exactly one of rect: [x, y, w, h] or "
                                           "polygon: [[x, y], ...] (pixels, or fractions of the frame)")
     shape = _shape(r, shapes[0], items[shapes[0]][1], f"{key}.{shapes[0]}")
     if "states" not in items:
-        raise r.fail(node, f"{key}.states", "missing: at least two states, e.g. states: [an open door, a closed "
+        raise r.fail(knode, f"{key}.states", "missing: at least two states, e.g. states: [an open door, a closed "
                                             "door]")
     states = _states(r, items["states"][1], f"{key}.states")
     setting_items = {k: v for k, v in items.items() if k not in ("states", *SHAPE_KEYS)}

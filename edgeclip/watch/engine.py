@@ -3,7 +3,7 @@
 Threads and data flow::
 
     one capture thread per camera            the inference thread (Watcher.run)                 one thread per sink
-    read + decode -> mailbox (1 frame,  ->   newest frame per camera -> per region: due?      ->  JSON lines,
+    read + decode -> mailbox (2 frames, ->   newest frame per camera -> per region: due?      ->  JSON lines,
     newest wins; lost live sources           (schedule, motion gate) -> crop, then resize         MQTT, webhooks
     reconnect with backoff, alone)           -> fair queue -> ONE encoder call for every due      (bounded queues)
                                              crop -> per-region scores -> EMA, margin, dwell
@@ -12,9 +12,11 @@ Threads and data flow::
 * **One encoder call per tick.** Crops of every due region of every camera are batched together (at most
   ``max_batch``); each crop is then scored against its own region's state matrix
   (``Classifier.probabilities(embeddings, matrix)``), so one bundle serves every region.
-* **Fair and fresh.** The queue keeps the newest crop per region; a batch takes crops round-robin across
-  cameras, starting one camera further on each tick, so no camera starves. A crop older than ``staleness``
-  seconds, or replaced by a newer crop of its region before its turn, is dropped and counted.
+* **Fair and fresh.** Each camera keeps at most ``frame_buffer`` frames for the inference thread and each
+  region at most ``frame_buffer`` crops waiting (the newest win, so a burst is absorbed and a slow encoder
+  classifies the present); a batch takes crops round-robin across cameras, starting one camera further on
+  each tick, so no camera starves. A crop older than ``staleness`` seconds, or replaced by a newer crop of
+  its region before its turn, is dropped and counted.
   Sources read as fast as possible (unpaced files) are not read ahead: every frame is classified.
 * **Threads budgeted against the cores** (:func:`plan_threads`): the encoder gets the cores; motion gating,
   cropping and preprocessing run on the inference thread *between* encoder calls (never beside them); each
@@ -172,8 +174,8 @@ class Region:
 class _Mailbox(FrameMailbox):
     """A one-frame mailbox that also wakes the inference thread."""
 
-    def __init__(self, arrived: threading.Event) -> None:
-        super().__init__(1)
+    def __init__(self, arrived: threading.Event, capacity: int = 1) -> None:
+        super().__init__(capacity)
         self.arrived = arrived
 
     def put(self, item: Any, block: bool = False) -> bool:
@@ -206,10 +208,11 @@ class Camera:
     """One source: its capture thread, newest frame, regions and counters."""
 
     def __init__(self, config: CameraConfig, regions: list[Region], arrived: threading.Event,
-                 emit: Callable[..., Any], decode_threads: int, reconnect: ReconnectPolicy) -> None:
+                 emit: Callable[..., Any], decode_threads: int, reconnect: ReconnectPolicy,
+                 buffer: int = 1) -> None:
         self.config, self.name, self.regions = config, config.name, regions
         self.spec = camera_spec(config, decode_threads)
-        self.mailbox = _Mailbox(arrived)
+        self.mailbox = _Mailbox(arrived, buffer)
         self.up = True
         self.error: str | None = None
 
@@ -320,20 +323,23 @@ class Crop:
 
 
 class CropQueue:
-    """The newest crop per region, taken round-robin across cameras; stale or replaced crops are counted."""
+    """Crops waiting for the encoder, per camera in arrival order, at most ``per_region`` per region (the
+    newest win); taken round-robin across cameras. Stale or replaced crops are dropped and counted."""
 
-    def __init__(self) -> None:
-        self.pending: dict[str, OrderedDict[int, Crop]] = {}
+    def __init__(self, per_region: int = 2) -> None:
+        self.pending: dict[str, deque[Crop]] = {}
+        self.per_region = max(1, int(per_region))
         self._turn = 0
         self.dropped = 0
 
     def put(self, crop: Crop) -> None:
-        box = self.pending.setdefault(crop.region.camera, OrderedDict())
-        old = box.pop(id(crop.region), None)
-        if old is not None:  # a newer crop of the same region replaces the waiting one
-            old.region.dropped += 1
+        box = self.pending.setdefault(crop.region.camera, deque())
+        same = [c for c in box if c.region is crop.region]
+        if len(same) >= self.per_region:  # the region's oldest waiting crop makes room for the newest
+            box.remove(same[0])
+            crop.region.dropped += 1
             self.dropped += 1
-        box[id(crop.region)] = crop
+        box.append(crop)
 
     def waiting(self, camera: str) -> int:
         return len(self.pending.get(camera, ()))
@@ -342,12 +348,12 @@ class CropQueue:
         return sum(len(b) for b in self.pending.values())
 
     def take(self, limit: int, now: float, staleness: float) -> list[Crop]:
-        """Up to ``limit`` crops, one camera at a time in turn (starting one further each call); crops older
-        than ``staleness`` seconds are dropped on the way."""
+        """Up to ``limit`` crops, one camera at a time in turn (starting one further each call), oldest first
+        within a camera; crops older than ``staleness`` seconds are dropped on the way."""
         if staleness > 0:
             for box in self.pending.values():
-                for key in [k for k, c in box.items() if now - c.frame.t_capture > staleness]:
-                    crop = box.pop(key)
+                for crop in [c for c in box if now - c.frame.t_capture > staleness]:
+                    box.remove(crop)
                     crop.region.dropped += 1
                     crop.region.stale += 1
                     self.dropped += 1
@@ -363,7 +369,7 @@ class CropQueue:
             for cam in order:
                 box = self.pending[cam]
                 if box and len(out) < limit:
-                    out.append(box.popitem(last=False)[1])
+                    out.append(box.popleft())
                     took = True
             if not took:
                 break
@@ -371,9 +377,8 @@ class CropQueue:
 
     def forget(self, regions: Sequence[Region]) -> None:
         ids = {id(r) for r in regions}
-        for box in self.pending.values():
-            for key in [k for k in box if k in ids]:
-                del box[key]
+        for cam, box in self.pending.items():
+            self.pending[cam] = deque(c for c in box if id(c.region) not in ids)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,7 +397,7 @@ class Watcher:
         self.budget = plan_threads(len(config.cameras), self.options)
         self._embeddings: dict[tuple, np.ndarray] = {}
         self.arrived = threading.Event()
-        self.queue = CropQueue()
+        self.queue = CropQueue(self.options.frame_buffer)
         self.sinks: list[QueuedSink] = list(sinks) if sinks is not None else self._make_sinks(config)
         self.cameras: dict[str, Camera] = {}
         matrices = self._matrices(config)
@@ -435,7 +440,8 @@ class Watcher:
     def _camera(self, cam: CameraConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Camera:
         regions = [self._region(cam.name, r, matrices, keep) for r in cam.regions]
-        return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect)
+        return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect,
+                      self.options.frame_buffer)
 
     def _region(self, camera: str, config: RegionConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Region:
@@ -570,7 +576,6 @@ class Watcher:
 
     def _collect(self) -> bool:
         """Take the newest frame of each camera and queue the crops of its due regions; True if any frame."""
-        clf = self.clf
         took = False
         for cam in list(self.cameras.values()):
             if cam.lossless and self.queue.waiting(cam.name):
@@ -579,26 +584,30 @@ class Watcher:
             if not frames:
                 continue
             took = True
-            frame = frames[-1]
-            cam.last, cam.frames = frame, cam.frames + 1
-            cam.times.append(time.monotonic())
-            h, w = frame.image.shape[:2]
-            for region in cam.regions:
-                if not self._fits(region, w, h):
-                    continue
-                if not region.due(frame.image, frame.t_media):
-                    region.motion_skipped += 1
-                    continue
-                geo = region.geometry
-                try:  # crop first, then resize: only the region is preprocessed
-                    pixels = (clf.preprocessor(frame.image, roi=geo.box) if geo.mask is None
-                              else clf.preprocessor(geo.crop(frame.image)))
-                except ImageReadError as exc:
-                    log.warning("%s: frame %d skipped: %s", region.key, frame.index, exc)
-                    continue
-                region.last_classified = frame.t_media
-                self.queue.put(Crop(region, pixels, frame))
+            for frame in frames:
+                self._queue_frame(cam, frame)
         return took
+
+    def _queue_frame(self, cam: Camera, frame: Frame) -> None:
+        """Queue the crops of the regions this frame is due for (motion gate or schedule)."""
+        cam.last, cam.frames = frame, cam.frames + 1
+        cam.times.append(time.monotonic())
+        h, w = frame.image.shape[:2]
+        for region in cam.regions:
+            if not self._fits(region, w, h):
+                continue
+            if not region.due(frame.image, frame.t_media):
+                region.motion_skipped += 1
+                continue
+            geo = region.geometry
+            try:  # crop first, then resize: only the region is preprocessed
+                pixels = (self.clf.preprocessor(frame.image, roi=geo.box) if geo.mask is None
+                          else self.clf.preprocessor(geo.crop(frame.image)))
+            except ImageReadError as exc:
+                log.warning("%s: frame %d skipped: %s", region.key, frame.index, exc)
+                continue
+            region.last_classified = frame.t_media
+            self.queue.put(Crop(region, pixels, frame))
 
     def _fits(self, region: Region, w: int, h: int) -> bool:
         try:

@@ -6,7 +6,8 @@ Per region and frame (about 0.1 ms for a 300x200 region):
    averaging, so sensor noise averages out);
 2. it is compared with the region's *background*, the same small grey image averaged slowly over time
    (an exponential moving average with a half-life of ``background`` seconds of frame time);
-3. the median difference over the region is subtracted first, so a uniform brightness change (clouds,
+3. (polygons: pixels outside the polygon are blacked out first, and only cells mostly inside count)
+   the median difference over the region is subtracted first, so a uniform brightness change (clouds,
    auto-exposure, dusk) is not motion; what is left must exceed ``level`` grey levels in at least ``area`` of
    the cells (polygon regions count only their inside cells);
 4. the background then takes the new image in with the EMA weight, so slow lighting drift follows it;
@@ -63,6 +64,8 @@ class MotionGate:
     def update(self, crop: np.ndarray, t: float) -> bool:
         """Fold in the region's pixels at time ``t`` (seconds); True when it moved."""
         s = self.settings
+        if self.mask is not None and crop.shape[:2] == self.mask.shape:  # outside a polygon: constant, never motion
+            crop = crop * (self.mask[..., None] if crop.ndim == 3 else self.mask)
         g = small_grey(crop, s.cells)
         if self.background is None or self.background.shape != g.shape:
             self.background, self.previous, self.last_t = g, g, t

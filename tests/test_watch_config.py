@@ -1,0 +1,132 @@
+"""``edgeclip watch`` configuration: a worked file parses; every mistake names the file, line and key."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("yaml", reason="the 'watch' extra (pyyaml, paho-mqtt) is not installed")
+
+from edgeclip.cli import main  # noqa: E402
+from edgeclip.errors import ConfigError  # noqa: E402
+from edgeclip.watch import load_config, parse_config  # noqa: E402
+
+GOOD = """\
+bundle: /opt/bundle
+defaults:
+  dwell: 2s
+  half_life: 500ms
+cameras:
+  driveway:
+    source: synthetic://640x480
+    fps: 15
+    regions:
+      parking:
+        rect: [0.05, 0.55, 0.4, 0.4]
+        states: {empty: an empty parking spot, car: [a car parked in a parking spot, a parked car]}
+      door:
+        polygon: [[10, 10], [200, 10], [200, 300], [10, 300]]
+        states: [an open door, a closed door]
+        every: 5s
+        threshold: 0.4
+  shop:
+    source: synthetic://320x240
+    regions:
+      shelf:
+        rect: [10, 20, 100, 80]
+        states: [a full shelf, an empty shelf]
+        on: always
+        motion: {level: 20}
+options:
+  max_batch: 8
+  staleness: 1500ms
+outputs:
+  jsonl: events.jsonl
+  mqtt: {host: 127.0.0.1, port: 1884, discovery: false}
+  webhooks:
+    - url: http://127.0.0.1:9/hook
+      retries: 2
+"""
+
+
+def test_a_worked_configuration_parses_with_defaults_and_units() -> None:
+    c = parse_config(GOOD, "watch.yaml")
+    assert c.bundle == "/opt/bundle" and [cam.name for cam in c.cameras] == ["driveway", "shop"]
+    park, door = c.cameras[0].regions
+    assert park.shape.kind == "rect" and park.shape.relative and park.shape.points[2] == pytest.approx((0.45, 0.95))
+    assert [s.name for s in park.states] == ["empty", "car"] and park.states[1].prompts[1] == "a parked car"
+    assert park.settings.dwell == 2.0 and park.settings.half_life == 0.5 and park.settings.on == "motion"
+    assert door.shape.kind == "polygon" and not door.shape.relative and door.settings.every == 5.0
+    assert [s.name for s in door.states] == ["an open door", "a closed door"] and door.settings.threshold == 0.4
+    shelf = c.cameras[1].regions[0]
+    assert shelf.settings.on == "always" and shelf.settings.motion.level == 20 and shelf.settings.motion.area == 0.02
+    assert c.cameras[0].fps == 15 and c.options.max_batch == 8 and c.options.staleness == 1.5
+    assert c.outputs.mqtt.port == 1884 and c.outputs.mqtt.discovery == "" and c.outputs.webhooks[0].retries == 2
+    assert c.regions == 3
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("old, new, needle, key, words", [
+    ("        every: 5s\n", "        evry: 5s\n", "evry", "cameras.driveway.regions.door.evry", "did you mean every"),
+    ("[0.05, 0.55, 0.4, 0.4]", "[0.05, 0.55, 0.4]", "rect:", "cameras.driveway.regions.parking.rect", "4 numbers"),
+    ("on: always", "on: sometimes", "on: sometimes", "cameras.shop.regions.shelf.on", "motion, always"),
+    ("threshold: 0.4", "threshold: 1.4", "threshold", "cameras.driveway.regions.door.threshold", "<= 1"),
+    ("staleness: 1500ms", "staleness: soon", "staleness", "options.staleness", "not a duration"),
+    ("[a full shelf, an empty shelf]", "[a full shelf]", "a full shelf", "cameras.shop.regions.shelf.states",
+     "at least two states"),
+    ("    source: synthetic://320x240\n", "", "  shop:", "cameras.shop.source", "missing"),
+    ("level: 20", "levle: 20", "levle", "cameras.shop.regions.shelf.motion.levle", "did you mean level"),
+    ("port: 1884", "port: 99999", "port: 99999", "outputs.mqtt.port", "<= 65535"),
+    ("http://127.0.0.1:9/hook", "ftp://x/hook", "ftp://", "outputs.webhooks[0].url", "http(s)"),
+    ("  shop:\n", "  sh op:\n", "sh op", "cameras.sh op", "letters, digits"),
+])
+def test_each_mistake_names_file_line_and_key(tmp_path: Path, old: str, new: str, needle: str, key: str,
+                                              words: str) -> None:
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    path = tmp_path / "watch.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    e = err.value
+    assert (e.file, e.key) == (str(path), key)
+    assert e.line == line_of(text, needle), str(e)
+    assert str(e).startswith(f"{path}, line {e.line}, key {key}: ") and words in str(e)
+
+
+def test_yaml_syntax_errors_and_empty_files_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  a:\n    source: [unclosed\n    regions: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line \d+: not valid YAML"):
+        load_config(bad)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    dup = GOOD.replace("      door:\n", "      parking:\n", 1)
+    with pytest.raises(ConfigError, match="given twice") as err:
+        parse_config(dup, "d.yaml")
+    assert err.value.line == line_of(dup, "        polygon:") - 1  # the second "parking:"
+
+
+def test_the_key_on_is_a_name_not_yaml_true() -> None:
+    c = parse_config(GOOD.replace("on: always", "on: motion"), "x.yaml")
+    assert c.cameras[1].regions[0].settings.on == "motion"
+
+
+def test_cli_exits_2_with_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "watch.yaml"
+    text = GOOD.replace("every: 5s", "every: 5 parsecs")
+    path.write_text(text)
+    assert main(["watch", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line {line_of(text, 'parsecs')}, key cameras.driveway.regions.door.every" in err
+    assert "--" not in err.split("error:")[1]  # config keys stay config keys, not flags
+    path.write_text(GOOD)
+    assert main(["watch", str(path), "--check"]) == 0
+    assert "2 cameras, 3 regions" in capsys.readouterr().out
