@@ -10,13 +10,14 @@ ROOT = Path(edgeclip.__file__).parent
 
 #: part -> parts it must never import (directly or inside a function)
 FORBIDDEN = {
-    "bundle": {"runtime", "devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources"},
-    "errors": {"bundle", "runtime", "devices", "export", "quant", "cli", "api"},
-    "runtime": {"devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources"},
-    "devices": {"export", "quant", "cli", "api", "stream", "serve", "batch"},
-    "export": {"devices", "cli", "api", "stream", "serve", "batch"},
-    "quant": {"devices", "cli", "api", "stream", "serve", "batch"},
-    "api": {"cli", "stream", "serve", "batch"},
+    "bundle": {"runtime", "devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources", "watch"},
+    "errors": {"bundle", "runtime", "devices", "export", "quant", "cli", "api", "watch"},
+    "runtime": {"devices", "export", "quant", "cli", "api", "stream", "serve", "batch", "sources", "watch"},
+    "devices": {"export", "quant", "cli", "api", "stream", "serve", "batch", "watch"},
+    "export": {"devices", "cli", "api", "stream", "serve", "batch", "watch"},
+    "quant": {"devices", "cli", "api", "stream", "serve", "batch", "watch"},
+    "api": {"cli", "stream", "serve", "batch", "watch"},
+    "watch": {"serve", "cli"},
 }
 
 

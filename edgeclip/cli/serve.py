@@ -18,6 +18,7 @@ endpoints (JSON; see docs/serve.md):
   GET  /v1/stream          server-sent events of the source's decisions     (with --source)
   GET  /v1/preview.mjpg    annotated frames (MJPEG), newest only             (with --source)
   GET  /healthz            liveness (no token);  GET /metrics  Prometheus text
+  GET  /v1/watch           cameras, regions and their states                (with --watch)
 
 token: clients send 'Authorization: Bearer TOKEN'; a browser opens http://HOST:PORT/?token=TOKEN once (a
 cookie then carries it). Pass it with --token, --token-file or the EDGECLIP_TOKEN environment variable
@@ -39,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--source", "-s", default=None,
                    help="a live source as for `edgeclip stream` (camera, URL, file, folder, synthetic://WxH)")
+    p.add_argument("--watch", default=None, metavar="CONFIG",
+                   help="also run an `edgeclip watch` configuration: its cameras, regions and states on the page, "
+                        "/v1/watch, per-camera and per-region /metrics (docs/watch.md)")
 
     g = p.add_argument_group("network and access")
     g.add_argument("--host", default="127.0.0.1",
@@ -170,11 +174,17 @@ def run_serve(args: argparse.Namespace) -> int:
         raise OptionError("--fps, --width, --height, --loop, --fps-limit and --threshold shape the live source: "
                           "pass --source too, or drop them")
     clf = open_classifier(args, top_k=args.top_k)
+    watcher = None
+    if args.watch:
+        require("watch", ["yaml"], what="--watch")
+        from ..watch import Watcher, load_config
+
+        watcher = Watcher(clf, load_config(args.watch))
     # on loopback without a token, refuse other Host names: a web page cannot reach the service by DNS rebinding
     hosts = LOOPBACK_HOSTS if (is_loopback(args.host) and not token) else None
     app = create_app(clf, spec, stream_options=stream_options, token=token, allowed_hosts=hosts,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                     top_k=args.top_k, preview_fps=args.preview_fps)
+                     top_k=args.top_k, preview_fps=args.preview_fps, watch=watcher)
     seconds = app.state.service.warm_up()
     if not args.quiet:
         print(f"edgeclip serve: warmed up batch sizes 1-{args.max_batch} in {seconds:.1f} s", file=sys.stderr)

@@ -480,13 +480,15 @@ async def _mjpeg_stream(service: Service, live: LiveSource, fps: float) -> Async
 # ---------------------------------------------------------------------------------------------------------
 def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *,
                options: ServeOptions | None = None, stream_options: StreamOptions | None = None,
-               **overrides: Any) -> Starlette:
+               watch: Any = None, **overrides: Any) -> Starlette:
     """The ASGI app serving ``classifier`` (and ``source``, a ``--source`` string or a SourceSpec, live).
 
     Keyword arguments override fields of ``options`` (see :class:`ServeOptions`): e.g.
     ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed like ``edgeclip stream
     --source``; files, folders and synthetic frames play in real time. The returned app is a Starlette
     app: run it with any ASGI server, or mount it inside another app. ``app.state.service`` is the state.
+    ``watch``: an ``edgeclip.watch.Watcher`` run with the service (its cameras, regions and states on the page,
+    ``/v1/watch``, per-camera and per-region metrics; ``edgeclip.serve.watchview``).
     """
     names = {f.name for f in fields(ServeOptions)}
     unknown = sorted(set(overrides) - names)
@@ -501,15 +503,26 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
         live = LiveSource(classifier, spec, stream_options, event_rate=opts.event_rate, top_k=opts.top_k)
     service = Service(classifier, live, opts)
 
+    routes = build_routes(service)
+    if watch is not None:
+        from .watchview import register_watch_metrics, watch_routes
+
+        register_watch_metrics(service.metrics, watch)
+        routes[-1:-1] = watch_routes(watch)  # before the static files' mount
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
+        if watch is not None:
+            watch.start()
         try:
             yield
         finally:
+            if watch is not None:
+                await run_in_threadpool(watch.stop)
             await run_in_threadpool(service.close)
 
-    app = Starlette(routes=build_routes(service), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.service = service
     app.add_middleware(Guard, service=service)
     return app
