@@ -151,12 +151,14 @@ def test_the_queue_is_fair_across_cameras_and_drops_stale_and_replaced_crops() -
     assert sorted(c.region.camera for c in batch) == ["busy", "quiet", "third"]  # one each, none starves
     assert len(q) == 5
     # a third crop of one region replaces its oldest waiting one (counted); a stale one is dropped (counted)
-    r0 = regions["busy"][0]
+    r0 = regions["busy"][0]  # frame 0 went into the batch, frame 1 waits
     q.put(crop_at(r0, 9, 100.5))
+    assert r0.dropped == 0
+    q.put(crop_at(r0, 10, 100.5))
     assert r0.dropped == 1 and q.dropped == 1
-    assert [c.frame.index for c in q.pending["busy"] if c.region is r0] == [1, 9]
+    assert [c.frame.index for c in q.pending["busy"] if c.region is r0] == [9, 10]
     later = q.take(10, 101.2, staleness=1.0)  # everything captured at 100.0 is now 1.2 s old
-    assert [(c.region.name, c.frame.index) for c in later] == [("r0", 9)]
+    assert [(c.region.name, c.frame.index) for c in later] == [("r0", 9), ("r0", 10)]
     assert q.dropped == 1 + 4 and sum(r.stale for rs in regions.values() for r in rs) == 4
     # turns rotate: over many ticks of batch 1 every camera is served alike
     served = {c: 0 for c in regions}
@@ -215,7 +217,7 @@ def test_reload_changes_regions_without_dropping_the_stream(clf: Classifier, tmp
         path.write_text(synthetic_config(REGION_A.replace("rect: [0, 0, 160, 120]", "rect: [0, 0]")))
         wait_for(lambda: any(e["event"] == "reload_error" for e in read_jsonl(events)), what="reload_error")
         err = next(e for e in read_jsonl(events) if e["event"] == "reload_error")
-        assert "line 8, key cameras.synth.regions.a.rect" in err["error"]
+        assert "watch.yaml, line 9, key cameras.synth.regions.a.rect" in err["error"]
         assert [r.name for r in w.cameras["synth"].regions] == ["a", "b"] and w.running
         # SIGHUP's path: a reload on request re-reads the same file
         path.write_text(synthetic_config(REGION_B))

@@ -94,7 +94,7 @@ def test_page_shows_every_camera_with_regions_and_states(browser_context, app, t
         wait_until(page, "[...document.querySelectorAll('.region-row .state')].every(e => e.dataset.state)", 30)
         shown = page.locator(".cam[data-camera=front] .region-row[data-region=door] .state").inner_text()
         assert shown in ("open", "closed")
-        labels = page.locator(".cam[data-camera=yard] svg text").all_inner_texts()
+        labels = page.locator(".cam[data-camera=yard] svg text").all_text_contents()
         assert len(labels) == 1 and labels[0].startswith("gate: ") and not labels[0].endswith("…")
         # the frame is refreshed: a later frame number is loaded
         first = page.get_attribute(".cam[data-camera=yard] img", "src")

@@ -731,7 +731,8 @@ class Watcher:
             log.warning("reload (%s) failed, keeping the running configuration: %s", reason, error)
             self.emit("reload_error", wall=time.time(), reason=reason, error=error, file=str(self.config.path))
             return
-        keep = {(c.name, r.name, r.config.signature()): r for c in self.cameras.values() for r in c.regions}
+        before = [r for c in self.cameras.values() for r in c.regions]
+        keep = {(r.camera, r.name, r.config.signature()): r for r in before}
         kept, started, stopped, restarted = [], [], [], []
         new: dict[str, Camera] = {}
         for cc in config.cameras:
@@ -761,7 +762,7 @@ class Watcher:
                 cam.stop()
                 stopped.append(name)
         live = {id(r) for c in new.values() for r in c.regions}
-        gone = [r for c in self.cameras.values() for r in c.regions if id(r) not in live]
+        gone = [r for r in before if id(r) not in live]
         for r in gone:
             r.retired = True
         self.queue.forget(gone)
@@ -796,7 +797,7 @@ class Watcher:
         """Everything a page or API shows: cameras, regions, states, counters, encoder."""
         with self._lock:
             cams = list(self.cameras.values())
-        return {"state": self.state_name(), "cameras": [c.status() for c in cams], **self.totals(),
+        return {**self.totals(), "state": self.state_name(), "cameras": [c.status() for c in cams],
                 "sinks": [s.stats() for s in self.sinks], "end_reason": (self.end or {}).get("reason"),
                 "error": self.error}
 

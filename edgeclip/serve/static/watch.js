@@ -100,7 +100,7 @@ async function pollWatch() {
   }
   document.getElementById("cameras").hidden = false;
   document.getElementById("watch-summary").textContent =
-    `${status.cameras_up}/${status.cameras} up · ${status.regions} regions · ${status.encoder_calls} encoder calls · ` +
+    `${status.cameras_up}/${status.cameras.length} up · ${status.regions} regions · ${status.encoder_calls} encoder calls · ` +
     `${status.motion_skipped} skipped without motion`;
   for (const cam of status.cameras) renderCamera(cam);
   const names = new Set(status.cameras.map((c) => c.name));
