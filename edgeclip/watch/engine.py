@@ -119,6 +119,7 @@ class Region:
         self.latency = LatencyStats(window=512, reservoir=1024)
         self.times: deque[float] = deque(maxlen=64)
         self.last_classified: float | None = None  # frame time of the last crop queued
+        self.last_probs: np.ndarray | None = None  # the last classification's probabilities
         self.last_event: dict[str, Any] | None = None  # the last state event sent (retained by MQTT)
         self.pending_event: dict[str, Any] | None = None  # held back by the cooldown
         self.last_sent = -math.inf
@@ -598,6 +599,7 @@ class Watcher:
                 continue
             if not region.due(frame.image, frame.t_media):
                 region.motion_skipped += 1
+                self._unchanged(region, frame)
                 continue
             geo = region.geometry
             try:  # crop first, then resize: only the region is preprocessed
@@ -608,6 +610,16 @@ class Watcher:
                 continue
             region.last_classified = frame.t_media
             self.queue.put(Crop(region, pixels, frame))
+
+    def _unchanged(self, region: Region, frame: Frame) -> None:
+        """A frame the region skipped counts as seeing its last probabilities again, so smoothing and dwell
+        advance exactly as they would had it been classified (motion gating changes cost, not decisions)."""
+        if region.last_probs is None:
+            return
+        decision = region.state.update(region.last_probs, frame.t_media)
+        if decision.changed:
+            now = time.monotonic()
+            self._state_event(region, Crop(region, region.last_probs, frame), decision, now - frame.t_capture, now)
 
     def _fits(self, region: Region, w: int, h: int) -> bool:
         try:
@@ -639,7 +651,7 @@ class Watcher:
             region = crop.region
             if region.retired:
                 continue
-            probs = clf.probabilities(e[None, :], region.matrix)[0]
+            probs = region.last_probs = clf.probabilities(e[None, :], region.matrix)[0]
             decision = region.state.update(probs, crop.frame.t_media)
             latency = now - crop.frame.t_capture
             region.classified += 1
