@@ -130,3 +130,15 @@ def test_cli_exits_2_with_file_line_and_key(tmp_path: Path, capsys: pytest.Captu
     path.write_text(GOOD)
     assert main(["watch", str(path), "--check"]) == 0
     assert "2 cameras, 3 regions" in capsys.readouterr().out
+
+
+def test_the_docs_name_every_setting() -> None:
+    from dataclasses import fields
+
+    from edgeclip.watch import MotionSettings, MqttSettings, RegionSettings, WatchOptions, WebhookSettings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "watch.md").read_text(encoding="utf-8")
+    missing = [f"{prefix}{f.name}" for cls, prefix in ((RegionSettings, ""), (MotionSettings, "motion."),
+                                                       (WatchOptions, ""), (MqttSettings, ""), (WebhookSettings, ""))
+               for f in fields(cls) if f.name != "motion" and f"`{prefix}{f.name}`" not in text]
+    assert missing == []
