@@ -60,9 +60,12 @@ def cpu_ceiling(clf, files: list[Path], pixels: np.ndarray, batch: int) -> dict:
     return {"prep_cpu_ms": round(prep, 2), "encoder_cpu_ms": round(enc, 2), "ceiling": round(enc / (enc + prep), 3)}
 
 
+PREFETCH = 0
+
+
 def classify_rate(clf, files: list[Path], batch: int, workers: int, exact: bool) -> float:
     t = time.perf_counter()
-    n = sum(1 for r in clf.classify_files(files, batch, workers, exact_decode=exact) if r.ok)
+    n = sum(1 for r in clf.classify_files(files, batch, workers, exact_decode=exact, prefetch=PREFETCH) if r.ok)
     if n != len(files):
         sys.exit("some photos failed to classify")
     return len(files) / (time.perf_counter() - t)
@@ -106,6 +109,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0, help="decoding threads (0: classify_files' default)")
+    ap.add_argument("--threads", type=int, default=0, help="encoder threads (0: all cores)")
+    ap.add_argument("--nice", default=None,
+                    help="decode threads' niceness (default: the Classifier's); a list (0,10) times each in every round")
+    ap.add_argument("--prefetch", type=int, default=0, help="files decoded ahead (0: one batch)")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--target", default="cpu")
     ap.add_argument("--backend", default="onnxruntime")
@@ -115,8 +122,13 @@ def main() -> None:
     ap.add_argument("--ray", type=int, default=0, metavar="N", help="time classify_ray on N photos, 1 and 2 workers")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    global PREFETCH
+    PREFETCH = args.prefetch
 
-    clf = edgeclip.load(args.bundle, precision=args.precision, target=args.target, backend=args.backend)
+    clf = edgeclip.load(args.bundle, precision=args.precision, target=args.target, backend=args.backend,
+                        threads=args.threads)
+    nices = [int(v) for v in args.nice.split(",")] if args.nice else [clf.decode_nice]
+    clf.decode_nice = nices[0]
     print(f"encoder: {clf.choice.describe()}; cpus {os.cpu_count()}; load average at start "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     sets = {}
@@ -133,11 +145,16 @@ def main() -> None:
         for name, (files, pixels) in sets.items():
             res = results[name]
             enc = encoder_rate(clf, pixels, args.batch_size)
-            e2e = classify_rate(clf, files, args.batch_size, args.workers, False)
+            line = f"round {r + 1} {name:>6}: encoder {enc:6.1f} img/s"
             res["encoder"].append(enc)
-            res["classify"].append(e2e)
-            res["ratio"].append(e2e / enc)
-            line = f"round {r + 1} {name:>6}: encoder {enc:6.1f} img/s  classify {e2e:6.1f} img/s  ratio {e2e / enc:.2f}"
+            for k, nice in enumerate(nices):
+                clf.decode_nice = nice
+                e2e = classify_rate(clf, files, args.batch_size, args.workers, False)
+                suffix = "" if k == 0 else f"_nice{nice}"
+                res.setdefault("classify" + suffix, []).append(e2e)
+                res.setdefault("ratio" + suffix, []).append(e2e / enc)
+                line += f"  classify{' (nice %d)' % nice if len(nices) > 1 else ''} {e2e:6.1f} img/s  ratio {e2e / enc:.2f}"
+            clf.decode_nice = nices[0]
             if args.exact:
                 ex = classify_rate(clf, files, args.batch_size, args.workers, True)
                 res["exact"].append(ex)
@@ -148,6 +165,8 @@ def main() -> None:
     for name, res in results.items():
         summary[name] = {k: round(statistics.median(v), 3) for k, v in res.items() if v}
         summary[name].update(cpu_ceiling(clf, *sets[name], args.batch_size))
+        for key in [k for k in summary[name] if k.startswith("ratio")]:
+            summary[name]["of_ceiling" + key[5:]] = round(summary[name][key] / summary[name]["ceiling"], 3)
         print(f"median {name:>6}: " + ", ".join(f"{k} {v}" for k, v in summary[name].items()), flush=True)
     if args.mad:
         from edgeclip.runtime.preprocess import PreprocessConfig, Preprocessor

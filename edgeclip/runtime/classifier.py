@@ -15,6 +15,7 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError
 from .backends import Backend, create_backend
+from .cpu import lower_thread_priority
 from .images import decode_image, read_image
 from .labels import Label, check_labels, embed_labels, resolve_templates
 from .preprocess import PreprocessConfig, Preprocessor
@@ -25,6 +26,8 @@ log = logging.getLogger("edgeclip.runtime")
 PRECISIONS = ("fp32", "int8")
 #: default ``Classifier.decode_ratio``: JPEGs at least twice the model input decode at a reduced DCT scale
 DECODE_RATIO = 2.0
+#: default ``Classifier.decode_nice``: how much lower the decoding threads' CPU priority is than the encoder's
+DECODE_NICE = 10
 
 
 _END = object()
@@ -144,6 +147,9 @@ class Classifier:
         #: a JPEG whose short side is at least this many times the model input is decoded at the largest
         #: reduced DCT scale that keeps it so (0: always decode at full size); see ``decode_min_size``
         self.decode_ratio = DECODE_RATIO
+        #: decoding threads of :meth:`classify_files` run this much nicer than the encoder (Linux; 0: same
+        #: priority): they take the cycles the encoder leaves instead of preempting its threads
+        self.decode_nice = DECODE_NICE
         self.text_providers = list(text_providers or ["cpu"])
         self._text_encoder: TextEncoder | None = None
         names, matrix = self.bundle.labels()
@@ -282,7 +288,8 @@ class Classifier:
         min_size = self.decode_min_size(exact_decode)
         todo = iter(paths)
         window: deque[Future] = deque()
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeclip-decode")
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeclip-decode",
+                                  initializer=lower_thread_priority, initargs=(self.decode_nice,))
 
         def fill() -> None:
             while len(window) < ahead:

@@ -4,6 +4,9 @@ Device detection (``edgeclip.devices``), the benchmark's machine facts and backe
 """
 from __future__ import annotations
 
+import os
+import threading
+
 #: cpuinfo flags of the INT8 dot-product instructions (VNNI) that make INT8 faster than FP32 on x86.
 VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni")
 #: cpuinfo flags of bfloat16 arithmetic (AVX512-BF16, AMX).
@@ -31,3 +34,19 @@ def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, str | None, f
             return parse_cpuinfo(f.read())
     except OSError:
         return None, None, frozenset()
+
+
+def lower_thread_priority(steps: int) -> None:
+    """Make the calling thread ``steps`` nicer (lower CPU priority) than it is, on Linux; elsewhere nothing.
+
+    Decoding threads that run beside an inference engine use it so that the engine's threads are never
+    preempted by them (a parallel operator waits for its slowest thread), while the decoders still take every
+    cycle the engine leaves: the cores stay busy without being oversubscribed.
+    """
+    if steps <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()  # Linux: a thread id is a valid PRIO_PROCESS target for that thread
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(steps)))
+    except (AttributeError, OSError):
+        pass

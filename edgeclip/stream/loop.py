@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import EdgeclipError, FrameError, ImageReadError, OptionError, SourceError
 from ..runtime.classifier import Classifier
+from ..runtime.cpu import lower_thread_priority
 from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
 from .relabel import LabelReloader, Relabel
 from ..sources import FrameReader, SourceSpec
@@ -129,7 +130,7 @@ class CaptureWorker:
 
     def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, loop: bool = False,
                  max_frames: int = 0, policy: ReconnectPolicy | None = None, reader: FrameReader | None = None,
-                 name: str = "edgeclip-capture") -> None:
+                 name: str = "edgeclip-capture", nice: int = 0) -> None:
         self.spec, self.mailbox, self.emit = spec, mailbox, emit
         self.lossless = not spec.paced  # unpaced sources wait for room in the mailbox instead of dropping
         self.loop, self.max_frames = loop, max_frames
@@ -147,6 +148,7 @@ class CaptureWorker:
         self._lost_at: float | None = None
         self._attempts = 0
         self._delay = self.policy.initial
+        self.nice = nice  # the capture thread runs this much nicer (lower priority) than the caller (Linux)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -161,6 +163,7 @@ class CaptureWorker:
             log.warning("the capture thread is still blocked in a read; leaving it behind")
 
     def _run(self) -> None:
+        lower_thread_priority(self.nice)
         try:
             self._loop()
         except Exception as exc:  # report, do not die silently in a thread

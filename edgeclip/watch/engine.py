@@ -74,16 +74,18 @@ def available_cores() -> int:
 @dataclass(frozen=True)
 class ThreadBudget:
     """How the cores are shared: ``encoder`` intra-op threads; ``decoders`` sources each decoding on at most
-    ``decode_threads`` threads; preprocessing runs on the inference thread between encoder calls."""
+    ``decode_threads`` threads, ``decode_nice`` steps below the encoder's priority; preprocessing runs on the
+    inference thread between encoder calls."""
 
     cores: int
     encoder: int
     decoders: int
     decode_threads: int
+    decode_nice: int = 10
 
     def to_json(self) -> dict[str, int]:
         return {"cores": self.cores, "encoder_threads": self.encoder, "decoders": self.decoders,
-                "decode_threads": self.decode_threads}
+                "decode_threads": self.decode_threads, "decode_nice": self.decode_nice}
 
 
 def plan_threads(cameras: int, options: WatchOptions | None = None, cores: int | None = None) -> ThreadBudget:
@@ -92,12 +94,14 @@ def plan_threads(cameras: int, options: WatchOptions | None = None, cores: int |
     The encoder gets every core (``encoder_threads`` overrides): it is the one big consumer, and motion,
     cropping and preprocessing alternate with it on the inference thread instead of competing with it. The
     decoders are what remains concurrent; each is held to ``decode_threads`` (default 1) so that N sources
-    add N decoding threads, not N x cores.
+    add N decoding threads, not N x cores, and they run ``decode_nice`` steps nicer than the encoder (Linux),
+    so they take the cycles the encoder leaves instead of preempting its threads (a parallel operator waits
+    for its slowest thread).
     """
     opts = options or WatchOptions()
     n = cores or available_cores()
     encoder = opts.encoder_threads or n
-    return ThreadBudget(n, encoder, cameras, opts.decode_threads)
+    return ThreadBudget(n, encoder, cameras, opts.decode_threads, opts.decode_nice)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ class Camera:
 
     def __init__(self, config: CameraConfig, regions: list[Region], arrived: threading.Event,
                  emit: Callable[..., Any], decode_threads: int, reconnect: ReconnectPolicy,
-                 buffer: int = 1) -> None:
+                 buffer: int = 1, nice: int = 0) -> None:
         self.config, self.name, self.regions = config, config.name, regions
         self.spec = camera_spec(config, decode_threads)
         self.mailbox = _Mailbox(arrived, buffer)
@@ -232,7 +236,7 @@ class Camera:
                 reader = _Down(str(exc))
                 self.up = False
         self.capture = CaptureWorker(self.spec, self.mailbox, on_event, loop=config.loop, policy=reconnect,
-                                     reader=reader, name=f"edgeclip-capture-{self.name}")
+                                     reader=reader, name=f"edgeclip-capture-{self.name}", nice=nice)
         self.last: Frame | None = None
         self.frames = 0
         self.times: deque[float] = deque(maxlen=64)
@@ -442,7 +446,7 @@ class Watcher:
                 keep: dict[tuple, Region] | None = None) -> Camera:
         regions = [self._region(cam.name, r, matrices, keep) for r in cam.regions]
         return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect,
-                      self.options.frame_buffer)
+                      self.options.frame_buffer, self.budget.decode_nice)
 
     def _region(self, camera: str, config: RegionConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Region:
