@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any
 
-from .options import add_backend_options
+from .options import add_backend_options, providers_of
 
 EPILOG = """\
 configuration (YAML; docs/watch.md has a worked example):
@@ -113,7 +113,8 @@ def run_watch(args: argparse.Namespace) -> int:
     import edgeclip
 
     clf = edgeclip.load(bundle, device=args.device, precision=args.precision, backend=args.backend,
-                        target=args.target, threads=budget.encoder, hint=args.hint, cache_dir=args.cache_dir)
+                        target=args.target, providers=providers_of(args), threads=budget.encoder, hint=args.hint,
+                        cache_dir=args.cache_dir)
     if not args.quiet:
         print(f"edgeclip watch: image encoder {clf.choice.describe()}; {budget.cores} cores: encoder "
               f"{budget.encoder} threads, {budget.decoders} decoders x {budget.decode_threads}", file=sys.stderr)
