@@ -532,6 +532,7 @@ class Watcher:
             cv2.setNumThreads(1)  # OpenCV's own loops (grey, small resizes, JPEG): one thread, see plan_threads
         except ImportError:
             pass
+        warm = self.warm_up()
         for sink in self.sinks:
             sink.start()
         self.started_at = t0 = time.monotonic()
@@ -539,7 +540,7 @@ class Watcher:
                   backend=self.clf.encoder.name, precision=self.clf.precision, budget=self.budget.to_json(),
                   cameras={c.name: {"source": c.spec.text, "regions": [r.name for r in c.regions]}
                            for c in self.cameras.values()},
-                  max_batch=self.options.max_batch, staleness_s=self.options.staleness)
+                  max_batch=self.options.max_batch, staleness_s=self.options.staleness, warm_up_s=round(warm, 3))
         for cam in list(self.cameras.values()):
             cam.start()
         self._t_summary = t0
@@ -578,6 +579,16 @@ class Watcher:
         for sink in self.sinks:
             sink.close()
         return self.end
+
+    def warm_up(self) -> float:
+        """Run the encoder once at every batch size up to ``max_batch`` (backends compile and allocate per
+        shape), so no tick pays for it later and memory is at its plateau from the start; returns seconds."""
+        t = time.perf_counter()
+        th, tw = self.clf.preprocessor.config.size
+        pixels = np.zeros((self.options.max_batch, 3, th, tw), np.float32)
+        for n in range(1, self.options.max_batch + 1):
+            self.clf.embed_pixels(pixels[:n])
+        return time.perf_counter() - t
 
     def _collect(self) -> bool:
         """Take the newest frame of each camera and queue the crops of its due regions; True if any frame."""
