@@ -47,7 +47,8 @@ def test_watch_endpoints_and_metrics(app) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with running_server(app) as base:
         assert call("GET", f"{base}/v1/watch").status == 401  # the token guards it like every route
-        wait_for(lambda: all(r.state.label for c in watcher.cameras.values() for r in c.regions), 30, "states")
+        wait_for(lambda: all(r.state.label and r.fps() is not None and c.fps() is not None
+                             for c in watcher.cameras.values() for r in c.regions), 30, "states and rates")
         status = call("GET", f"{base}/v1/watch", headers=auth).json()
         assert [c["name"] for c in status["cameras"]] == ["front", "yard"] and status["regions"] == 3
         front = status["cameras"][0]
