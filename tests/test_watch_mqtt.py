@@ -143,6 +143,8 @@ def test_discovery_states_and_a_broker_restart(broker: Broker, tiny_vit_bundle: 
         # the broker comes back on the same port: availability, discovery and states again, then the queue
         mark = len(listener.topics())
         broker.start()
+        # discovery and the retained states come back at once, before any new event
+        wait_for(lambda: "edgeclip/front/shelf/state" in listener.topics(mark), 40, "the announcement")
         wait_for(lambda: sink.connected and sink.depth == 0, 40, "the sink reconnecting and draining its queue")
         wait_for(lambda: state_topic in listener.topics(mark) and config_topic in listener.topics(mark), 20,
                  "messages after the restart")

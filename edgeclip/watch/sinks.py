@@ -282,7 +282,8 @@ class MqttOutput(QueuedSink):
             self._ever = True
             self.connected, self._fresh = True, True
         log.info("MQTT connected to %s", self.name)
-        with self._cond:
+        with self._cond:  # announce at once, even when no event is waiting
+            self._queue.appendleft({"event": "_announce"})
             self._cond.notify_all()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
@@ -323,6 +324,8 @@ class MqttOutput(QueuedSink):
                 return False
             self._fresh = False
         name, cam = event.get("event"), event.get("camera")
+        if name == "_announce":
+            return True
         if name == "state":
             ok = self._publish(self.state_topic(cam, event["region"]), self.state_payload(event))
             if ok and event.get("_jpeg"):
