@@ -90,6 +90,7 @@ def test_every_frame_of_every_region_in_shared_encoder_calls(clf: Classifier, vi
     assert end["crops"] == 240 and end["dropped"] == 0 and end["frames_dropped"] == 0
     # one encoder call covers the due regions of both cameras (4 crops a tick), not one call per region
     assert end["encoder_calls"] < 240 / 2 and end["mean_batch"] > 2 and max(w.batch_sizes) >= 4
+    assert clf.preprocessor.cache_size >= 2 * 4 + 4  # a resampling plan kept for every region's size
     ev = read_jsonl(events)
     assert ev[0]["event"] == "start" and ev[-1]["event"] == "end"
     first = {(e["camera"], e["region"]): e for e in ev if e["event"] == "state" and e["previous"] is None}
