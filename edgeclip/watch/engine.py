@@ -2,11 +2,12 @@
 
 Threads and data flow::
 
-    one capture thread per camera (nice)         the inference thread (Watcher.run)          one thread per sink
-    read + decode -> per region: due? (schedule, newest frames of every camera -> fair  -> JSON lines, MQTT,
-    motion gate) -> crop, then resize -> mailbox  queue -> ONE encoder call for every due    webhooks (bounded
-    (2 frames, newest win); a lost live source   crop -> per-region scores -> EMA, margin,   queues)
-    reconnects with backoff, alone               dwell -> state events (on change, cooldown)
+    one capture thread per camera            the inference thread (Watcher.run)                 one thread per sink
+    read + decode -> mailbox (2 frames, ->   newest frame per camera -> per region: due?      ->  JSON lines,
+    newest wins; lost live sources           (schedule, motion gate) -> crop, then resize         MQTT, webhooks
+    reconnect with backoff, alone)           -> fair queue -> ONE encoder call for every due      (bounded queues)
+                                             crop -> per-region scores -> EMA, margin, dwell
+                                             -> state events (on change, with cooldown)
 
 * **One encoder call per tick.** Crops of every due region of every camera are batched together (at most
   ``max_batch``); each crop is then scored against its own region's state matrix
@@ -17,9 +18,8 @@ Threads and data flow::
   each tick, so no camera starves. A crop older than ``staleness`` seconds, or replaced by a newer crop of
   its region before its turn, is dropped and counted.
   Sources read as fast as possible (unpaced files) are not read ahead: every frame is classified.
-* **Threads budgeted against the cores** (:func:`plan_threads`): the encoder gets the cores; decoding, motion
-  gating, cropping and preprocessing run on the cameras' capture threads, ``decode_nice`` steps below the
-  encoder's priority, so they take the cycles the encoder leaves and a tick finds its crops ready; each
+* **Threads budgeted against the cores** (:func:`plan_threads`): the encoder gets the cores; motion gating,
+  cropping and preprocessing run on the inference thread *between* encoder calls (never beside them); each
   decoder is held to ``decode_threads`` threads (FFmpeg's default is one per core per source).
 * **Isolation.** A lost camera reconnects on its own thread with exponential backoff; the others go on. A
   live source that is down at start starts lost. A region that does not fit a camera's frames is reported
@@ -91,11 +91,12 @@ class ThreadBudget:
 def plan_threads(cameras: int, options: WatchOptions | None = None, cores: int | None = None) -> ThreadBudget:
     """The thread budget for ``cameras`` sources on this machine (see docs/watch.md, "Threads").
 
-    The encoder gets every core (``encoder_threads`` overrides): it is the one big consumer. Each camera's
-    capture thread decodes and prepares its frames (motion gate, crop, resize), held to ``decode_threads``
-    decoding threads (default 1, so N sources add N threads, not N x cores) and ``decode_nice`` steps nicer
-    than the encoder (Linux): they take the cycles the encoder leaves instead of preempting its threads (a
-    parallel operator waits for its slowest thread), and the encoder's next batch is ready when it returns.
+    The encoder gets every core (``encoder_threads`` overrides): it is the one big consumer, and motion,
+    cropping and preprocessing alternate with it on the inference thread instead of competing with it. The
+    decoders are what remains concurrent; each is held to ``decode_threads`` (default 1) so that N sources
+    add N decoding threads, not N x cores, and they run ``decode_nice`` steps nicer than the encoder (Linux),
+    so they take the cycles the encoder leaves instead of preempting its threads (a parallel operator waits
+    for its slowest thread).
     """
     opts = options or WatchOptions()
     n = cores or available_cores()
@@ -176,17 +177,13 @@ class Region:
 
 
 class _Mailbox(FrameMailbox):
-    """A frame mailbox that prepares each frame on the capture thread (``prepare``: motion gating, crop,
-    resize) before handing it over, and wakes the inference thread."""
+    """A one-frame mailbox that also wakes the inference thread."""
 
-    def __init__(self, arrived: threading.Event, capacity: int = 1,
-                 prepare: Callable[[Frame], None] | None = None) -> None:
+    def __init__(self, arrived: threading.Event, capacity: int = 1) -> None:
         super().__init__(capacity)
-        self.arrived, self.prepare = arrived, prepare
+        self.arrived = arrived
 
     def put(self, item: Any, block: bool = False) -> bool:
-        if self.prepare is not None and not self.closed:
-            self.prepare(item)
         ok = super().put(item, block)
         self.arrived.set()
         return ok
@@ -217,10 +214,10 @@ class Camera:
 
     def __init__(self, config: CameraConfig, regions: list[Region], arrived: threading.Event,
                  emit: Callable[..., Any], decode_threads: int, reconnect: ReconnectPolicy,
-                 buffer: int = 1, nice: int = 0, prepare: Callable[[Frame], None] | None = None) -> None:
+                 buffer: int = 1, nice: int = 0) -> None:
         self.config, self.name, self.regions = config, config.name, regions
         self.spec = camera_spec(config, decode_threads)
-        self.mailbox = _Mailbox(arrived, buffer, prepare)
+        self.mailbox = _Mailbox(arrived, buffer)
         self.up = True
         self.error: str | None = None
 
@@ -448,12 +445,8 @@ class Watcher:
     def _camera(self, cam: CameraConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Camera:
         regions = [self._region(cam.name, r, matrices, keep) for r in cam.regions]
-        holder: list[Camera] = []
-        camera = Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect,
-                        self.options.frame_buffer, self.budget.decode_nice,
-                        prepare=lambda frame: self._prepare(holder[0], frame))
-        holder.append(camera)
-        return camera
+        return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect,
+                      self.options.frame_buffer, self.budget.decode_nice)
 
     def _region(self, camera: str, config: RegionConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Region:
@@ -611,43 +604,27 @@ class Watcher:
                 self._queue_frame(cam, frame)
         return took
 
-    def _prepare(self, cam: Camera, frame: Frame) -> None:
-        """On the camera's capture thread (low priority, beside the encoder): per region, the schedule and
-        the motion gate say whether the frame is due; due regions are cropped, then resized (only the region
-        is preprocessed). The result rides on the frame: ``frame.crops`` = [(region, pixels or None)]."""
+    def _queue_frame(self, cam: Camera, frame: Frame) -> None:
+        """Queue the crops of the regions this frame is due for (motion gate or schedule)."""
+        cam.last, cam.frames = frame, cam.frames + 1
+        cam.times.append(time.monotonic())
         h, w = frame.image.shape[:2]
-        crops: list[tuple[Region, np.ndarray | None]] = []
-        for region in list(cam.regions):
+        for region in cam.regions:
             if not self._fits(region, w, h):
                 continue
             if not region.due(frame.image, frame.t_media):
-                crops.append((region, None))
+                region.motion_skipped += 1
+                self._unchanged(region, frame)
                 continue
             geo = region.geometry
-            try:  # crop first, then resize
+            try:  # crop first, then resize: only the region is preprocessed
                 pixels = (self.clf.preprocessor(frame.image, roi=geo.box) if geo.mask is None
                           else self.clf.preprocessor(geo.crop(frame.image)))
             except ImageReadError as exc:
                 log.warning("%s: frame %d skipped: %s", region.key, frame.index, exc)
                 continue
             region.last_classified = frame.t_media
-            crops.append((region, pixels))
-        frame.crops = crops  # type: ignore[attr-defined]
-
-    def _queue_frame(self, cam: Camera, frame: Frame) -> None:
-        """Queue a prepared frame's crops; a region the frame was not due for sees its last probabilities."""
-        cam.last, cam.frames = frame, cam.frames + 1
-        cam.times.append(time.monotonic())
-        if not hasattr(frame, "crops"):  # put without preparing (a frame from before a reload): prepare here
-            self._prepare(cam, frame)
-        for region, pixels in frame.crops:  # type: ignore[attr-defined]
-            if region.retired:
-                continue
-            if pixels is None:
-                region.motion_skipped += 1
-                self._unchanged(region, frame)
-            else:
-                self.queue.put(Crop(region, pixels, frame))
+            self.queue.put(Crop(region, pixels, frame))
 
     def _unchanged(self, region: Region, frame: Frame) -> None:
         """A frame the region skipped counts as seeing its last probabilities again, so smoothing and dwell
