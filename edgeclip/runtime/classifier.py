@@ -26,8 +26,10 @@ log = logging.getLogger("edgeclip.runtime")
 PRECISIONS = ("fp32", "int8")
 #: default ``Classifier.decode_ratio``: JPEGs at least twice the model input decode at a reduced DCT scale
 DECODE_RATIO = 2.0
-#: default ``Classifier.decode_nice``: how much lower the decoding threads' CPU priority is than the encoder's
-DECODE_NICE = 10
+#: default ``Classifier.decode_nice``: how much lower the decoding threads' CPU priority is than the encoder's.
+#: 0: measured here (bench_batch.py --nice 10,0, 12 MP JPEGs, OpenVINO) nicer decoders gained nothing and lost
+#: to any other process on the machine (0.20 vs 0.33 of the encoder's rate with other work running)
+DECODE_NICE = 0
 
 
 _END = object()
@@ -147,8 +149,8 @@ class Classifier:
         #: a JPEG whose short side is at least this many times the model input is decoded at the largest
         #: reduced DCT scale that keeps it so (0: always decode at full size); see ``decode_min_size``
         self.decode_ratio = DECODE_RATIO
-        #: decoding threads of :meth:`classify_files` run this much nicer than the encoder (Linux; 0: same
-        #: priority): they take the cycles the encoder leaves instead of preempting its threads
+        #: decoding threads of :meth:`classify_files` run this much nicer than the encoder (Linux; 0, the
+        #: default: same priority); nicer decoders take only the cycles the encoder leaves
         self.decode_nice = DECODE_NICE
         self.text_providers = list(text_providers or ["cpu"])
         self._text_encoder: TextEncoder | None = None

@@ -143,8 +143,8 @@ class WatchOptions:
                                 _number(0, 1024, integer=True))
     decode_threads: int = _opt(1, "threads each source's decoder may use (FFmpeg); cameras x this, plus the "
                                   "encoder's, is what the budget counts", _number(1, 64, integer=True))
-    decode_nice: int = _opt(10, "how much lower the decoders' CPU priority is than the encoder's (Linux; 0: the "
-                                "same): they take what the encoder leaves", _number(0, 19, integer=True))
+    decode_nice: int = _opt(0, "how much lower the decoders' CPU priority is than the encoder's (Linux; 0: the "
+                               "same); nicer decoders take only what the encoder leaves", _number(0, 19, integer=True))
     summary_every: float = _opt(10.0, "seconds between summary events (0: only at the end)", parse_duration)
     duration: float = _opt(0.0, "stop after this many seconds (0: run until stopped)", parse_duration)
     reload_poll: float = _opt(1.0, "seconds between checks of the configuration file for changes (0: only on "

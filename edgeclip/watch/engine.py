@@ -81,7 +81,7 @@ class ThreadBudget:
     encoder: int
     decoders: int
     decode_threads: int
-    decode_nice: int = 10
+    decode_nice: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {"cores": self.cores, "encoder_threads": self.encoder, "decoders": self.decoders,
@@ -94,9 +94,9 @@ def plan_threads(cameras: int, options: WatchOptions | None = None, cores: int |
     The encoder gets every core (``encoder_threads`` overrides): it is the one big consumer, and motion,
     cropping and preprocessing alternate with it on the inference thread instead of competing with it. The
     decoders are what remains concurrent; each is held to ``decode_threads`` (default 1) so that N sources
-    add N decoding threads, not N x cores, and they run ``decode_nice`` steps nicer than the encoder (Linux),
-    so they take the cycles the encoder leaves instead of preempting its threads (a parallel operator waits
-    for its slowest thread).
+    add N decoding threads, not N x cores. ``decode_nice`` (default 0) can run them nicer than the encoder
+    (Linux), so they take only the cycles the encoder leaves; measured here it gained nothing and lost to any
+    other process on the machine, so it is off unless asked.
     """
     opts = options or WatchOptions()
     n = cores or available_cores()
