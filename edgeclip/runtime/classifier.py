@@ -18,6 +18,7 @@ from .backends import Backend, create_backend
 from .images import decode_image, read_image
 from .labels import Label, check_labels, embed_labels, resolve_templates
 from .preprocess import PreprocessConfig, Preprocessor
+from .scoring import probabilities
 from .text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
@@ -34,13 +35,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -139,6 +133,8 @@ class Classifier:
         self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)
         self.preprocessor = Preprocessor(PreprocessConfig.from_manifest(self.bundle.preprocess))
         self.logit_scale = self.bundle.logit_scale
+        self.logit_bias = self.bundle.info.model.logit_bias
+        self.scoring = self.bundle.info.model.scoring
         self.top_k = top_k
         self.max_batch = int(getattr(self.encoder, "max_batch", 0) or 0)
         #: a JPEG whose short side is at least this many times the model input is decoded at the largest
@@ -214,9 +210,11 @@ class Classifier:
     def _no_embeddings(self) -> np.ndarray:
         return np.zeros((0, int(self.bundle.model["embed_dim"])), np.float32)
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """softmax(logit_scale * cosine) over the labels, [B, N]."""
-        return softmax(self.logit_scale * (embeddings @ self.label_matrix.T))
+    def probabilities(self, embeddings: np.ndarray, label_matrix: np.ndarray | None = None) -> np.ndarray:
+        """Label probabilities [B, N] of L2-normalised image embeddings, scored as the bundle says
+        (``scoring(logit_scale * cosine + logit_bias)``); ``label_matrix`` defaults to the current labels'."""
+        matrix = self.label_matrix if label_matrix is None else label_matrix
+        return probabilities(embeddings @ matrix.T, self.logit_scale, self.logit_bias, self.scoring)
 
     def predictions(self, probs: np.ndarray, top_k: int | None = None) -> list[Prediction]:
         """Top-k predictions from a [B, N] probability matrix."""

@@ -11,6 +11,7 @@ from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, BundleDraft, load_bundle, 
 from ..errors import BundleError, EdgeclipError, LabelsError
 from .backends.onnxruntime import OrtBackend
 from .labels import Label, check_template, embed_labels, labels_document, resolve_templates
+from ..tables import TOKENIZERS, pick
 from .tokenizer import ClipTokenizer
 
 
@@ -28,7 +29,8 @@ class TextEncoder:
         if bundle.info.tokenizer is None:
             raise BundleError(f"{bundle.path}: the manifest has no tokenizer section, so labels cannot be embedded "
                               f"on the device; re-export the bundle")
-        return cls(ClipTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
+        kind = pick(TOKENIZERS, bundle.info.tokenizer.type, "tokenizer type")
+        return cls(kind.load().from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
                    providers, threads)
 
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -42,7 +42,7 @@ from .._version import __version__
 from ..bundle import update_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError, RequestError
 from ..runtime import images
-from ..runtime.classifier import Classifier, softmax
+from ..runtime.classifier import Classifier
 from ..stream.loop import StreamOptions
 from ..sources import SourceSpec, parse_source
 from ..runtime.text import write_labels
@@ -216,7 +216,7 @@ class Service:
     def _run_batch(self, jobs: list[_Job]) -> list[tuple[list[dict[str, Any]], int]]:
         labels = self.labels  # one snapshot per batch: a label swap never splits a batch
         emb = self.clf.embed_pixels(np.stack([j.pixels for j in jobs]))
-        probs = softmax(self.clf.logit_scale * (emb @ labels.matrix.T))
+        probs = self.clf.probabilities(emb, labels.matrix)
         out = []
         for job, p in zip(jobs, probs):
             order = np.argsort(-p, kind="stable")[:min(job.top_k, len(p))]
