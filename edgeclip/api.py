@@ -15,9 +15,13 @@ from typing import Any, Callable, Sequence
 
 from .bundle import Bundle, load_bundle
 from .devices.choice import open_image_encoder
+from .tables import PROVIDERS
 from .devices.catalog import DeviceProfile, get_profile
 from .devices.detect import Detection, detect
 from .errors import OptionError
+from .options import LoadOptions, resolve
+from .export.options import ExportOptions
+from .quant.options import QuantizeOptions
 from .runtime.classifier import Classifier
 from .runtime.labels import Label, check_labels, read_labels_file, resolve_templates
 
@@ -39,30 +43,33 @@ def resolve_device(device: str | DeviceProfile = "auto") -> DeviceProfile:
     return detect_device().profile if device == "auto" else get_profile(device)
 
 
-def load(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = "auto", precision: str = "auto",
-         backend: str = "auto", *, target: str | None = None, providers: Sequence[str] | None = None,
-         threads: int = 0, top_k: int = 5, hint: str | None = None,
-         cache_dir: str | os.PathLike[str] | None = None) -> Classifier:
+def load(bundle: str | os.PathLike[str] | Bundle, options: LoadOptions | None = None, /,
+         **values: Any) -> Classifier:
     """Open ``bundle`` (verified) for a device and return a ready :class:`Classifier`.
+
+    ``options`` (:class:`edgeclip.LoadOptions`), with any of its fields given as keywords on top:
 
     - ``device``: ``"auto"`` detects the profile; a profile name overrides detection.
     - ``precision``: ``"auto"`` (the profile's: INT8 where the bundle has a file the backend runs), ``"fp32"``,
       ``"int8"`` (an error if the bundle has no INT8 file that the backend runs) or ``"bf16"`` (OpenVINO).
-    - ``backend``: ``"auto"`` (the profile's order, each fallback logged with its reason), ``"onnxruntime"``,
-      ``"openvino"`` or ``"tensorrt"`` (an engine from ``edgeclip build``).
-    - ``target``: the INT8 recipe (``"cpu"``, ``"tensorrt"`` or ``"openvino"``) where the profile's choice is not wanted.
+    - ``backend``: ``"auto"`` (the profile's order, each fallback logged with its reason) or a backend name
+      (``edgeclip.tables.BACKENDS``: onnxruntime, openvino, tensorrt).
+    - ``target``: the INT8 recipe where the profile's choice is not wanted.
     - ``providers``: ONNX Runtime execution providers in fallback order (implies ONNX Runtime).
     - ``threads``: intra-op threads (0 = all cores); ``top_k``: labels per prediction.
-    - OpenVINO only: ``hint`` (``"auto"``, ``"latency"`` or ``"throughput"``; default the profile's) and ``cache_dir``
-      (compiled-model cache; default ``~/.cache/edgeclip/openvino``). ``precision="bf16"`` runs there too.
+    - OpenVINO only: ``hint`` (``"auto"``, ``"latency"`` or ``"throughput"``; default the profile's) and
+      ``cache_dir`` (compiled-model cache; default ``~/.cache/edgeclip/openvino``).
 
-    ``classifier.choice.describe()`` says which file runs where, and why.
+    An unknown keyword is an OptionError naming the closest option. ``classifier.choice.describe()`` says
+    which file runs where, and why (also logged).
     """
+    opts = LoadOptions.build(options, **values)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    profile = resolve_device(device)
-    encoder, choice = open_image_encoder(b, profile, precision, target, backend, providers, threads, hint, cache_dir)
-    text_providers = [p for p in profile.ort_providers if p != "tensorrt"] or ["cpu"]
-    clf = Classifier(b, precision=choice.precision, top_k=top_k, encoder=encoder, text_providers=text_providers)
+    profile = resolve_device(opts.device)
+    encoder, choice = open_image_encoder(b, profile, opts)
+    resolved = resolve(opts, profile.load_defaults())
+    text_providers = [p for p in resolved.providers or () if p in PROVIDERS and PROVIDERS[p].text] or ["cpu"]
+    clf = Classifier(b, opts, encoder=encoder, precision=choice.precision, text_providers=text_providers)
     clf.choice = choice
     return clf
 
@@ -80,29 +87,31 @@ def _labels(labels: Sequence[str | Label] | None, labels_file: str | os.PathLike
     return check_labels([lab if isinstance(lab, Label) else Label(str(lab)) for lab in labels], "labels")
 
 
-def export(out: str | os.PathLike[str], model: str | None = None, labels: Sequence[str | Label] | None = None, *,
-           labels_file: str | os.PathLike[str] | None = None, templates: str | Sequence[str] | None = None,
-           pretrained: str | None = None, config: str | None = None, overwrite: bool = False,
-           opset: int | None = None, parity_atol: float | None = None, seed: int = 0,
-           step: Callable[[str], None] | None = None) -> Bundle:
+def export(out: str | os.PathLike[str], options: ExportOptions | None = None, /,
+           labels: Sequence[str | Label] | None = None, *, labels_file: str | os.PathLike[str] | None = None,
+           templates: str | Sequence[str] | None = None, step: Callable[[str], None] | None = None,
+           **values: Any) -> Bundle:
     """Export a CLIP checkpoint to a verified bundle at ``out`` (needs ``edgeclip[export]``).
 
-    ``model``: a built-in name (default: the proxy model), an open_clip architecture with ``pretrained``
-    (a tag, a file or ``"none"``), a folder, a checkpoint with ``config``, or a Hugging Face id or folder.
-    ``templates``: a template set name (``short``, ``imagenet80``, ``photo``, ``none``), a file, or a list.
+    ``options`` (:class:`edgeclip.ExportOptions`), with any of its fields as keywords on top: ``model`` (a
+    built-in name (default: the proxy model), an open_clip architecture with ``pretrained`` (a tag, a file or
+    ``"none"``), a folder, a checkpoint with ``config``, or a Hugging Face id or folder), ``overwrite``,
+    ``opset``, ``parity_atol``, ``seed``. ``labels`` (names or :class:`Label`) or ``labels_file``; a built-in
+    proxy model defaults to the classes it was trained on. ``templates``: a template set name (``short``,
+    ``imagenet80``, ``photo``, ``none``), a file, or a list.
     """
     from .export.defaults import DEFAULT_MODEL, PROXY_LABELS, PROXY_MODELS
-    from .export.models import load_model
-    from .export.onnx_export import DEFAULT_OPSET, Tolerance
     from .export.exporter import export_bundle
+    from .export.models import load_model
+    from .export.onnx_export import Tolerance
 
-    default = PROXY_LABELS if (model or DEFAULT_MODEL) in PROXY_MODELS else None
+    opts = ExportOptions.build(options, **values)
+    default = PROXY_LABELS if (opts.model or DEFAULT_MODEL) in PROXY_MODELS else None
     items = _labels(labels, labels_file, default)
     tname, chosen = _templates(templates)
-    loaded = load_model(model, pretrained, config, seed)
-    tol = Tolerance() if parity_atol is None else Tolerance(max_abs=parity_atol)
-    path = export_bundle(loaded, Path(out), items, tname, chosen, overwrite=overwrite,
-                         opset=opset or DEFAULT_OPSET, tol=tol, step=step)
+    loaded = load_model(opts.model, opts.pretrained, opts.config, opts.seed)
+    path = export_bundle(loaded, Path(out), items, tname, chosen, overwrite=opts.overwrite, opset=opts.opset,
+                         tol=Tolerance(max_abs=opts.parity_atol), step=step)
     return load_bundle(path)
 
 
@@ -112,25 +121,20 @@ def _templates(templates: str | Sequence[str] | None) -> tuple[str, list[str]]:
     return "custom", list(templates)
 
 
-def quantize(bundle: str | os.PathLike[str], target: str = "cpu", calib: str | None = None, *,
-             progress: bool = False, step: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
-    """Write an INT8 image encoder for ``target`` (``cpu``, ``tensorrt`` or ``openvino``) into the bundle (needs ``edgeclip[export]``).
+def quantize(bundle: str | os.PathLike[str], options: QuantizeOptions | None = None, /, *, progress: bool = False,
+             step: Callable[[str], None] | None = None, **values: Any) -> dict[str, Any]:
+    """Write an INT8 image encoder into the bundle (needs ``edgeclip[export]``); returns the manifest's
+    quantization record.
 
-    ``calib``: ``text-guided`` (default), ``bn-stats`` (ResNets), ``noise`` or ``real:DIR``; ``options`` are
-    the other fields of ``edgeclip.quant.quantize.QuantizeOptions`` (images, seed, calib_method, max_drop,
-    time_budget, cache, steps, device, synthesis_resolution, synthesis_precision, synthesis_threads). Returns the
-    manifest's quantization record.
+    ``options`` (:class:`edgeclip.QuantizeOptions`), with any of its fields as keywords on top: ``target``
+    (the INT8 recipe: ``edgeclip.tables.INT8_RECIPES``), ``calib`` (``text-guided``, ``bn-stats``, ``noise``
+    or ``real:DIR``), ``images``, ``seed``, ``calib_method``, ``max_drop``, ``time_budget``, ``steps``,
+    ``device``, ``synthesis_resolution``, ``synthesis_precision``, ``synthesis_threads``, ``cache``. Every
+    problem is reported at once, before any work.
     """
-    import dataclasses
+    from .quant.quantize import quantize_bundle
 
-    from .quant.quantize import QuantizeOptions, quantize_bundle
-
-    known = {f.name for f in dataclasses.fields(QuantizeOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise OptionError(f"unknown quantize option(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
-    fields = {"target": target, **({"calib": calib} if calib else {}), **options}
-    return quantize_bundle(bundle, QuantizeOptions(**fields), progress=progress, step=step)
+    return quantize_bundle(bundle, QuantizeOptions.build(options, **values), progress=progress, step=step)
 
 
 def relabel(bundle: str | os.PathLike[str], labels: Sequence[str | Label] | None = None, *,
@@ -143,3 +147,63 @@ def relabel(bundle: str | os.PathLike[str], labels: Sequence[str | Label] | None
     tname, chosen = _templates(templates)
     relabel_bundle(bundle, items, tname, chosen, providers)
     return load_bundle(bundle)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# devices
+# ---------------------------------------------------------------------------------------------------------
+def list_devices(bundle: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The device profiles, what this machine is detected as, every backend of ``edgeclip.tables.BACKENDS``
+    (whether it runs here, why (not), and its devices where it has several), and with ``bundle`` the profile's
+    backend order probed for that bundle."""
+    from .devices.catalog import load_profiles
+    from .devices.choice import backend_order
+    from .tables import BACKENDS
+
+    found = detect_device()
+    backends = {}
+    for b in BACKENDS.values():
+        module = b.load()
+        ok, why = module.available()
+        backends[b.name] = {"available": ok, "reason": why, "extra": b.extra,
+                            "devices": module.devices() if ok and hasattr(module, "devices") else []}
+    order = backend_order(found.profile, load_bundle(bundle)) if bundle is not None else None
+    return {"profiles": [p.to_dict() for p in load_profiles().values()],
+            "detected": {"profile": found.profile.to_dict(), "exact": found.exact, "reasons": found.reasons},
+            "backends": backends, "order": [vars(c) for c in order] if order is not None else None}
+
+
+def build(bundle: str | os.PathLike[str], device: str | DeviceProfile = "auto", *, precision: str | None = None,
+          batch: tuple[int, int, int] | None = None, workspace_mb: int | None = None, dla_core: int | None = None,
+          force: bool = False) -> Any:
+    """Build (or reuse) the TensorRT engine for this GPU inside the bundle (``edgeclip build``); returns
+    ``edgeclip.devices.engines.BuildResult``. ``None`` values are the device profile's."""
+    from .devices.engines import build_engine
+    from .extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build")
+    profile = resolve_device(device)
+    if workspace_mb is not None:
+        profile = profile.with_changes(workspace_mb=workspace_mb)
+    return build_engine(bundle, profile, precision=precision, batch=batch, dla_core=dla_core, force=force)
+
+
+def check_build(target: str | os.PathLike[str], device: str | DeviceProfile = "auto", *,
+                precision: str | None = None, tensorrt: str | None = None) -> Any:
+    """What would block a TensorRT build of a bundle (or of one ``.onnx`` file), checked without TensorRT
+    (``edgeclip.devices.readiness.BuildCheck``: ``blocked``, ``report()``, ``findings``, ``notes``)."""
+    from .devices.engines import engine_source, resolve_precision, tensorrt_version
+    from .devices.readiness import BuildCheck, check_model
+    from .extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build --check")
+    profile = resolve_device(device)
+    version = tensorrt or tensorrt_version() or profile.tensorrt or "10.0"
+    notes: list[str] = []
+    path = Path(target)
+    if path.suffix != ".onnx":
+        b = load_bundle(path)
+        if precision is None:
+            precision, notes = resolve_precision(b, profile, None) if profile.uses_gpu else ("fp16", [])
+        path = b.path / engine_source(b, precision)
+    return BuildCheck(path, version, check_model(path, version), notes)

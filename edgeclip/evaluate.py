@@ -1,16 +1,28 @@
-"""Zero-shot evaluation on an image-folder dataset (``<root>/<class>/<image>``), torch-free."""
+"""Zero-shot evaluation on an image-folder dataset (``<root>/<class>/<image>``), torch-free (``edgeclip eval``).
+
+    from edgeclip.evaluate import EvalOptions, evaluate
+    report = evaluate("bundle", "dataset/", EvalOptions(classes="classes.tsv"))
+    print(report.top1, report.top5, report.per_class)
+"""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from .api import load
+from .bundle import load_bundle
 from .errors import OptionError
+from .options import LoadOptions, Options, option
 from .runtime.images import IMAGE_EXTENSIONS
+from .runtime.labels import Label, resolve_templates
+from .tables import precisions
 
 if TYPE_CHECKING:
     from .runtime.classifier import Classifier
@@ -200,3 +212,110 @@ def agreement(emb_a: np.ndarray, ok_a: np.ndarray, matrix_a: np.ndarray, emb_b: 
     pa, pb = (a @ matrix_a.T).argmax(1), (b @ matrix_b.T).argmax(1)
     cosine = float((a * b).sum(1).mean()) if a.shape == b.shape else float("nan")
     return {"top1_agreement": float((pa == pb).mean() * 100), "mean_cosine": cosine, "compared": int(len(a))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the eval job (``edgeclip eval``)
+# ---------------------------------------------------------------------------------------------------------
+_COMPARE = "comparison"
+
+
+@dataclass(frozen=True)
+class EvalOptions(Options):
+    """What ``edgeclip eval`` measures, on which images, with which engine."""
+
+    WHAT: ClassVar[str] = "eval option"
+
+    classes: str | None = option(None, "TSV/CSV mapping folder names to class names (e.g. imagenette-classes.tsv)")
+    templates: str = option("imagenet80", "prompt templates: imagenet80, short, photo, none or a file")
+    files_from: str | None = option(None, "only evaluate the files listed (paths relative to DATASET), e.g. a "
+                                          "held-out split")
+    limit: int = option(0, "evaluate a class-stratified random subset of N images")
+    seed: int = option(0, "seed for `limit` sampling")
+    batch_size: int = option(64, "images per inference batch")
+    workers: int = option(0, "decoding threads (0 = number of CPUs)")
+    exact_decode: bool = option(False, "decode every JPEG at full size (default: photos at least twice the model "
+                                       "input decode at a reduced DCT scale, as edgeclip classify does)")
+    engine: str = option("runtime", "runtime: the bundle's ONNX files; torch: the source PyTorch model with "
+                                    "open_clip's own preprocessing (needs the export extra), as a reference",
+                         choices=("runtime", "torch"))
+    against: str | None = option(None, "also run this bundle (may be the same one) and report top-1 agreement and "
+                                       "mean image-embedding cosine", metavar="BUNDLE", group=_COMPARE)
+    against_precision: str | None = option(None, "precision for `against` (default: same as `precision`)",
+                                           choices=("auto", *precisions("load")), group=_COMPARE)
+
+    def problems(self) -> list[str]:
+        """Contradictions and values out of range, each naming the option."""
+        out = [f"`{name}` must be >= {low}, got {getattr(self, name)}"
+               for name, low in (("limit", 0), ("batch_size", 1), ("workers", 0)) if getattr(self, name) < low]
+        if self.against_precision and not self.against:
+            out.append("`against_precision` needs `against` (a bundle)")
+        return out
+
+
+Embedder = Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]]
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def _runtime_embedder(bundle: str | os.PathLike[str], options: EvalOptions, load_options: LoadOptions,
+                      names: list[str], templates: list[str],
+                      progress: Progress | None) -> tuple[Embedder, np.ndarray, float, str, str]:
+    clf = load(bundle, load_options)
+    if options.exact_decode:
+        clf.decode_ratio = 0
+    matrix = clf.embed_labels(names, templates)
+
+    def embed(files: list[Path]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        tick = progress(f"eval {clf.precision}", len(files)) if progress else None
+        return embed_files_with(clf, files, options.batch_size, options.workers, tick)
+
+    return embed, matrix, clf.logit_scale, clf.encoder.name, clf.precision
+
+
+def _torch_embedder(bundle: str | os.PathLike[str], options: EvalOptions, threads: int, names: list[str],
+                    templates: list[str], progress: Progress | None) -> tuple[Embedder, np.ndarray, float, str, str]:
+    from .export.reference import TorchReference
+
+    ref = TorchReference(load_bundle(bundle), threads)
+    matrix = ref.label_matrix([Label(n) for n in names], templates)
+
+    def embed(files: list[Path]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        tick = progress("eval torch", len(files)) if progress else None
+        return ref.embed_files(files, options.batch_size, tick)
+
+    return embed, matrix, ref.loaded.logit_scale, "torch-eager", "fp32"
+
+
+def evaluate(bundle: str | os.PathLike[str], dataset: str | os.PathLike[str], options: EvalOptions | None = None,
+             load_options: LoadOptions | None = None, progress: Progress | None = None) -> EvalReport:
+    """Zero-shot top-1/top-5 of ``bundle`` on an image-folder dataset (``<root>/<class>/<image>``).
+
+    Class names (folder names, or the ``classes`` map) are embedded with the bundle's text encoder and
+    prompt templates. With ``against``, a second bundle runs on the same images and the report's
+    ``extra["comparison"]`` holds top-1 agreement and mean embedding cosine. ``progress(what, total)``
+    returns a callable given the images done after each batch.
+    """
+    opts, lopts = options or EvalOptions(), load_options or LoadOptions()
+    if opts.engine == "torch" and lopts.precision not in ("auto", "fp32"):
+        raise OptionError("engine='torch' evaluates the fp32 source model; drop `precision` or use engine='runtime'")
+    cmap = read_class_map(opts.classes) if opts.classes else None
+    ds = load_dataset(dataset, cmap, opts.files_from, opts.limit, opts.seed)
+    tname, templates = resolve_templates(opts.templates)
+    if opts.engine == "torch":
+        made = _torch_embedder(bundle, opts, lopts.threads, ds.names, templates, progress)
+    else:
+        made = _runtime_embedder(bundle, opts, lopts, ds.names, templates, progress)
+    embed, matrix, scale, engine, precision = made
+    report, emb, ok = evaluate_embeddings(embed, ds, matrix, scale)
+    report.extra.update({"bundle": str(bundle), "dataset": str(dataset), "engine": engine, "precision": precision,
+                         "templates": tname, "files_from": opts.files_from, "limit": opts.limit})
+    if opts.against:
+        precision2 = opts.against_precision or lopts.precision
+        other_options = dataclasses.replace(lopts, precision=precision2,
+                                            target=lopts.target if precision2 != "fp32" else None)
+        embed2, matrix2, scale2, _, used2 = _runtime_embedder(opts.against, opts, other_options, ds.names, templates,
+                                                             progress)
+        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, scale2)
+        report.extra[_COMPARE] = {"against": str(opts.against), "against_precision": used2,
+                                  "against_top1": other.top1, **agreement(emb, ok, matrix, emb2, ok2, matrix2)}
+    return report

@@ -74,12 +74,12 @@ class Precision:
 
 PRECISIONS: dict[str, Precision] = _rows(
     Precision("fp32", "32-bit float", frozenset({"load", "profile", "file", "engine", "synthesis"})),
-    Precision("fp16", "16-bit float (TensorRT engines; autocast on CUDA)",
-              frozenset({"profile", "file", "engine", "synthesis"})),
-    Precision("bf16", "bfloat16 arithmetic on the fp32 file (OpenVINO on CPUs with AVX512_BF16 or AMX)",
-              frozenset({"load", "synthesis"})),
     Precision("int8", "an INT8 (Q/DQ) file made by `edgeclip quantize`, or an INT8 engine",
               frozenset({"load", "profile", "file", "engine"})),
+    Precision("bf16", "bfloat16 arithmetic on the fp32 file (OpenVINO on CPUs with AVX512_BF16 or AMX)",
+              frozenset({"load", "synthesis"})),
+    Precision("fp16", "16-bit float (TensorRT engines; autocast on CUDA)",
+              frozenset({"profile", "file", "engine", "synthesis"})),
 )
 
 
@@ -151,26 +151,34 @@ class Backend:
 BACKENDS: dict[str, Backend] = _rows(
     Backend("onnxruntime", "ONNX Runtime (CPU, CUDA or its TensorRT provider)",
             "edgeclip.runtime.backends.onnxruntime", "cpu", ("fp32", "int8"), options=("providers",)),
-    Backend("openvino", "OpenVINO, the bundle's ONNX files compiled and cached per machine",
-            "edgeclip.runtime.backends.openvino", "openvino", ("fp32", "bf16", "int8"),
-            int8_recipes=("openvino", "tensorrt", "cpu"), options=("hint", "cache_dir")),
     Backend("tensorrt", "TensorRT engines built on the device by `edgeclip build`",
             "edgeclip.runtime.backends.tensorrt", "tensorrt", ("fp32", "fp16", "int8"),
             int8_recipes=("tensorrt",), files="edgeclip.devices.engines"),
+    Backend("openvino", "OpenVINO, the bundle's ONNX files compiled and cached per machine",
+            "edgeclip.runtime.backends.openvino", "openvino", ("fp32", "bf16", "int8"),
+            int8_recipes=("openvino", "tensorrt", "cpu"), options=("hint", "cache_dir")),
 )
+
+
+#: OpenVINO's performance hints (the ``hint`` load option): one request per batch (latency), a batch split
+#: over parallel streams (throughput), or latency for single images and throughput for batches (auto)
+OPENVINO_HINTS = ("auto", "latency", "throughput")
 
 
 @dataclass(frozen=True)
 class Provider:
-    """One ONNX Runtime execution provider: its short name, ONNX Runtime's name, the INT8 files it runs best."""
+    """One ONNX Runtime execution provider: its short name, ONNX Runtime's name, the INT8 files it runs best,
+    and whether it runs the text encoder too (``text``; the TensorRT provider builds an engine per input
+    shape, too slow for relabelling)."""
 
     name: str
     ort_name: str
     int8_recipes: tuple[str, ...]
+    text: bool = True
 
 
 PROVIDERS: dict[str, Provider] = _rows(
-    Provider("tensorrt", "TensorrtExecutionProvider", ("tensorrt",)),
+    Provider("tensorrt", "TensorrtExecutionProvider", ("tensorrt",), text=False),
     Provider("cuda", "CUDAExecutionProvider", ("tensorrt",)),
     Provider("openvino", "OpenVINOExecutionProvider", ("openvino", "tensorrt", "cpu")),
     Provider("coreml", "CoreMLExecutionProvider", ("cpu", "tensorrt")),
@@ -208,7 +216,7 @@ class SourceKind:
     """One kind of frame source (``--source``), in the order sources are matched.
 
     ``module`` (under ``edgeclip/sources/``) defines ``match(text, options)`` (the target it names, or None)
-    and ``open(spec)`` (a frame reader). ``options``: the source options (``edgeclip.sources.SourceOptions``
+    and ``open_reader(spec)`` (a frame reader). ``options``: the source options (``edgeclip.sources.SourceOptions``
     fields) this kind accepts; any other one given is refused naming the kind. ``live`` sources are
     reconnected when lost; the others end. ``extra``: what decoding it needs (None: Pillow is enough).
     """
@@ -226,27 +234,28 @@ class SourceKind:
         return load_module(self.module)
 
 
-_NETWORK = ("read_timeout",)
+_LIVE = ("reconnect_min", "reconnect_max", "give_up_after")
+_CAMERA = ("width", "height", "fps", *_LIVE)
+_NETWORK = ("read_timeout", "max_part_size", *_LIVE)
+_PLAYED = ("fps", "realtime", "loop")
 SOURCE_KINDS: dict[str, SourceKind] = _rows(
     SourceKind("camera", "a V4L2 camera; width, height and fps are requested from it", ("0", "/dev/video0"),
-               "edgeclip.sources.camera", True, ("width", "height", "fps")),
+               "edgeclip.sources.camera", True, _CAMERA),
     SourceKind("csi", "a Jetson CSI camera (nvarguscamerasrc through GStreamer)", ("csi://0",),
-               "edgeclip.sources.gstreamer", True, ("width", "height", "fps")),
+               "edgeclip.sources.gstreamer", True, _CAMERA),
     SourceKind("usb", "a USB camera through a GStreamer v4l2src pipeline", ("usb://0",),
-               "edgeclip.sources.gstreamer", True, ("width", "height", "fps")),
-    SourceKind("gstreamer", "a GStreamer pipeline ending in appsink", ("gst:PIPELINE ! appsink", "'a ! b ! appsink'"),
-               "edgeclip.sources.gstreamer", True, ()),
+               "edgeclip.sources.gstreamer", True, _CAMERA),
+    SourceKind("gstreamer", "a GStreamer pipeline ending in appsink", ("gst:PIPELINE ! appsink",),
+               "edgeclip.sources.gstreamer", True, _LIVE),
     SourceKind("mjpeg", "multipart MJPEG over HTTP with edgeclip's own reader", ("mjpeg+http://host/video",),
-               "edgeclip.sources.mjpeg", True, (*_NETWORK, "max_part_bytes"), extra=None),
+               "edgeclip.sources.mjpeg", True, _NETWORK, extra=None),
     SourceKind("url", "a network stream through OpenCV's FFmpeg (MJPEG over HTTP too)",
-               ("rtsp://host/stream", "http://host/video"), "edgeclip.sources.network", True,
-               (*_NETWORK, "max_part_bytes")),
+               ("rtsp://host/stream", "http://host/video"), "edgeclip.sources.network", True, _NETWORK),
     SourceKind("synthetic", "generated moving frames (tests, soak runs)", ("synthetic://640x480",),
-               "edgeclip.sources.synthetic", False, ("width", "height", "fps", "realtime", "loop"), extra=None),
+               "edgeclip.sources.synthetic", False, ("width", "height", *_PLAYED), extra=None),
     SourceKind("folder", "the image files of a folder (or one image), in name order", ("frames/", "photo.jpg"),
-               "edgeclip.sources.files", False, ("fps", "realtime", "loop"), extra=None),
-    SourceKind("file", "a video file, frame by frame", ("video.mp4",),
-               "edgeclip.sources.files", False, ("fps", "realtime", "loop")),
+               "edgeclip.sources.files", False, _PLAYED, extra=None),
+    SourceKind("file", "a video file, frame by frame", ("video.mp4",), "edgeclip.sources.files", False, _PLAYED),
 )
 
 

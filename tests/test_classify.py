@@ -80,8 +80,10 @@ def test_table_output_and_contradictions(tiny_vit_bundle: Path, photo_folder: Pa
     assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "ship_*"), "--format", "table"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("path") and len(lines) == 5
-    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu"]) == 2
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu", "--precision", "fp32"]) == 2
     assert "--precision int8" in capsys.readouterr().err
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu"]) == 2  # precision auto
+    assert "no INT8 image encoder for recipe 'cpu'" in capsys.readouterr().err
     assert main(["classify", str(tiny_vit_bundle), str(photo_folder / "nothing-*.png")]) == 2
     assert "matches no file" in capsys.readouterr().err
 

@@ -22,7 +22,7 @@ import pytest
 
 from image_fuzz import base_images, cases, jpeg_bomb, png_bomb
 from edgeclip.cli import main
-from edgeclip.cli.classify import RowWriter, json_line
+from edgeclip.batch import RowWriter, json_line
 from edgeclip.errors import ImageReadError, OptionError
 from edgeclip.runtime import images
 from edgeclip.runtime.classifier import FileResult, Prediction

@@ -240,10 +240,11 @@ def test_summary_names_the_ladder_of_every_batch_when_they_differ() -> None:
 
 
 def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Path) -> None:
-    from edgeclip.cli.quantize import PRECISIONS as CLI_PRECISIONS
-    from edgeclip.cli.quantize import RESOLUTIONS
+    from edgeclip.cli import build_parser
 
-    assert RESOLUTIONS == MODES and CLI_PRECISIONS == PRECISIONS
+    flags = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions}
+    assert tuple(flags["synthesis_resolution"].choices) == MODES
+    assert tuple(flags["synthesis_precision"].choices) == PRECISIONS
     vit = tmp_path / "vit"
     shutil.copytree(tiny_vit_bundle, vit)
     assert main(["-q", "quantize", str(vit), "--images", "4", "--steps", "4", "--no-cache", "--synthesis-resolution",
@@ -257,8 +258,7 @@ def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Pat
         edgeclip.quantize(vit, synthesis_resolution="fast")
     with pytest.raises(OptionError, match="`synthesis_threads`"):
         edgeclip.quantize(vit, synthesis_threads=-1)
-    with pytest.raises(SystemExit):
-        main(["quantize", str(vit), "--synthesis-resolution", "fast"])
+    assert main(["quantize", str(vit), "--synthesis-resolution", "fast"]) == 2
 
 
 def test_threads_follow_usable_cores_and_what_others_use_now(vit_tower) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BundleError
-from .jsonfile import loads_strict, read_json
+from .jsonfile import dumps_strict, loads_strict, read_json
 from .lock import recover_for_read
 from .manifest import LABELS_JSON, LABELS_NPY, MANIFEST, FileEntry, Manifest, Problems, bundle_relpath, is_int
 from .onnxinfo import TensorSpec, read_onnx_info
@@ -108,6 +108,10 @@ class Bundle:
     @property
     def embed_dim(self) -> int:
         return self.info.model.embed_dim
+
+    def to_json(self) -> str:
+        """The manifest as strict, indented JSON (what ``edgeclip inspect --json`` prints)."""
+        return dumps_strict(self.manifest)
 
     def label_names(self) -> list[str]:
         """Label names from ``labels.json``, validated (and checked against the manifest's hash)."""

@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 
-from .options import add_backend_options, open_classifier
+from .options import add_load_options, add_options, load_options, options_from_args
 
 EPILOG = """\
 endpoints (JSON; see docs/serve.md):
@@ -31,7 +31,13 @@ examples:
 """
 
 
+#: the stream options that shape the service's live source
+LIVE_STREAM_OPTIONS = ("fps_limit", "roi", "half_life", "threshold", "hysteresis", "min_frames")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from .. import SourceOptions, StreamOptions
+
     p = sub.add_parser("serve", help="serve a bundle over HTTP: REST API, live preview and a page to edit labels",
                        description="Serve a bundle over HTTP: classify uploaded images (micro-batched), show a "
                                    "live source's preview and decisions, and edit the labels from a browser.",
@@ -61,25 +67,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--preview-fps", type=float, default=5.0,
                    help="most preview frames per second sent to each viewer (default 5)")
 
-    g = p.add_argument_group("live source (with --source)")
-    g.add_argument("--fps", type=float, default=None,
-                   help="camera frame rate to request; for files, folders and synthetic frames the playback "
-                        "rate (default: their own rate)")
-    g.add_argument("--width", type=int, default=None, help="capture width for cameras / presets / synthetic")
-    g.add_argument("--height", type=int, default=None, help="capture height for cameras / presets / synthetic")
-    g.add_argument("--loop", action="store_true", help="restart a file or folder at its end")
-    g.add_argument("--fps-limit", type=float, default=0.0,
-                   help="classify at most this many frames per second (0: as many as the device can)")
-    g.add_argument("--half-life", default="0.5s", help="EMA smoothing half-life of the probabilities (0.5s)")
-    g.add_argument("--threshold", type=float, default=0.0, help="'unknown' below this smoothed probability")
-    add_backend_options(p)
+    live = "live source (with --source)"
+    add_options(p, SourceOptions, groups={None: live})
+    add_options(p, StreamOptions, LIVE_STREAM_OPTIONS, groups={"processing": live, "decisions": live})
+    add_load_options(p)
     p.set_defaults(handler=run_serve)
 
 
 def _size(text: str) -> int:
-    from .classify import parse_size
+    from ..errors import EdgeclipError
+    from ..options import parse_size
 
-    return parse_size(text)
+    try:
+        return parse_size(text)
+    except EdgeclipError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -108,7 +110,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     """Refuse a non-loopback bind without a token (OptionError); the warning to print for --insecure."""
     from ..errors import OptionError
-    from ..serve.app import is_loopback
+    from ..serve import is_loopback
 
     if is_loopback(host) or token:
         return None
@@ -152,29 +154,22 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..serve.app import LOOPBACK_HOSTS, create_app, is_loopback
-    from ..stream.decisions import HalfLife
-    from ..stream.loop import StreamOptions
-    from ..sources import parse_source
+    from .. import SourceOptions, StreamOptions, load
+    from ..serve import LOOPBACK_HOSTS, create_app, is_loopback
 
-    spec = stream_options = None
-    if args.source is not None:
-        spec = parse_source(args.source, args.width, args.height, args.fps)
-        if spec.kind not in ("folder", "mjpeg", "synthetic"):
-            require("opencv", what=f"a {spec.kind} source (--source)")
-        if args.loop and spec.live:
-            raise OptionError("--loop replays files and folders; live sources reconnect by themselves, drop --loop")
-        stream_options = StreamOptions(fps_limit=args.fps_limit, half_life=HalfLife.parse(args.half_life),
-                                       threshold=args.threshold, loop=args.loop, top_k=args.top_k)
-    elif any(v for v in (args.fps, args.width, args.height, args.loop, args.fps_limit, args.threshold)):
-        raise OptionError("--fps, --width, --height, --loop, --fps-limit and --threshold shape the live source: "
-                          "pass --source too, or drop them")
-    clf = open_classifier(args, top_k=args.top_k)
+    source_options = options_from_args(SourceOptions, args)
+    stream_options = options_from_args(StreamOptions, args)
+    if args.source is None and (source_options.given() or stream_options.given()):
+        shaping = sorted(source_options.given() | stream_options.given())
+        raise OptionError(f"{', '.join('--' + n.replace('_', '-') for n in shaping)} shape the live source: pass "
+                          f"--source too, or drop them")
+    clf = load(args.bundle, load_options(args), top_k=args.top_k)
     # on loopback without a token, refuse other Host names: a web page cannot reach the service by DNS rebinding
     hosts = LOOPBACK_HOSTS if (is_loopback(args.host) and not token) else None
-    app = create_app(clf, spec, stream_options=stream_options, token=token, allowed_hosts=hosts,
-                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                     top_k=args.top_k, preview_fps=args.preview_fps)
+    app = create_app(clf, args.source, stream_options=stream_options, source_options=source_options, token=token,
+                     allowed_hosts=hosts, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
+                     batch_wait_ms=args.batch_wait_ms, top_k=args.top_k, preview_fps=args.preview_fps)
+    spec = app.state.service.live.spec if app.state.service.live is not None else None
     seconds = app.state.service.warm_up()
     if not args.quiet:
         print(f"edgeclip serve: warmed up batch sizes 1-{args.max_batch} in {seconds:.1f} s", file=sys.stderr)

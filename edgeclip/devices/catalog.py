@@ -13,14 +13,9 @@ from importlib import resources
 from typing import Any
 
 from ..errors import DeviceError
+from ..tables import INT8_RECIPES, OPENVINO_HINTS, backend_entries, precisions
 
 KINDS = ("jetson", "gpu", "cpu")
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", "onnxruntime:cpu")
-#: OpenVINO performance hints: one request per batch (latency), a batch split over parallel streams
-#: (throughput), or latency for single images and throughput for batches (auto)
-OPENVINO_HINTS = ("auto", "latency", "throughput")
-INT8_TARGETS = ("tensorrt", "cpu", "openvino")
 
 
 @dataclass(frozen=True)
@@ -55,6 +50,10 @@ class DeviceProfile:
         """A copy with some fields replaced (e.g. the SM read from this machine's GPU)."""
         return dataclasses.replace(self, **changes)
 
+    def load_defaults(self) -> dict[str, Any]:
+        """What the profile says for the load options left at ``auto`` (``edgeclip.options.resolve``)."""
+        return {"precision": self.precision, "hint": self.openvino_hint, "providers": self.ort_providers}
+
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able data."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -70,9 +69,11 @@ def profile_from_dict(data: dict[str, Any], where: str = "profile") -> DevicePro
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
     if missing:
         raise DeviceError(f"{where}: missing profile field(s) {', '.join(missing)}")
-    checks = [("kind", data["kind"] in KINDS, KINDS), ("precision", data["precision"] in PRECISIONS, PRECISIONS),
-              ("int8_target", data["int8_target"] in (None, *INT8_TARGETS), INT8_TARGETS),
-              ("backends", bool(data["backends"]) and all(b in BACKENDS for b in data["backends"]), BACKENDS),
+    entries, profile_precisions = backend_entries(), precisions("profile")
+    checks = [("kind", data["kind"] in KINDS, KINDS),
+              ("precision", data["precision"] in profile_precisions, profile_precisions),
+              ("int8_target", data["int8_target"] in (None, *INT8_RECIPES), tuple(INT8_RECIPES)),
+              ("backends", bool(data["backends"]) and all(b in entries for b in data["backends"]), entries),
               ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS)]
     for key, ok, allowed in checks:
         if not ok:

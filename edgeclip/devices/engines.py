@@ -19,12 +19,13 @@ from typing import Any, Callable
 from ..bundle import Bundle, load_bundle, now_iso, update_bundle, verify_files
 from ..errors import BackendError, BundleError, DeviceError, EdgeclipError
 from ..runtime.backends.tensorrt import import_tensorrt
+from ..tables import precisions
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
 
 ENGINE_DIR = "engines"
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_PRECISIONS = precisions("engine")
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,11 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
 # ---------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------
+def find_file(bundle: Bundle, precision: str = "fp32") -> Path:
+    """The engine the TensorRT backend runs here (``edgeclip.tables.BACKENDS["tensorrt"].files``)."""
+    return find_engine(bundle, precision)
+
+
 def resolve_precision(bundle: Bundle, profile: DeviceProfile, precision: str | None) -> tuple[str, list[str]]:
     """The engine precision: the explicit one, else the profile's (INT8 falls back to FP16 if not in the bundle)."""
     if precision:

@@ -8,7 +8,7 @@ and a dynamic batch axis on every input. Each finding names the node and the fix
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -287,3 +287,22 @@ def format_findings(findings: list[Finding], what: str = "") -> str:
     if findings and len(findings) > len(errs):
         head += f" ({len(findings) - len(errs)} warning(s))"
     return "\n".join([head, *(str(f) for f in findings)])
+
+
+@dataclass
+class BuildCheck:
+    """What would block a TensorRT build of one ONNX file (``edgeclip build --check``)."""
+
+    onnx: Path
+    tensorrt: str
+    findings: list[Finding]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a finding blocks the build."""
+        return bool(errors(self.findings))
+
+    def report(self) -> str:
+        """The verdict line and one block per finding."""
+        return format_findings(self.findings, f"{self.onnx} (TensorRT {self.tensorrt})")

@@ -52,11 +52,12 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import OptionError, QuantizationError
+from ..tables import INT8_RECIPES, pick
+from .options import CALIB_METHODS
 
 log = logging.getLogger("edgeclip.quant")
 
-TARGETS = ("cpu", "tensorrt", "openvino")
-CALIB_METHODS = ("minmax", "percentile", "entropy")
+TARGETS = tuple(INT8_RECIPES)
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 #: activations a recipe may fold into the quantizer of the output they read (``Recipe.fold_activations``)
 FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -143,15 +144,13 @@ CPU_CANDIDATES: dict[str, Recipe] = {
 
 
 def recipe_for(target: str) -> Recipe:
-    """The recipe of ``target``; OptionError for an unknown target."""
-    if target not in RECIPES:
-        raise OptionError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
-    return RECIPES[target]
+    """The recipe of ``target`` (a row of ``edgeclip.tables.INT8_RECIPES``); OptionError for an unknown one."""
+    return RECIPES[pick(INT8_RECIPES, target, "target").name]
 
 
 def int8_file_name(target: str) -> str:
     """``image_encoder.int8.<target>.onnx``."""
-    return f"image_encoder.int8.{target}.onnx"
+    return pick(INT8_RECIPES, target, "target").file
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ def _method(name: str) -> Any:
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if name not in table:
-        raise OptionError(f"unknown --calib-method {name!r}; use one of {', '.join(CALIB_METHODS)}")
+        raise OptionError(f"unknown calib_method {name!r}; use one of {', '.join(CALIB_METHODS)}")
     return table[name]
 
 

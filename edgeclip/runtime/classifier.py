@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError
+from ..options import LoadOptions
 from .backends import Backend, create_backend
 from .images import decode_image, read_image
 from .labels import Label, check_labels, embed_labels, resolve_templates
@@ -23,7 +24,6 @@ from .text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
 
-PRECISIONS = ("fp32", "int8")
 #: default ``Classifier.decode_ratio``: JPEGs at least twice the model input decode at a reduced DCT scale
 DECODE_RATIO = 2.0
 
@@ -115,27 +115,27 @@ class Classifier:
     ``encoder`` backend given.
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32",
-                 target: str | None = None, backend: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int = 0, top_k: int = 5, encoder: Backend | None = None,
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], options: LoadOptions | None = None, *,
+                 encoder: Backend | None = None, precision: str | None = None,
                  text_providers: Sequence[str] | None = None) -> None:
+        """Constructed directly (``encoder=None``) it opens the bundle's ONNX file that ``options.precision``
+        and ``options.target`` name (``auto``: fp32) with ``options.backend`` (``auto``: ONNX Runtime);
+        :func:`edgeclip.load` picks them for the device and passes the opened ``encoder`` and its
+        ``precision``. ``text_providers``: ONNX Runtime providers of the text encoder (default: the CPU)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        if encoder is None:  # an encoder given may run any precision its backend has (fp16, bf16...)
-            if precision not in PRECISIONS:
-                raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-            if backend not in ("auto", "onnxruntime"):
-                raise OptionError(f"backend {backend!r} is chosen per device: use edgeclip.load(bundle, "
-                                  f"backend={backend!r})")
-            encoder = create_backend(self.bundle.encoder("image", precision, target), "onnxruntime", providers,
-                                     threads)
-        self.precision = precision
+        self.options = options or LoadOptions()
+        if encoder is None:
+            precision = "fp32" if self.options.precision == "auto" else self.options.precision
+            encoder = create_backend(self.bundle.encoder("image", "int8" if precision == "int8" else "fp32",
+                                                         self.options.target), self.options, precision)
+        self.precision = precision or "fp32"
         self.encoder = encoder
         self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)
         self.preprocessor = Preprocessor(PreprocessConfig.from_manifest(self.bundle.preprocess))
         self.logit_scale = self.bundle.logit_scale
         self.logit_bias = self.bundle.info.model.logit_bias
         self.scoring = self.bundle.info.model.scoring
-        self.top_k = top_k
+        self.top_k = self.options.top_k
         self.max_batch = int(getattr(self.encoder, "max_batch", 0) or 0)
         #: a JPEG whose short side is at least this many times the model input is decoded at the largest
         #: reduced DCT scale that keeps it so (0: always decode at full size); see ``decode_min_size``

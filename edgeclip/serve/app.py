@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -43,8 +44,9 @@ from ..bundle import update_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError, RequestError
 from ..runtime import images
 from ..runtime.classifier import Classifier
-from ..stream.loop import StreamOptions
-from ..sources import SourceSpec, parse_source
+from ..stream.options import StreamOptions
+from ..extras import require
+from ..sources import SourceOptions, SourceSpec, parse_source
 from ..runtime.text import write_labels
 from .batcher import MicroBatcher, QueueFull
 from .guard import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, Guard, is_loopback
@@ -480,13 +482,14 @@ async def _mjpeg_stream(service: Service, live: LiveSource, fps: float) -> Async
 # ---------------------------------------------------------------------------------------------------------
 def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *,
                options: ServeOptions | None = None, stream_options: StreamOptions | None = None,
-               **overrides: Any) -> Starlette:
-    """The ASGI app serving ``classifier`` (and ``source``, a ``--source`` string or a SourceSpec, live).
+               source_options: SourceOptions | None = None, **overrides: Any) -> Starlette:
+    """The ASGI app serving ``classifier`` (and ``source``, a source string or a SourceSpec, live).
 
     Keyword arguments override fields of ``options`` (see :class:`ServeOptions`): e.g.
-    ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed like ``edgeclip stream
-    --source``; files, folders and synthetic frames play in real time. The returned app is a Starlette
-    app: run it with any ASGI server, or mount it inside another app. ``app.state.service`` is the state.
+    ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed with ``source_options`` as
+    ``edgeclip.stream`` parses it (the same kinds, the same rules); files, folders and synthetic frames play
+    in real time. The returned app is a Starlette app: run it with any ASGI server, or mount it inside another
+    app. ``app.state.service`` is the state.
     """
     names = {f.name for f in fields(ServeOptions)}
     unknown = sorted(set(overrides) - names)
@@ -495,9 +498,11 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
     opts = ServeOptions(**{**(options.__dict__ if options else {}), **overrides})
     live = None
     if source is not None:
-        spec = source if isinstance(source, SourceSpec) else parse_source(source)
-        if not spec.live and not spec.fps:
-            spec.realtime = True  # a preview of a file or folder plays at its own rate
+        spec = source if isinstance(source, SourceSpec) else parse_source(source, source_options)
+        if spec.row.extra:
+            require(spec.row.extra, what=f"a {spec.kind} source")
+        if not spec.live and not spec.fps:  # a preview of a file or folder plays at its own rate
+            spec.options = dataclasses.replace(spec.options, realtime=True)
         live = LiveSource(classifier, spec, stream_options, event_rate=opts.event_rate, top_k=opts.top_k)
     service = Service(classifier, live, opts)
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..runtime.classifier import Classifier
 from ..stream.outputs import annotate
-from ..stream.loop import FrameResult, StreamOptions, StreamPipeline
+from ..stream.loop import FrameResult, StreamPipeline
+from ..stream.options import StreamOptions
 from ..sources import SourceSpec
 
 log = logging.getLogger("edgeclip.serve")

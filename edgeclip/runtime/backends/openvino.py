@@ -28,13 +28,15 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import BackendError, OptionError
+from ...options import LoadOptions
+from ...tables import BACKENDS, OPENVINO_HINTS
 from ..cpu import BF16_FLAGS, read_cpuinfo
 
 log = logging.getLogger("edgeclip.runtime")
 
 #: ``auto``: a latency-compiled model for single images, a throughput-compiled one (compiled on first use) for batches
-HINTS = ("auto", "latency", "throughput")
-PRECISIONS = ("fp32", "bf16", "int8")
+HINTS = OPENVINO_HINTS
+PRECISIONS = BACKENDS["openvino"].precisions
 _INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
@@ -65,8 +67,10 @@ def import_openvino() -> ModuleType:
     return openvino
 
 
-def have_openvino() -> tuple[bool, str]:
-    """(whether OpenVINO imports here, why or why not)."""
+def available(variant: str | None = None, installed: bool | None = None) -> tuple[bool, str]:
+    """(whether OpenVINO imports here, why or why not); ``installed`` states it instead of trying."""
+    if installed is not None:
+        return installed, "OpenVINO is installed" if installed else "OpenVINO is not installed (the 'openvino' extra)"
     try:
         ov = import_openvino()
     except BackendError as exc:
@@ -74,7 +78,13 @@ def have_openvino() -> tuple[bool, str]:
     return True, f"openvino {ov.get_version().split('-')[0]} imports"
 
 
-def openvino_devices() -> list[dict[str, str]]:
+def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
+                 key: str | None = None) -> OpenVinoBackend:
+    """The file compiled on the CPU with the options' hint, threads and compiled-model cache."""
+    return OpenVinoBackend(path, "CPU", precision, options.hint or "auto", options.threads, options.cache_dir, key=key)
+
+
+def devices() -> list[dict[str, str]]:
     """OpenVINO's devices here (CPU, GPU.0, NPU...): name, full name, capabilities; [] without OpenVINO."""
     try:
         ov = import_openvino()

@@ -1,0 +1,39 @@
+"""``ExportOptions``: what ``edgeclip export`` is asked for, each default once (imports without torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..options import Options, option
+from .defaults import DEFAULT_MODEL, PROXY_MODELS
+
+#: the lowest ONNX opset exported (LayerNormalization as one op: TensorRT's normalization layer in FP16)
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    """Which checkpoint ``edgeclip export`` reads and how it checks the ONNX files against it."""
+
+    WHAT: ClassVar[str] = "export option"
+
+    model: str | None = option(None, f"built-in name ({', '.join(PROXY_MODELS)} [default {DEFAULT_MODEL}], "
+                                     f"edgeclip-tiny-vit, edgeclip-tiny-rn), open_clip architecture (ViT-B-32), "
+                                     f"Hugging Face id or folder, or checkpoint file")
+    pretrained: str | None = option(None, "open_clip pretrained tag (openai, laion2b_s34b_b79k), weights file, or "
+                                          "'none' for random")
+    config: str | None = option(None, "open_clip model config JSON for a checkpoint file")
+    overwrite: bool = option(False, "replace an existing bundle (atomically)")
+    opset: int = option(MIN_OPSET, f"ONNX opset (>= {MIN_OPSET})")
+    parity_atol: float = option(1e-4, "max abs (or relative, for large models) difference allowed between ONNX "
+                                      "and torch")
+    seed: int = option(0, "seed for random-weight models")
+
+    def problems(self) -> list[str]:
+        """Values out of range, each naming the option."""
+        out = []
+        if self.opset < MIN_OPSET:
+            out.append(f"`opset` must be >= {MIN_OPSET} (LayerNormalization as one op), got {self.opset}")
+        if not self.parity_atol > 0:
+            out.append(f"`parity_atol` must be > 0, got {self.parity_atol}")
+        return out
