@@ -196,7 +196,7 @@ def check_build(target: str | os.PathLike[str], device: str | DeviceProfile = "a
     from .devices.readiness import BuildCheck, check_model
     from .extras import require
 
-    require("tensorrt", ["onnx"], what="edgeclip build --check")
+    require("tensorrt", ["onnx"], what="checking a TensorRT build")
     profile = resolve_device(device)
     version = tensorrt or tensorrt_version() or profile.tensorrt or "10.0"
     notes: list[str] = []

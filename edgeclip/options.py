@@ -31,7 +31,7 @@ def option(default: Any, help: str, *, choices: Sequence[str] | None = None, met
            cli: bool = True) -> Any:
     """A dataclass field with its CLI description: ``help`` (the default is added), ``choices``, ``metavar``,
     ``parse`` (text -> value, for the CLI), ``group`` (the help section it belongs to), ``short`` (a one-letter
-    flag too, ``-o``), ``cli=False`` (no flag). The flag is ``--field-name``."""
+    flag too, ``-o``), ``cli=False`` (no flag). The CLI's flag is the field name with dashes."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "parse": parse, "group": group, "short": short, "cli": cli}
     if isinstance(default, (list, dict, set)):

@@ -62,7 +62,7 @@ def load_module(path: str) -> ModuleType:
 class Precision:
     """One numeric precision and where it is a valid value.
 
-    ``uses``: ``load`` (what ``edgeclip.load`` / ``--precision`` may ask for), ``profile`` (a device
+    ``uses``: ``load`` (what ``edgeclip.load`` may be asked for), ``profile`` (a device
     profile's default), ``file`` (a bundle file's recorded precision), ``engine`` (a TensorRT engine),
     ``synthesis`` (autocast while synthesising calibration images).
     """
@@ -93,7 +93,7 @@ def precisions(use: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Int8Recipe:
-    """One INT8 recipe (``edgeclip quantize --target``): the backend entry it is made for and its file.
+    """One INT8 recipe (``edgeclip quantize``'s ``target``): the backend entry it is made for and its file.
 
     The recipe's quantization settings live in ``edgeclip.quant.recipes.RECIPES`` under the same name.
     """
@@ -213,7 +213,7 @@ def entry_int8_recipes(entry: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SourceKind:
-    """One kind of frame source (``--source``), in the order sources are matched.
+    """One kind of frame source, in the order sources are matched.
 
     ``module`` (under ``edgeclip/sources/``) defines ``match(text, options)`` (the target it names, or None)
     and ``open_reader(spec)`` (a frame reader). ``options``: the source options (``edgeclip.sources.SourceOptions``

@@ -342,7 +342,7 @@ def test_without_a_source_the_stream_endpoints_say_so_and_foreign_hosts_are_refu
     with running_server(app) as base:
         for path in ("/v1/stream", "/v1/preview.mjpg", "/v1/preview.jpg"):
             r = call("GET", base + path)
-            assert r.status == 404 and "--source" in r.json()["error"], path
+            assert r.status == 404 and "no live source" in r.json()["error"], path
         assert call("GET", f"{base}/v1/status").json()["stream"] is None
         port = base.rsplit(":", 1)[1]
         rebound = call("GET", f"{base}/v1/labels", headers={"Host": f"attacker.example:{port}"})

@@ -164,7 +164,7 @@ def run(bundle: str | os.PathLike[str], job: BatchPlan, load_options: LoadOption
     """Classify ``job.todo`` and write their rows; returns (rows, failed rows, what ran them).
 
     ``progress`` is called with the rows each batch wrote (after they reached the file); ``on_open`` with
-    one line saying which image encoder runs where, and why (local runs).
+    one line saying which image encoder runs where, and why (once per distinct line the Ray actors report).
     """
     opts = job.options
     width = max((len(str(p)) for p in job.paths), default=8)
@@ -176,13 +176,13 @@ def run(bundle: str | os.PathLike[str], job: BatchPlan, load_options: LoadOption
                 progress(n)
 
         if opts.ray:
-            from . import classify_ray
+            from .ray import classify_ray
 
             workers = opts.workers or 2
             results = classify_ray(bundle, job.todo, load_options, workers=workers, address=opts.ray_address,
                                    batch_size=opts.batch_size, top_k=opts.top_k, exact_decode=opts.exact_decode,
                                    parquet=opts.parquet, max_pixels=opts.max_image_pixels,
-                                   max_bytes=opts.max_file_size, progress=done)
+                                   max_bytes=opts.max_file_size, progress=done, on_open=on_open)
             rows, failed = write_results(results, out, job.fmt, opts.top_k, width, header)
             return rows, failed, f"Ray Data ({workers} workers)"
         clf = load(bundle, load_options, top_k=opts.top_k)

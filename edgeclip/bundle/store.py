@@ -82,7 +82,7 @@ class Bundle:
                  if (e.precision or "fp32") == precision and (target is None or e.target == target)}
         if not found:
             have = [(e.precision or "fp32") + (f"/{e.target}" if e.target else "") for e in entries.values()]
-            hint = (f"make it with `edgeclip quantize {self.path}" + (f" --target {target}" if target else "") + "`"
+            hint = ("quantize it first (`edgeclip quantize`" + (f", target='{target}'" if target else "") + ")"
                     if precision == "int8" else "re-export the bundle")
             raise BundleError(f"{self.path}: no {tower} encoder at precision {precision}"
                               + (f" for target {target}" if target else "")
@@ -110,7 +110,7 @@ class Bundle:
         return self.info.model.embed_dim
 
     def to_json(self) -> str:
-        """The manifest as strict, indented JSON (what ``edgeclip inspect --json`` prints)."""
+        """The manifest as strict, indented JSON (what ``edgeclip inspect`` prints as JSON)."""
         return dumps_strict(self.manifest)
 
     def label_names(self) -> list[str]:
@@ -191,7 +191,7 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
 
 def _load_once(root: Path, verify: bool) -> Bundle:
     if not root.exists():
-        raise BundleError(f"{root}: no such bundle directory; create one with `edgeclip export --out {root}`")
+        raise BundleError(f"{root}: no such bundle directory; make one with `edgeclip export` (out='{root}')")
     if not root.is_dir():
         raise BundleError(f"{root}: a bundle is a directory, not a file")
     data = _manifest_json(root)

@@ -222,8 +222,8 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False,
 
     def refuse() -> None:
         if os.path.lexists(target) and not overwrite:
-            raise BundleError(f"{target}: already exists; pass overwrite=True (`--overwrite` on the command "
-                              f"line) to replace it, or choose another output path")
+            raise BundleError(f"{target}: already exists; pass overwrite=True to replace it, or choose another "
+                              f"output path")
 
     refuse()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from .options import add_label_options, add_options, label_names, options_from_a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..export.options import ExportOptions
+    from .. import ExportOptions
 
     p = sub.add_parser("export", help="export a CLIP checkpoint to a bundle (ONNX towers + label embeddings)",
                        description="Export both CLIP towers to ONNX, check them against torch, embed the labels "
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import ExportOptions, export
+    from .. import ExportOptions
+    from ..api import export
     from ..extras import require, require_onnxruntime
 
     require("export", what="edgeclip export")

@@ -120,8 +120,10 @@ def say(args: argparse.Namespace, prefix: str) -> Any:
 
 
 def flag_wording(message: str) -> str:
-    """A library message in command-line terms: `name` -> --name, name='value' -> --name value."""
+    """A library message in command-line terms: `name` -> --name, name='value' -> --name value,
+    name=True -> --name."""
     message = re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), message)
+    message = re.sub(r"\b([a-z_]+)=True\b", lambda m: flag(m.group(1)), message)
     return re.sub(r"\b([a-z_]+)='([^']*)'", lambda m: f"{flag(m.group(1))} {m.group(2)}", message)
 
 

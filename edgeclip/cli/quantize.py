@@ -7,7 +7,7 @@ from .options import add_options, options_from_args, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..quant.options import QuantizeOptions
+    from .. import QuantizeOptions
 
     p = sub.add_parser(
         "quantize", help="write an INT8 image encoder (image_encoder.int8.<target>.onnx) into a bundle",

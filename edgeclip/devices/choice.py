@@ -110,9 +110,12 @@ class EncoderChoice:
     file: Path
     reasons: list[str]
 
+    settings: str = ""
+
     def describe(self) -> str:
         """One line for logs and command summaries."""
-        return f"{self.file.name} on {self.backend} ({self.precision}): " + "; ".join(self.reasons)
+        settings = f" [{self.settings}]" if self.settings else ""
+        return f"{self.file.name} on {self.backend} ({self.precision}){settings}: " + "; ".join(self.reasons)
 
 
 def int8_file(bundle: Bundle, entry: str, target: str | None, required: bool) -> tuple[Path | None, str]:
@@ -217,7 +220,8 @@ def open_image_encoder(bundle: Bundle, profile: DeviceProfile,
             log.warning("device %s: %s failed (%s); falling back", profile.name, choice.label, exc)
             errors.append(f"{choice.label}: {exc}")
             continue
-        result = EncoderChoice(profile.name, encoder.name, used, path, reasons)
+        settings = encoder.settings() if hasattr(encoder, "settings") else ""
+        result = EncoderChoice(profile.name, encoder.name, used, path, reasons, settings)
         log.info("image encoder: %s", result.describe())
         return encoder, result
     if strict and skipped:

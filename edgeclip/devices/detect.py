@@ -150,7 +150,7 @@ def _jetson(facts: Facts, profiles: list[DeviceProfile]) -> tuple[DeviceProfile 
     guess = next((p for p in profiles if major and major in p.match.get("l4t_fallback", ())), None)
     if guess:
         reasons.append(f"no profile names this Jetson model; L4T {major} suggests {guess.name} "
-                       f"(closest, conservative); pass --device NAME to choose another")
+                       f"(closest, conservative); pass `device` (a profile name) to choose another")
     return guess, False, reasons
 
 

@@ -139,7 +139,7 @@ def engine_source(bundle: Bundle, precision: str) -> str:
     if precision == "int8":
         try:
             return bundle.encoder("image", "int8", "tensorrt").name
-        except BundleError as exc:  # says to run `edgeclip quantize --target tensorrt`
+        except BundleError as exc:  # says to quantize with target='tensorrt'
             raise DeviceError(f"{exc}, or build FP16") from exc
     return bundle.encoder("image", "fp32").name
 
@@ -194,7 +194,7 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
         name = sorted(usable)[0][3]
         log.info("TensorRT engine %s (%s)", name, files[name].get("precision"))
         return bundle.path / name
-    hint = f"run `edgeclip build {bundle.path}`" + (" --precision int8" if precision == "int8" else "")
+    hint = "build one (`edgeclip build`" + (", precision='int8'" if precision == "int8" else "") + ")"
     raise BackendError(f"{bundle.path}: no TensorRT engine for this machine (TensorRT {tensorrt}, SM {sm}, "
                        f"{precision})" + (f"; not usable: {'; '.join(rejected)}" if rejected else "")
                        + f"; {hint}")
@@ -221,7 +221,7 @@ def resolve_precision(bundle: Bundle, profile: DeviceProfile, precision: str | N
             return "int8", []
         except DeviceError:
             return "fp16", [f"profile {profile.name} prefers INT8 but the bundle has no image_encoder.int8.tensorrt."
-                            f"onnx (run `edgeclip quantize {bundle.path} --target tensorrt`); building FP16"]
+                            f"onnx (quantize it with target='tensorrt'); building FP16"]
     return profile.precision, []
 
 
@@ -250,7 +250,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     """Build (or reuse) the engine for this machine and record it in the bundle, atomically."""
     if not profile.uses_gpu:
         raise DeviceError(f"profile {profile.name} is a CPU profile: TensorRT engines need an NVIDIA GPU; pass "
-                          f"--device with a GPU profile (desktop-gpu or a Jetson) on a machine that has that GPU")
+                          f"`device` with a GPU profile (desktop-gpu or a Jetson) on a machine that has that GPU")
     tensorrt, sm = _machine(tensorrt, sm, DeviceError)
     bundle, notes = load_for_build(bundle_path)
     if profile.sm and profile.sm != sm:
@@ -261,7 +261,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     dla_core = profile.dla_core if dla_core is None else dla_core
     if dla_core is not None:
         if precision == "fp32":
-            raise DeviceError("DLA runs FP16 or INT8 only; drop --dla-core or pick --precision fp16/int8")
+            raise DeviceError("DLA runs FP16 or INT8 only; drop `dla_core` or pick precision='fp16' or precision='int8'")
         if batch[0] != batch[2]:
             notes.append(f"DLA needs a fixed batch: using batch {batch[1]}")
             batch = (batch[1],) * 3
@@ -269,7 +269,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     path, why = cached_engine(bundle, key)
     if path is not None and not force:
         return BuildResult(path, key, False, notes=notes + [why])
-    notes.append("--force: rebuilding" if path is not None else why)
+    notes.append("forced: rebuilding" if path is not None else why)
     onnx_path = bundle.path / key.source
     if check:
         _check_ready(onnx_path, tensorrt)
@@ -350,7 +350,7 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise DeviceError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}; run `edgeclip build --check`")
+        raise DeviceError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}; check it without TensorRT (`edgeclip build` with check)")
     return parser
 
 
@@ -389,7 +389,7 @@ def add_batch_profile(builder: Any, network: Any, config: Any, batch: tuple[int,
 def use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:
     """Run on DLA core ``core``, with layers DLA cannot run falling back to the GPU."""
     if not hasattr(trt, "DeviceType") or not hasattr(trt.DeviceType, "DLA"):
-        raise DeviceError(f"TensorRT {trt.__version__} has no DLA support; drop --dla-core")
+        raise DeviceError(f"TensorRT {trt.__version__} has no DLA support; drop `dla_core`")
     cores = int(getattr(builder, "num_DLA_cores", 0))
     if core >= cores:
         raise DeviceError(f"DLA core {core} requested but this device has {cores} DLA core(s)")

@@ -1,13 +1,13 @@
 """Loading CLIP checkpoints into one shape the exporter understands.
 
-Accepted ``--model`` values, tried in this order:
+Accepted ``model`` values, tried in this order:
 
 * a built-in name: ``proxy-vit`` / ``proxy-rn`` (small CLIP models trained on CIFAR-10 + Imagenette that
   ship as the separate ``edgeclip-models`` package, packages/edgeclip-models/) or ``edgeclip-tiny-vit`` / ``edgeclip-tiny-rn`` (random weights, for tests);
 * a local folder: open_clip layout (``open_clip_config.json`` + weights) or Hugging Face CLIP layout
   (``config.json`` + ``model.safetensors``/``pytorch_model.bin``);
-* a local checkpoint file with ``--config model.json`` (an open_clip model config);
-* an open_clip architecture name (``ViT-B-32``) with ``--pretrained TAG|FILE|none``;
+* a local checkpoint file with ``config`` (``model.json``) (an open_clip model config);
+* an open_clip architecture name (``ViT-B-32``) with ``pretrained`` (a tag, a file or ``none``);
 * a Hugging Face id (``openai/clip-vit-base-patch32``), from the local cache when offline.
 """
 from __future__ import annotations
@@ -128,9 +128,9 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 def _offline_hint(what: str) -> str:
     return (f"cannot download {what}: the model hub is not reachable from this machine and the weights are "
             f"not in the local cache. Pass a local checkpoint instead: "
-            f"`--model /path/to/folder` (open_clip_config.json + open_clip_model.safetensors, or a Hugging "
-            f"Face CLIP folder with config.json + model.safetensors), `--model ARCH --pretrained "
-            f"/path/to/weights.safetensors`, or `--model weights.pt --config model_config.json`")
+            f"model='/path/to/folder' (open_clip_config.json + open_clip_model.safetensors, or a Hugging "
+            f"Face CLIP folder with config.json + model.safetensors), model='ARCH' "
+            f"pretrained='/path/to/weights.safetensors', or model='weights.pt' config='model_config.json'")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def load_builtin(name: str, seed: int = 0) -> LoadedModel:
         if not (folder / "open_clip_config.json").is_file():
             raise ModelLoadError(f"built-in model {name!r} is not installed (looked in {folder}): install the "
                                  f"edgeclip-models package from edgeclip's source tree ({_models_install_hint()}), "
-                                 f"or pass --model PATH")
+                                 f"or pass model='PATH'")
         loaded = load_open_clip_dir(folder)
         loaded.model_id, loaded.source = name, "builtin"
         return loaded
@@ -280,7 +280,7 @@ def load_hf(model_id: str) -> LoadedModel:
 # ---------------------------------------------------------------------------------------------------------
 def load_model(model: str | None = None, pretrained: str | None = None, config: str | None = None,
                seed: int = 0) -> LoadedModel:
-    """Resolve a ``--model`` / ``--pretrained`` / ``--config`` combination to a loaded model.
+    """Resolve a ``model`` / ``pretrained`` / ``config`` combination to a loaded model.
 
     The arguments are recorded in ``manifest.model.load`` (paths made absolute) so later stages that need
     the torch model (synthetic calibration) can load it again with ``load_model(**load)``.
@@ -308,14 +308,14 @@ def _load_model(model: str | None, pretrained: str | None, config: str | None, s
     spec = model or DEFAULT_MODEL
     path = Path(spec)
     if config and not path.is_file():
-        raise OptionError("--config goes with a checkpoint file: --model weights.safetensors --config model.json")
+        raise OptionError("`config` goes with a checkpoint file: model='weights.safetensors' config='model.json'")
     if spec in TINY_MODELS + PROXY_MODELS:
         if pretrained:
-            raise OptionError(f"--pretrained does not apply to the built-in model {spec!r}; drop it")
+            raise OptionError(f"`pretrained` does not apply to the built-in model {spec!r}; drop it")
         return load_builtin(spec, seed)
     if path.is_dir():
         if pretrained:
-            raise OptionError(f"--pretrained does not apply to a model folder ({spec}); drop it")
+            raise OptionError(f"`pretrained` does not apply to a model folder ({spec}); drop it")
         if (path / "open_clip_config.json").is_file():
             return load_open_clip_dir(path)
         if (path / "config.json").is_file():
@@ -326,13 +326,13 @@ def _load_model(model: str | None, pretrained: str | None, config: str | None, s
         if config:
             return load_checkpoint_with_config(path, Path(config))
         raise OptionError(f"{spec} is a checkpoint file: say which architecture it is, with "
-                          f"`--model ARCH --pretrained {spec}` (e.g. ViT-B-32) or `--model {spec} --config model.json`")
+                          f"model='ARCH' pretrained='{spec}' (e.g. ViT-B-32) or model='{spec}' config='model.json'")
     open_clip = _open_clip()
     if spec.replace("/", "-") in open_clip.list_models():
         if not pretrained:
-            raise OptionError(f"{spec}: name the weights with --pretrained TAG (one of "
+            raise OptionError(f"{spec}: name the weights with `pretrained`: a tag (one of "
                               f"{', '.join(open_clip.list_pretrained_tags_by_model(spec)) or 'none known'}), "
-                              f"--pretrained /path/to/weights, or --pretrained none for random weights")
+                              f"a weights file, or pretrained='none' for random weights")
         if pretrained == "none":
             torch.manual_seed(seed)  # reproducible: quantize and bench reload the same weights from manifest.model.load
             loaded = _open_clip_create(open_clip, spec, None, f"{spec} (random weights)", "open_clip-random")
@@ -352,7 +352,7 @@ def _load_model(model: str | None, pretrained: str | None, config: str | None, s
             return _open_clip_create(open_clip, spec, pretrained, f"{spec}:{pretrained}", "open_clip")
         except ModelLoadError as exc:
             if os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise ModelLoadError(f"{spec} --pretrained {pretrained}: " +
+                raise ModelLoadError(f"{spec} with pretrained='{pretrained}': " +
                                      _offline_hint("these pretrained weights")) from exc
             raise
     if "/" in spec or spec.startswith("hf-hub:"):

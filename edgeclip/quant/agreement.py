@@ -62,5 +62,5 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
 
 
 def drop_points(agreement: dict[str, Any]) -> float:
-    """Top-1 disagreement with fp32 in percentage points (what ``--max-drop`` bounds)."""
+    """Top-1 disagreement with fp32 in percentage points (what ``max_drop`` bounds)."""
     return 100.0 * (1.0 - float(agreement["top1_agreement"]))

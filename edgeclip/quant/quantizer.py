@@ -258,8 +258,8 @@ def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], 
     while True:
         if k >= len(order):
             raise QuantizationError(f"no mix of INT8 and fp32 layers keeps top-1 agreement within {max_drop:g} "
-                                    f"points on the calibration images; allow a larger --max-drop, or use more "
-                                    f"or other calibration images (--images, --calib)")
+                                    f"points on the calibration images; allow a larger `max_drop`, or use more "
+                                    f"or other calibration images (`images`, `calib`)")
         excluded = order[:k]
         say(f"keeping {k} of {len(order)} layers in fp32 ({', '.join(excluded[:4])}{', ...' if k > 4 else ''})")
         out = quantize_onnx(recipe, fp32, tmp / "int8.onnx", images, method, exclude=excluded, nodes=nodes,

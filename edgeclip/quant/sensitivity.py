@@ -1,4 +1,4 @@
-"""Per-layer INT8 sensitivity (ZeroQ style) and the mixed-precision choice behind ``--max-drop``.
+"""Per-layer INT8 sensitivity (ZeroQ style) and the mixed-precision choice behind ``max_drop``.
 
 Sensitivity of a weighted layer = how far the zero-shot output moves from fp32 when *only that layer* is
 quantized, on the calibration images: the KL divergence of the label probabilities (as ZeroQ uses the KL

@@ -315,7 +315,7 @@ async def _upload_bytes(request: Request, limit: int) -> bytes:
 
 def _need_live(service: Service) -> LiveSource:
     if service.live is None:
-        raise RequestError("this service has no live source; start it with --source (create_app(..., source=...))",
+        raise RequestError("this service has no live source; start it with one (the source of edgeclip serve, or create_app(clf, source))",
                            404)
     return service.live
 

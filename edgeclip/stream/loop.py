@@ -2,7 +2,7 @@
 
 Threads and data flow::
 
-    capture thread                       mailbox (capacity = --batch)           inference (calling thread)
+    capture thread                       mailbox (capacity = batch)             inference (calling thread)
     reader.read() -> Frame(t_capture) -> put: a full box drops its oldest  ->  take all -> preprocess once
     lost live source: reopen with           frame (counted); unpaced sources     -> encoder -> probabilities
     exponential backoff, JSON events        block instead (no drops)             -> EMA -> hysteresis -> events
@@ -14,7 +14,7 @@ Threads and data flow::
   counted. With ``batch > 1`` the inference step takes every frame waiting in the box as one batch
   (micro-batching under load, no added wait when the model keeps up).
 * **Unpaced sources** (a video file or folder read as fast as possible) use the same mailbox but the capture
-  thread waits for room instead of dropping, so every frame is classified. ``--fps``/``--realtime`` make
+  thread waits for room instead of dropping, so every frame is classified. ``fps``/``realtime`` make
   them paced like a camera.
 * Everything is bounded: no list grows with the number of frames (latencies live in a fixed reservoir).
 
@@ -345,7 +345,7 @@ class StreamPipeline:
             first = self.reloader.load("start")
             self._apply(first)
         self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, max_frames=opts.max_frames)
-        if self.video is not None:  # default rate: --fps-limit for a paced source, else the source's own
+        if self.video is not None:  # default rate: fps_limit for a paced source, else the source's own
             self.video.fps = self.video.fps or (opts.fps_limit if spec.paced else 0) or cap.fps
         self.emit("start", source=spec.text, kind=spec.kind, live=spec.live, paced=spec.paced,
                   source_fps=cap.fps, bundle=str(self.clf.bundle.path), model=self.clf.bundle.model.get("id"),

@@ -191,6 +191,12 @@ class OpenVinoBackend:
                  hint, f"{threads} threads" if threads else "all cores", self.start_seconds,
                  " from the cache" if self.from_cache else "")
 
+    def settings(self) -> str:
+        """What this compiled model was asked for, in one line (``EncoderChoice.describe`` shows it)."""
+        threads = f"{self.threads} threads" if self.threads else "all cores"
+        cache = f"cache {self.cache_dir.parent}" if self.cache_dir is not None else "no cache"
+        return f"{self.hint} hint, {threads}, {cache}"
+
     def _mode(self, hint: str) -> tuple[Any, list[Any]]:
         """The model compiled with ``hint`` and one infer request per stream (compiled on first use)."""
         if hint not in self._modes:
