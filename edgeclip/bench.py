@@ -28,7 +28,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BundleError, EdgeclipError, OptionError
 from .options import LoadOptions, Options, option
 from .runtime.cpu import BF16_FLAGS, VNNI_FLAGS, read_cpuinfo
-from .tables import BACKENDS, INT8_RECIPES, Backend as TableBackend, load_module
+from .tables import BACKENDS, INT8_RECIPES, Backend as TableBackend, load_module, precisions
 
 #: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
 CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS, *BF16_FLAGS})
@@ -78,7 +78,7 @@ def _files(backend: TableBackend, bundle: Bundle) -> list[tuple[str, Path, str |
     or the fp32 ONNX at each float precision it runs and every INT8 ONNX."""
     if backend.files is not None:
         out = []
-        for precision in ("fp32", "int8"):
+        for precision in (p for p in precisions("load") if p in backend.precisions):
             try:
                 path = load_module(backend.files).find_file(bundle, precision)
             except EdgeclipError:
@@ -288,7 +288,8 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
 # ---------------------------------------------------------------------------------------------------------
 # the bench job (``edgeclip bench``)
 # ---------------------------------------------------------------------------------------------------------
-REFERENCE = "onnxruntime fp32"
+#: the reference variant: the first backend of the table (it runs everywhere) on the fp32 file
+REFERENCE = f"{next(iter(BACKENDS))} fp32"
 PEER = "torch eager fp32"
 
 

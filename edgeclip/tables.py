@@ -148,6 +148,7 @@ class Backend:
         return load_module(self.module)
 
 
+#: the first row runs everywhere (the reference of ``edgeclip bench`` and the fallback of every profile)
 BACKENDS: dict[str, Backend] = _rows(
     Backend("onnxruntime", "ONNX Runtime (CPU, CUDA or its TensorRT provider)",
             "edgeclip.runtime.backends.onnxruntime", "cpu", ("fp32", "int8"), options=("providers",)),

@@ -60,7 +60,7 @@ def test_cli_choices_and_profile_checks_derive_from_the_tables() -> None:
     assert tuple(actions["target"].choices) == tuple(INT8_RECIPES)
     assert tuple({a.dest: a for a in commands["quantize"]._actions}["target"].choices) == tuple(INT8_RECIPES)
     bench_flags = {s for a in commands["bench"]._actions for s in a.option_strings}
-    assert {f"--no-{name}" for name in BACKENDS if name != "onnxruntime"} <= bench_flags
+    assert {f"--no-{name}" for name in list(BACKENDS)[1:]} <= bench_flags
     from edgeclip.devices.catalog import load_profiles
 
     assert all(set(p.backends) <= set(backend_entries()) for p in load_profiles().values())
@@ -145,3 +145,10 @@ def test_public_names_that_share_a_subpackage_name_stay_callable() -> None:
     from edgeclip import export, stream
 
     assert export is edgeclip.export and stream is edgeclip.stream
+
+
+def test_the_docs_show_the_tables_as_they_are() -> None:
+    text = (ROOT.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    begin, end = "<!-- tables: begin -->\n", "<!-- tables: end -->"
+    assert text[text.index(begin) + len(begin):text.index(end)] == markdown(), \
+        "docs/api.md is out of date: paste the output of `python -m edgeclip.tables` between its table markers"

@@ -465,3 +465,29 @@ def test_stream_runtime_never_imports_torch(tiny_vit_bundle: Path) -> None:
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- the public streaming API ------------------------------------------------------------------------------
+def test_the_public_stream_api_iterates_decisions_and_stops_when_left(clf: Classifier, segment_video: dict) -> None:
+    import edgeclip
+
+    live = edgeclip.stream(clf, str(segment_video["path"]), half_life="0", hysteresis=0.0, min_frames=1)
+    got = [(r.frame.index, r.decision.label) for r in live]  # to the end of the file
+    assert got == list(enumerate(segment_video["labels"])) and live.end["reason"] == "eof"
+    with edgeclip.stream(clf, str(segment_video["path"]), loop=True) as endless:  # a looped file never ends
+        first = [r.frame.index for _, r in zip(range(5), endless)]
+    assert first == [0, 1, 2, 3, 4] and endless.end["reason"] == "stopped"
+    assert not endless._thread.is_alive()
+
+
+def test_everything_that_can_be_refused_is_refused_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    import edgeclip
+
+    nowhere = tmp_path / "no-bundle"  # never opened: the source options are refused first
+    with pytest.raises(SourceError, match="`fps` does not apply to a url source.*`fps_limit`"):
+        edgeclip.stream(nowhere, "rtsp://camera/stream", fps=10)
+    with pytest.raises(edgeclip.OptionError, match="did you mean 'threshold'"):
+        edgeclip.stream(nowhere, "synthetic://64x48", treshold=0.3)
+    for command in ("stream", "serve"):  # one rule for every application that reads a source
+        assert main([command, str(nowhere), "--source", "rtsp://camera/stream", "--fps", "10"]) == 2
+        assert "--fps does not apply to a url source" in capsys.readouterr().err

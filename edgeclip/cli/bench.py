@@ -22,10 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(p, BenchOptions)
     add_options(p, LoadOptions, ["threads", "providers", "hint", "cache_dir"],
                 defaults={"providers": ("cpu",), "hint": "auto"})
-    for name in BACKENDS:  # the reference (ONNX Runtime fp32) always runs
-        if name != "onnxruntime":
-            p.add_argument(f"--no-{name}", dest="skip", action="append_const", const=name,
-                           help=f"skip {name} even where it runs")
+    for name in list(BACKENDS)[1:]:  # the first is the reference (``edgeclip.bench.REFERENCE``): it always runs
+        p.add_argument(f"--no-{name}", dest="skip", action="append_const", const=name,
+                       help=f"skip {name} even where it runs")
     p.set_defaults(skip=[])
     p.add_argument("--json", default=None, metavar="FILE", help="save the report as JSON")
     p.add_argument("--png", default=None, metavar="FILE", help="save a throughput chart as PNG")

@@ -155,7 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .. import SourceOptions, StreamOptions, load
-    from ..serve import LOOPBACK_HOSTS, create_app, is_loopback
+    from ..serve import LOOPBACK_HOSTS, create_app, is_loopback, prepare_source
 
     source_options = options_from_args(SourceOptions, args)
     stream_options = options_from_args(StreamOptions, args)
@@ -163,13 +163,13 @@ def run_serve(args: argparse.Namespace) -> int:
         shaping = sorted(source_options.given() | stream_options.given())
         raise OptionError(f"{', '.join('--' + n.replace('_', '-') for n in shaping)} shape the live source: pass "
                           f"--source too, or drop them")
+    spec = prepare_source(args.source, source_options) if args.source is not None else None
     clf = load(args.bundle, load_options(args), top_k=args.top_k)
     # on loopback without a token, refuse other Host names: a web page cannot reach the service by DNS rebinding
     hosts = LOOPBACK_HOSTS if (is_loopback(args.host) and not token) else None
-    app = create_app(clf, args.source, stream_options=stream_options, source_options=source_options, token=token,
-                     allowed_hosts=hosts, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                     batch_wait_ms=args.batch_wait_ms, top_k=args.top_k, preview_fps=args.preview_fps)
-    spec = app.state.service.live.spec if app.state.service.live is not None else None
+    app = create_app(clf, spec, stream_options=stream_options, token=token, allowed_hosts=hosts,
+                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                     top_k=args.top_k, preview_fps=args.preview_fps)
     seconds = app.state.service.warm_up()
     if not args.quiet:
         print(f"edgeclip serve: warmed up batch sizes 1-{args.max_batch} in {seconds:.1f} s", file=sys.stderr)

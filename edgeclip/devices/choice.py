@@ -20,7 +20,7 @@ from ..bundle import Bundle
 from ..errors import BackendError, BundleError, EdgeclipError, OptionError
 from ..options import LoadOptions, resolve
 from ..runtime.backends import Backend
-from ..tables import BACKENDS, PROVIDERS, entry_int8_recipes, load_module, split_entry
+from ..tables import BACKENDS, PROVIDERS, entry_int8_recipes, load_module, precisions, split_entry
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
@@ -183,7 +183,7 @@ def _open(choice: BackendChoice, bundle: Bundle, options: LoadOptions, explicit:
             reasons.append(why + ("" if found else ": FP32"))
             if found is not None:
                 path, used = found, "int8"
-        if explicit.precision in backend.precisions and explicit.precision not in ("fp32", "int8"):
+        if explicit.precision in backend.precisions and explicit.precision not in precisions("file"):
             used = explicit.precision  # bf16: the fp32 file with bf16 arithmetic
     run_options = dataclasses.replace(options, providers=choice.providers) if choice.providers else options
     key = bundle.manifest["files"].get(Path(path).name, {}).get("sha256")

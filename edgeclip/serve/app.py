@@ -480,6 +480,17 @@ async def _mjpeg_stream(service: Service, live: LiveSource, fps: float) -> Async
 # ---------------------------------------------------------------------------------------------------------
 # the app
 # ---------------------------------------------------------------------------------------------------------
+def prepare_source(source: str | SourceSpec, options: SourceOptions | None = None) -> SourceSpec:
+    """The service's live source, parsed and checked as ``edgeclip.stream`` does (kind, options, extra);
+    a file, folder or synthetic source that sets no rate plays in real time, as a preview should."""
+    spec = source if isinstance(source, SourceSpec) else parse_source(source, options)
+    if spec.row.extra:
+        require(spec.row.extra, what=f"a {spec.kind} source")
+    if not spec.live and not spec.fps:
+        spec.options = dataclasses.replace(spec.options, realtime=True)
+    return spec
+
+
 def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *,
                options: ServeOptions | None = None, stream_options: StreamOptions | None = None,
                source_options: SourceOptions | None = None, **overrides: Any) -> Starlette:
@@ -498,11 +509,7 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
     opts = ServeOptions(**{**(options.__dict__ if options else {}), **overrides})
     live = None
     if source is not None:
-        spec = source if isinstance(source, SourceSpec) else parse_source(source, source_options)
-        if spec.row.extra:
-            require(spec.row.extra, what=f"a {spec.kind} source")
-        if not spec.live and not spec.fps:  # a preview of a file or folder plays at its own rate
-            spec.options = dataclasses.replace(spec.options, realtime=True)
+        spec = prepare_source(source, source_options)
         live = LiveSource(classifier, spec, stream_options, event_rate=opts.event_rate, top_k=opts.top_k)
     service = Service(classifier, live, opts)
 
@@ -520,4 +527,4 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
     return app
 
 
-__all__ = ["ServeOptions", "Service", "create_app", "is_loopback", "ACCEPTED_FORMATS", "LOOPBACK_HOSTS"]
+__all__ = ["ServeOptions", "Service", "create_app", "is_loopback", "prepare_source", "ACCEPTED_FORMATS", "LOOPBACK_HOSTS"]
