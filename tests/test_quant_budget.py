@@ -15,7 +15,7 @@ from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_p
                                    summary)
 from edgeclip.quant.calibration import text_targets
 from edgeclip.quant.resolution import COARSER, at_resolution, ladder
-from edgeclip.quant.synthetic import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
+from edgeclip.quant.synthesis import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
                                       synthesis_threads, synthesise, text_cosine, text_guided_objective,
                                       tower_from_module, usable_cores)
 

@@ -119,7 +119,7 @@ def test_max_drop_keeps_the_most_sensitive_layers_in_fp32(vit: Path, tmp_path: P
     from edgeclip.quant.agreement import run_onnx
     from edgeclip.quant.quantize import QuantizeOptions, quantize_bundle
     from edgeclip.quant.recipes import RECIPES, prepare_fp32, quantize_onnx
-    from edgeclip.quant.synthetic import noise_images
+    from edgeclip.quant.synthesis import noise_images
     from edgeclip.runtime.labels import Label
     from edgeclip.runtime.text import write_labels
 

@@ -32,7 +32,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import EdgeclipError, OptionError, QuantizationError
 from .budget import summary
-from .synthetic import GENERIC_PROMPTS, SynthesisConfig, noise_images
+from .synthesis import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -254,7 +254,7 @@ def real_images(files: list[Path], preprocess: dict[str, Any], progress: bool = 
 
 def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_budget: float | None,
                       cfg: SynthesisConfig, progress: bool, say: Callable[[str], None]) -> tuple[np.ndarray, dict]:
-    from .synthetic import bn_stats_objective, load_torch_tower, text_guided_objective
+    from .synthesis import bn_stats_objective, load_torch_tower, text_guided_objective
 
     say(f"loading the torch model for {src} synthesis")
     tower = load_torch_tower(bundle)
@@ -273,7 +273,7 @@ def synthesise_images(tower: Any, objective: Any, n: int, seed: int, time_budget
     """``synthesise`` with a progress bar and a log line; returns (images, info for the record)."""
     from tqdm import tqdm
 
-    from .synthetic import synthesise
+    from .synthesis import synthesise
 
     src = objective.name
     batches = -(-n // cfg.batch_size)

@@ -24,7 +24,7 @@ from .calibration import CalibSource, calibration_set, work_dir, write_contact_s
 from .quantizer import quantize_images
 from .options import QuantizeOptions
 from .recipes import int8_file_name, ranges_cache_name, recipe_for
-from .synthetic import SynthesisConfig
+from .synthesis import SynthesisConfig
 
 log = logging.getLogger("edgeclip.quant")
 

@@ -26,7 +26,7 @@ from ..errors import OptionError, QuantizationError
 from .agreement import compare, drop_points, run_onnx
 from .calibration import CalibrationSet, CalibSource, real_images, synthesise_images
 from .recipes import CALIB_METHODS, Recipe, prepare_fp32, quantize_onnx, recipe_for, weighted_nodes
-from .synthetic import SynthesisConfig, noise_images
+from .synthesis import SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -76,7 +76,7 @@ def make_calibration(source: CalibSource | str, preprocess: Any, images: int = 6
     DIR, or exactly ``files`` when given. ``text-guided`` needs a CLIP bundle (``edgeclip quantize``).
     """
     from .calibration import _real_files
-    from .synthetic import bn_stats_objective, tower_from_module
+    from .synthesis import bn_stats_objective, tower_from_module
 
     src = CalibSource.parse(source) if isinstance(source, str) else source
     say = step or (lambda m: log.info(m))
