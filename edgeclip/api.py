@@ -19,7 +19,7 @@ from .tables import PROVIDERS
 from .devices.catalog import DeviceProfile, get_profile
 from .devices.detect import Detection, detect
 from .errors import OptionError
-from .options import LoadOptions, resolve
+from .options import LoadOptions, check_output, resolve
 from .export.options import ExportOptions
 from .quant.options import QuantizeOptions
 from .runtime.classifier import Classifier
@@ -106,9 +106,14 @@ def export(out: str | os.PathLike[str], options: ExportOptions | None = None, /,
     from .export.onnx_export import Tolerance
 
     opts = ExportOptions.build(options, **values)
+    problem = check_output(out, "out", "folder")
+    if problem:
+        raise OptionError(problem)
     default = PROXY_LABELS if (opts.model or DEFAULT_MODEL) in PROXY_MODELS else None
     items = _labels(labels, labels_file, default)
     tname, chosen = _templates(templates)
+    if step is not None:
+        step(f"loading {opts.model or DEFAULT_MODEL}")
     loaded = load_model(opts.model, opts.pretrained, opts.config, opts.seed)
     path = export_bundle(loaded, Path(out), items, tname, chosen, overwrite=opts.overwrite, opset=opts.opset,
                          tol=Tolerance(max_abs=opts.parity_atol), step=step)

@@ -238,7 +238,6 @@ def format_table(rep: dict[str, Any]) -> str:
 def write_json(rep: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Save the report as indented JSON."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(rep, indent=2, default=float) + "\n", encoding="utf-8")
     return p
 
@@ -279,7 +278,6 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
     fig.suptitle(title or f"image encoder throughput (x = vs {rep.get('reference')})")
     fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
@@ -305,6 +303,8 @@ class BenchOptions(Options):
     round_seconds: float = option(0.3, "aim for about this long per variant and batch in each round")
     torch: bool = option(True, "time the PyTorch eager reference peer (when torch is installed)")
     seed: int = option(0, "seed of the random input batch")
+    json: str | None = option(None, "save the report as JSON", metavar="FILE", output="file")
+    png: str | None = option(None, "save a throughput chart as PNG", metavar="FILE", output="file")
 
     def problems(self) -> list[str]:
         """Values out of range, each naming the option."""

@@ -243,6 +243,9 @@ class EvalOptions(Options):
                                        "mean image-embedding cosine", metavar="BUNDLE", group=_COMPARE)
     against_precision: str | None = option(None, "precision for `against` (default: same as `precision`)",
                                            choices=("auto", *precisions("load")), group=_COMPARE)
+    json: str | None = option(None, "write the report as JSON", metavar="FILE", group=_COMPARE, output="file")
+    confusion: str | None = option(None, "write the confusion matrix as a PNG image", metavar="PNG", group=_COMPARE,
+                                   output="file")
 
     def problems(self) -> list[str]:
         """Contradictions and values out of range, each naming the option."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 from .errors import OptionError
@@ -28,12 +30,14 @@ O = TypeVar("O", bound="Options")
 
 def option(default: Any, help: str, *, choices: Sequence[str] | None = None, metavar: str | None = None,
            parse: Callable[[str], Any] | None = None, group: str | None = None, short: str | None = None,
-           cli: bool = True) -> Any:
+           output: str | None = None, cli: bool = True) -> Any:
     """A dataclass field with its CLI description: ``help`` (the default is added), ``choices``, ``metavar``,
     ``parse`` (text -> value, for the CLI), ``group`` (the help section it belongs to), ``short`` (a one-letter
-    flag too, ``-o``), ``cli=False`` (no flag). The CLI's flag is the field name with dashes."""
+    flag too, ``-o``), ``output`` (``"file"`` or ``"folder"``: a path the job writes, checked with
+    :func:`check_output` before any work), ``cli=False`` (no flag). The CLI's flag is the field name with
+    dashes."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "parse": parse, "group": group, "short": short, "cli": cli}
+            "parse": parse, "group": group, "short": short, "output": output, "cli": cli}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -60,6 +64,36 @@ def positive_int(text: str | int) -> int:
     if value < 1:
         raise OptionError(f"expected a positive whole number, got {text!r}")
     return value
+
+
+def check_output(path: str | os.PathLike[str], param: str, kind: str = "file") -> str | None:
+    """What stops a job from writing ``path`` (a ``file``, or a ``folder`` it creates or fills), naming
+    ``param`` and the fix; None when nothing does. ``-`` (standard output) is always fine.
+
+    One rule for every output: the folder it goes in must exist (nothing creates missing parents), a file
+    output must not be an existing folder and a folder output not an existing file, and the place must be
+    writable (a file is created and removed there to know).
+    """
+    text = os.fspath(path)
+    if text == "-":
+        return None
+    target = Path(text).expanduser()
+    parent = target.parent
+    if kind == "file" and target.is_dir():
+        return f"`{param}` {text} is a folder; give a file name in it (e.g. {target / 'out'})"
+    if kind == "folder" and target.exists() and not target.is_dir():
+        return f"`{param}` {text} is a file; give a folder"
+    if not parent.is_dir():
+        return f"`{param}` {text}: the folder {parent} does not exist; create it first (mkdir -p {parent})"
+    where = target if target.is_dir() else parent
+    if target.is_file():
+        return None if os.access(target, os.W_OK) else f"`{param}` {text}: the file is not writable"
+    try:
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".edgeclip-probe-"):
+            pass
+    except OSError as exc:
+        return f"`{param}` {text}: cannot write in {where} ({exc.strerror or exc}); choose another place"
+    return None
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -99,9 +133,15 @@ class Options:
         """Everything wrong with these options (each naming the parameter and the fix); [] when none."""
         return []
 
+    def output_problems(self) -> list[str]:
+        """What stops the job from writing the outputs these options name (fields with ``output=``)."""
+        return [problem for f in dataclasses.fields(self) if f.metadata.get("output") and getattr(self, f.name)
+                for problem in [check_output(getattr(self, f.name), f.name, f.metadata["output"])] if problem]
+
     def check(self) -> None:
-        """Raise one OptionError listing every problem (:meth:`problems`)."""
-        found = self.problems()
+        """Raise one OptionError listing every problem (the outputs' first, then :meth:`problems`), before any
+        work."""
+        found = self.output_problems() or self.problems()
         if found:
             raise OptionError("; ".join(found))
 

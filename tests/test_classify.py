@@ -142,3 +142,16 @@ def test_a_broken_pipe_leaves_stderr_usable(tiny_vit_bundle: Path, photo_folder:
     assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "cat_*.jpg")]) == 0
     print("still usable", file=sys.stderr)
     assert "still usable" in capsys.readouterr().err
+
+
+def test_every_command_runs_the_best_file_the_bundle_has_by_default(both_int8: Path, cifar_test: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """One default for the CLI and the API (precision auto): after `quantize`, INT8, said in one line."""
+    ship = cifar_test / "ship" / "000[0-4].jpg"
+    args = ["--device", "x86-avx512-vnni", "--backend", "onnxruntime"]
+    assert main(["classify", str(both_int8), str(ship), "--format", "csv", *args]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "image encoder: " in line]
+    assert len(lines) == 1 and "image_encoder.int8.cpu.onnx on onnxruntime:cpu (int8)" in lines[0]
+    import edgeclip
+
+    assert edgeclip.load(both_int8, device="x86-avx512-vnni", backend="onnxruntime").precision == "int8"

@@ -26,6 +26,8 @@ from ..runtime.images import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, expand_inputs, se
 from .resume import RESUMABLE_FORMATS, ResumeState, resume_output
 from .rows import FORMATS, write_results
 
+#: the row format an output file's suffix names
+_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "table"}
 _RAY = "Ray Data (the 'ray' extra; see the README's batch section)"
 _LIMITS = "input limits (docs/limits.md)"
 
@@ -42,7 +44,8 @@ class BatchOptions(Options):
                              "(default 2)")
     format: str | None = option(None, "output format (default: table on a terminal, else by `output` suffix, else "
                                       "csv)", choices=FORMATS)
-    output: str | None = option(None, "write results to this file instead of stdout", short="-o")
+    output: str | None = option(None, "write results to this file instead of stdout (.csv, .jsonl or .txt: the "
+                                      "format by its suffix unless `format` says)", short="-o", output="file")
     resume: bool = option(False, "keep the rows already in `output` (csv or jsonl), classify only the inputs without "
                                  "a row and append them (a partial last row is cut off first)")
     exact_decode: bool = option(False, "decode every JPEG at full size (default: a photo at least twice the model "
@@ -51,7 +54,7 @@ class BatchOptions(Options):
     ray_address: str | None = option(None, "join this Ray cluster (e.g. 10.0.0.5:6379 or auto; default: start a "
                                            "local Ray on 127.0.0.1)", metavar="ADDR", group=_RAY)
     parquet: str | None = option(None, "with `ray`: also write the rows as Parquet shards into DIR", metavar="DIR",
-                                 group=_RAY)
+                                 group=_RAY, output="folder")
     max_image_pixels: int | None = option(None, f"refuse images whose header states more pixels (default "
                                                 f"{MAX_IMAGE_PIXELS:,})", metavar="N", parse=positive_int,
                                           group=_LIMITS)
@@ -70,6 +73,10 @@ class BatchOptions(Options):
             out.append("`parquet` writes Ray Data's shards: add `ray` (or use format csv/jsonl without it)")
         if self.resume and not self.output:
             out.append("`resume` needs `output`: the csv or jsonl file of the run to resume")
+        suffix = Path(self.output).suffix.lower() if self.output else ""
+        if self.output and not self.format and suffix not in _SUFFIXES:
+            out.append(f"`output` {self.output}: no format is named {suffix or 'by a file without a suffix'}; name "
+                       f"it .csv, .jsonl or .txt, or pass format='csv' (or jsonl, table)")
         return out
 
     def row_format(self, interactive: bool = False) -> str:
@@ -77,8 +84,7 @@ class BatchOptions(Options):
         if self.format:
             return self.format
         if self.output:
-            suffix = Path(self.output).suffix.lower().lstrip(".")
-            return {"jsonl": "jsonl", "json": "jsonl", "csv": "csv", "txt": "table"}.get(suffix, "csv")
+            return _SUFFIXES[Path(self.output).suffix.lower()]
         return "table" if interactive else "csv"
 
 

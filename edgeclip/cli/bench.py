@@ -26,8 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--no-{name}", dest="skip", action="append_const", const=name,
                        help=f"skip {name} even where it runs")
     p.set_defaults(skip=[])
-    p.add_argument("--json", default=None, metavar="FILE", help="save the report as JSON")
-    p.add_argument("--png", default=None, metavar="FILE", help="save a throughput chart as PNG")
     p.set_defaults(handler=run)
 
 
@@ -37,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..options import LoadOptions
 
     require_onnxruntime("edgeclip bench")
-    if args.png:
-        require("report", what="bench --png")
     opts = options_from_args(BenchOptions, args)
+    if opts.png:
+        require("report", what="bench --png")
     lopts = options_from_args(LoadOptions, args)
 
     def plan(variants: list, skipped: list[str]) -> None:
@@ -53,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{rep['model']} image encoder, {machine.get('cpu', '?')} ({machine.get('cpus')} CPUs, load "
           f"{machine.get('loadavg', ['?'])[0]})")
     print(format_table(rep))
-    if args.json:
-        write_json(rep, args.json)
-    if args.png:
-        write_png(rep, args.png, f"{rep['model']}: image encoder throughput")
+    if opts.json:
+        write_json(rep, opts.json)
+    if opts.png:
+        write_png(rep, opts.png, f"{rep['model']}: image encoder throughput")
     return 0

@@ -18,8 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("dataset", help="dataset folder: <root>/<class>/<image files>")
     add_options(p, EvalOptions, groups={"comparison": None})
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG image")
     add_load_options(p)
     p.set_defaults(handler=run)
 
@@ -33,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         require("export", ["torch", "torchvision", "open_clip"], what="eval --engine torch")
     if opts.engine != "torch" or opts.against:
         require_onnxruntime("edgeclip eval")
-    if args.confusion:
+    if opts.confusion:
         require("opencv", what="eval --confusion (drawing the PNG)")
     bars = []
 
@@ -55,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if agree:
         print(f"against {agree['against']} ({agree['against_precision']}): top-1 {agree['against_top1']:.2f}%, top-1 "
               f"agreement {agree['top1_agreement']:.2f}%, mean embedding cosine {agree['mean_cosine']:.5f}")
-    if args.json:
-        write_json(report.to_json(), args.json)
-    if args.confusion:
-        confusion_png(report, args.confusion, Path(args.bundle).name)
+    if opts.json:
+        write_json(report.to_json(), opts.json)
+    if opts.confusion:
+        confusion_png(report, opts.confusion, Path(args.bundle).name)
     if report.failed and not args.quiet:
         for f in report.failed[:10]:
             print(f"skipped {f['path']}: {f['error']}", file=sys.stderr)

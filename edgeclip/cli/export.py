@@ -26,9 +26,8 @@ def run(args: argparse.Namespace) -> int:
     require("export", what="edgeclip export")
     require_onnxruntime("edgeclip export (parity check)")
     opts = options_from_args(ExportOptions, args)
-    step = say(args, "export")
-    step(f"loading {opts.model or 'the default model'}")
-    b = export(args.out, opts, label_names(args), labels_file=args.labels_file, templates=args.templates, step=step)
+    b = export(args.out, opts, label_names(args), labels_file=args.labels_file, templates=args.templates,
+               step=say(args, "export"))
     par, model = b.manifest["parity"], b.manifest["model"]
     print(f"wrote {b.path}: {model.get('id')} ({model.get('architecture')}), {len(b.label_names())} labels; parity "
           f"max abs diff image {par['image_encoder']['max_abs_diff']:.2e}, text {par['text_encoder']['max_abs_diff']:.2e}")

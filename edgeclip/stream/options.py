@@ -65,10 +65,11 @@ class StreamOutputs(Options):
 
     WHAT: ClassVar[str] = "stream output"
 
-    jsonl: str = option("-", "JSON-lines events to this file ('-': stdout)", metavar="FILE", group="outputs")
+    jsonl: str = option("-", "JSON-lines events to this file ('-': stdout)", metavar="FILE", group="outputs",
+                        output="file")
     append: bool = option(False, "append to `jsonl` instead of replacing it", group="outputs")
     video_out: str | None = option(None, "write classified frames with label and score drawn on them (.mp4, "
-                                         ".avi, .mkv)", metavar="FILE", group="outputs")
+                                         ".avi, .mkv)", metavar="FILE", group="outputs", output="file")
     video_fps: float | None = option(None, "frame rate of `video_out` (default: `fps_limit` for a paced source, "
                                            "else the source's rate)", group="outputs")
     show: bool = option(False, "show an annotated window (needs a display; q quits)", group="outputs")
