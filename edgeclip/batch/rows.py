@@ -39,7 +39,7 @@ class RowWriter:
     def __init__(self, out: IO[str], fmt: str, top_k: int, path_width: int = 40, header: bool = True) -> None:
         self.out, self.fmt, self.top_k, self.width = out, fmt, top_k, max(8, min(path_width, 80))
         self._buf = io.StringIO()
-        self.csv = csv.writer(self._buf)
+        self.csv = csv.writer(self._buf, lineterminator="\n")
         if fmt == "csv" and header:
             self._put(self._csv_row(["path", "label", "score", "top_labels", "top_scores", "error"]))
         elif fmt == "table" and header:

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(prog="edgeclip", description="CLIP zero-shot classification on edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeclip {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what edgeclip decides and why (-vv: debug); by default only warnings and errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -60,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    # one line per fact, once: the commands print what matters (which file runs where, and why); the log
+    # says more with -v
+    level = logging.WARNING if args.quiet or not args.verbose else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     # third-party libraries log at WARNING and above; edgeclip's own loggers at the chosen level
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("edgeclip").setLevel(level)
@@ -90,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 0
     except KeyboardInterrupt as exc:
-        print(f"edgeclip {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
-              file=sys.stderr)
+        hint = getattr(args, "interrupted", None)
+        after = hint(args) if hint else None
+        print(f"edgeclip {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+              + (f"; {after}" if after else ""), file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 

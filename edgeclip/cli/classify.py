@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     add_options(p, BatchOptions)
     add_load_options(p)
-    p.set_defaults(handler=run_classify)
+    p.set_defaults(handler=run_classify, interrupted=_resume_hint)
 
     p = sub.add_parser("labels", help="re-embed a new label set inside a bundle, on the device (no torch)",
                        description="Replace a bundle's labels using its text encoder and torch-free tokenizer.")
@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_inspect)
 
 
+def _resume_hint(args: argparse.Namespace) -> str | None:
+    """What to do after Ctrl-C: the rows so far are in the output file, and --resume goes on from them."""
+    if not args.output:
+        return None
+    return f"the rows so far are in {args.output}; the same command with --resume classifies only the rest"
+
+
 def run_classify(args: argparse.Namespace) -> int:
     from ..batch import BatchOptions, plan, run
     from ..extras import require_onnxruntime
@@ -47,8 +54,8 @@ def run_classify(args: argparse.Namespace) -> int:
     what = f"classify (Ray, {opts.workers or 2} workers)" if opts.ray else "classify"
     with progress_bar(args, len(job.todo), what) as bar:
         rows, failed, engine = run(args.bundle, job, load_options(args), progress=bar.update,
-                                   on_open=None if quiet else lambda line: print(f"image encoder: {line}",
-                                                                                 file=sys.stderr))
+                                   on_open=None if quiet else lambda line: bar.write(f"image encoder: {line}",
+                                                                                     file=sys.stderr))
     if not quiet:
         print(f"classified {rows - failed} of {rows} files with {engine}"
               + (f"; {failed} failed (see the error rows)" if failed else ""), file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError, EdgeclipError, OptionError
+from ..extras import EXTRAS, missing
 from ..options import LoadOptions, resolve
 from ..runtime.backends import Backend
 from ..tables import BACKENDS, PROVIDERS, entry_int8_recipes, load_module, precisions, split_entry
@@ -86,12 +87,20 @@ def backend_order(profile: DeviceProfile, bundle: Bundle | None = None, precisio
     return out
 
 
+def _not_installed(entry: str) -> bool:
+    """Whether a backend entry is unavailable only because its optional extra is not installed here."""
+    backend = split_entry(entry)[0]
+    return bool(backend.extra and missing(EXTRAS[backend.extra][0]))
+
+
 def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
     skipped = []
     for choice in order:
         if choice.available:
-            if skipped:
-                log.warning("device %s: falling back to %s; %s", profile.name, choice.label, "; ".join(skipped))
+            if skipped:  # a backend that is not installed is a choice of the install, not a problem
+                quiet = all(_not_installed(c.label) for c in order[:order.index(choice)])
+                (log.info if quiet else log.warning)("device %s: falling back to %s; %s", profile.name,
+                                                     choice.label, "; ".join(skipped))
             else:
                 log.info("device %s: using %s (%s)", profile.name, choice.label, choice.reason)
             return

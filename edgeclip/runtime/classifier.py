@@ -145,6 +145,10 @@ class Classifier:
         names, matrix = self.bundle.labels()
         self.set_label_matrix(names, matrix)
 
+    def __repr__(self) -> str:
+        what = self.choice.describe() if self.choice is not None else f"{self.encoder.name} ({self.precision})"
+        return f"<Classifier {self.bundle.path}: {len(self.label_names)} labels; {what}>"
+
     # -- labels ----------------------------------------------------------------------------------------
     @property
     def labels(self) -> list[str]:
