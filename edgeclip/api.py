@@ -139,7 +139,26 @@ def quantize(bundle: str | os.PathLike[str], options: QuantizeOptions | None = N
     """
     from .quant.quantize import quantize_bundle
 
-    return quantize_bundle(bundle, QuantizeOptions.build(options, **values), progress=progress, step=step)
+    opts = QuantizeOptions.build(options, **values)
+    if opts.target == "auto":
+        target, why = best_int8_recipe()
+        opts = opts.replace(target=target)
+        if step is not None:
+            step(f"target {target}: {why}")
+    return quantize_bundle(bundle, opts, progress=progress, step=step)
+
+
+def best_int8_recipe(device: str | DeviceProfile = "auto") -> tuple[str, str]:
+    """The INT8 recipe that the backend this device runs first (its profile's order, probed here) runs best,
+    and why: what ``quantize`` makes for ``target="auto"``."""
+    from .devices.choice import backend_order
+    from .tables import entry_int8_recipes
+
+    profile = resolve_device(device)
+    order = backend_order(profile)
+    entry = next((c.label for c in order if c.available), profile.backends[-1])
+    return (entry_int8_recipes(entry)[0],
+            f"the recipe {entry} runs best, the first backend of device profile {profile.name} that runs here")
 
 
 def relabel(bundle: str | os.PathLike[str], labels: Sequence[str | Label] | None = None, *,

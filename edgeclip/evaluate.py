@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
@@ -73,6 +74,10 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
             raise OptionError(f"the class map has no name for folder(s) {', '.join(missing[:5])}"
                               + (f"; it names folder(s) that do not exist: {', '.join(unused[:5])} (a typo in "
                                  f"the map?)" if unused else "") + "; add a line 'folder<TAB>name' for each")
+    if class_map is None and all(re.fullmatch(r"n\d{8}", f) for f in folders):
+        raise OptionError(f"{root}: the class folders are WordNet ids ({', '.join(folders[:3])}, ...), which the text "
+                          f"encoder would read as words; pass `classes`: a map of folder<TAB>class name (e.g. "
+                          f"imagenette-classes.tsv)")
     names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
     allowed = None
     if files_from:  # listed paths may be relative to root or to a parent of it: match on path suffixes

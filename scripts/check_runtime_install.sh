@@ -2,7 +2,7 @@
 # CI: the device runtime on its own. Installs '.[cpu]' into a fresh venv (no torch, no onnx, no OpenCV), runs
 # classify, labels, inspect, eval and stream there on a bundle made by the full install (.venv, from
 # scripts/install.sh), checks that export, quantize and a video source exit 2 with the pip line, prints the
-# venv's size, and dry-runs the README's Jetson install (tests/test_install.py, needs PyPI).
+# venv's size, and dry-runs the README's Jetson install and every install line of the docs (tests/test_install.py, needs PyPI).
 # Usage: bash scripts/check_runtime_install.sh   (after scripts/install.sh; RT_VENV=DIR to keep the venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +74,6 @@ expect_2 opencv eval bundle photos --confusion c.png
 expect_2 report bench bundle --png b.png
 
 cd "$ROOT"
-say "the README's Jetson install, dry-run"
-.venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_install.py -k jetson
+say "the README's Jetson install and every install line of the docs, dry-run"
+.venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_install.py -k "jetson or install_lines"
 say "ok"

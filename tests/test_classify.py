@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgeclip.cli import main
+from edgeclip.errors import ImageReadError
 from edgeclip.runtime.classifier import Classifier
 from edgeclip.runtime.images import read_image
 
@@ -155,3 +156,20 @@ def test_every_command_runs_the_best_file_the_bundle_has_by_default(both_int8: P
     import edgeclip
 
     assert edgeclip.load(both_int8, device="x86-avx512-vnni", backend="onnxruntime").precision == "int8"
+
+
+def test_rgb_arrays_and_pil_images_are_classified_as_the_photo(tiny_vit_bundle: Path, cifar_test: Path) -> None:
+    from PIL import Image
+
+    clf = Classifier(tiny_vit_bundle)
+    files = sorted((cifar_test / "ship").glob("00[0-9][0-9].jpg"))[:40]
+    bgr = [read_image(f) for f in files]
+    expected = clf.embed(bgr)
+    rgb = [np.ascontiguousarray(b[:, :, ::-1]) for b in bgr]
+    assert np.allclose(clf.embed(rgb, color="rgb"), expected, atol=1e-6)
+    assert np.allclose(clf.embed([Image.fromarray(a) for a in rgb]), expected, atol=1e-6)
+    assert clf.classify(Image.fromarray(rgb[0])).label == clf.classify(bgr[0]).label
+    wrong = clf.embed(rgb)  # an RGB array read as BGR: another image to the model
+    assert not np.allclose(wrong, expected, atol=1e-3)
+    with pytest.raises(ImageReadError, match="unknown color 'hsv'"):
+        clf.classify(bgr[0], color="hsv")

@@ -144,7 +144,8 @@ def test_cut_plan_shows_in_final_line_manifest_and_inspect(tmp_path: Path, tiny_
                                                            capsys: pytest.CaptureFixture) -> None:
     vit = tmp_path / "vit"
     shutil.copytree(tiny_vit_bundle, vit)
-    assert main(["quantize", str(vit), "--images", "8", "--steps", "50000", "--time-budget", "1"]) == 0
+    assert main(["quantize", str(vit), "--target", "cpu", "--images", "8", "--steps", "50000", "--time-budget",
+                 "1"]) == 0
     final = capsys.readouterr().out.strip().splitlines()[-1]
     assert final.startswith("wrote ") and "PLAN CUT from 50000 steps" in final, final
     calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
@@ -247,7 +248,8 @@ def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Pat
     assert tuple(flags["synthesis_precision"].choices) == PRECISIONS
     vit = tmp_path / "vit"
     shutil.copytree(tiny_vit_bundle, vit)
-    assert main(["-q", "quantize", str(vit), "--images", "4", "--steps", "4", "--no-cache", "--synthesis-resolution",
+    assert main(["-q", "quantize", str(vit), "--target", "cpu", "--images", "4", "--steps", "4", "--no-cache",
+                 "--synthesis-resolution",
                  "coarse-to-fine", "--synthesis-precision", "bf16", "--synthesis-threads", "1"]) == 0
     calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
     assert calib["plan"]["resolution"] == "coarse-to-fine" and calib["plan"]["precision"] == "bf16"

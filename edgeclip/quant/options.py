@@ -23,8 +23,10 @@ class QuantizeOptions(Options):
 
     calib: str = option(DEFAULT_SOURCE, "calibration images: noise (noise:uniform), bn-stats or bn-stats:priors "
                                         "(ResNet towers), text-guided, or real:DIR", metavar="SOURCE")
-    target: str = option("cpu", "INT8 recipe: " + "; ".join(f"{r.name} ({r.title})" for r in INT8_RECIPES.values()),
-                         choices=tuple(INT8_RECIPES))
+    target: str = option("auto", "INT8 recipe: auto (the one this machine's backend runs best: `edgeclip devices` "
+                                 "says which backend that is; name a recipe to make one for another device), "
+                                 + "; ".join(f"{r.name} ({r.title})" for r in INT8_RECIPES.values()),
+                         choices=("auto", *INT8_RECIPES))
     images: int = option(DEFAULT_IMAGES, "calibration images", metavar="N")
     seed: int = option(0, "seed of the calibration images")
     calib_method: str | None = option(None, "how activation ranges are chosen (default: the recipe's measured "
@@ -53,8 +55,8 @@ class QuantizeOptions(Options):
     def problems(self) -> list[str]:
         """Every value out of range, each naming the option."""
         out = []
-        if self.target not in INT8_RECIPES:
-            out.append(f"unknown target {self.target!r}; use one of {', '.join(INT8_RECIPES)}")
+        if self.target not in ("auto", *INT8_RECIPES):
+            out.append(f"unknown target {self.target!r}; use auto or one of {', '.join(INT8_RECIPES)}")
         if self.calib_method is not None and self.calib_method not in CALIB_METHODS:
             out.append(f"unknown calib_method {self.calib_method!r}; use one of {', '.join(CALIB_METHODS)}")
         if self.images < 1:

@@ -74,37 +74,54 @@ class FileResult:
         return self.error is None
 
 
-#: One image: a BGR (or gray, or BGRA) uint8 array as OpenCV gives, a file path, or encoded bytes.
-ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
+#: One image: a uint8 array (BGR as OpenCV gives it, unless ``color="rgb"`` says otherwise; gray or BGRA
+#: too), a ``PIL.Image.Image``, a file path, or encoded bytes.
+ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview, Any]
+#: the channel orders an array may come in (``color``): OpenCV's BGR, or RGB as Pillow, imageio and
+#: matplotlib give
+COLORS = ("bgr", "rgb")
 
 
-def to_image(x: ImageInput, min_size: int | None = None) -> np.ndarray:
-    """Decode one image input to a uint8 array; anything else is an ImageReadError saying what is accepted.
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
 
-    ``min_size`` lets a large JPEG path or bytes decode at a reduced DCT scale (see ``decode_image``).
+
+def to_image(x: ImageInput, min_size: int | None = None, color: str = "bgr") -> np.ndarray:
+    """Decode one image input to a BGR uint8 array; anything else is an ImageReadError saying what is accepted.
+
+    ``color``: the channel order of an array given (``bgr``, OpenCV's, or ``rgb``); a ``PIL.Image`` is read
+    as its mode says (EXIF orientation is not applied to an Image object: ``ImageOps.exif_transpose`` it
+    first); files and bytes are decoded upright. ``min_size`` lets a large JPEG path or bytes decode at a
+    reduced DCT scale (see ``decode_image``).
     """
+    if color not in COLORS:
+        raise ImageReadError(f"unknown color {color!r}; use one of {', '.join(COLORS)} (the order of an array's "
+                             f"channels)")
     if isinstance(x, np.ndarray):
         if x.ndim not in (2, 3):
-            raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR), got shape {x.shape}; "
-                                 f"pass several images as a list or as one [N, H, W, 3] array")
-        return x
+            raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR, or RGB with color='rgb'), got "
+                                 f"shape {x.shape}; pass several images as a list or as one [N, H, W, 3] array")
+        return x[:, :, 2::-1] if color == "rgb" and x.ndim == 3 and x.shape[2] in (3, 4) else x
+    if _is_pil(x):
+        return np.ascontiguousarray(np.asarray(x.convert("RGB"))[:, :, ::-1])
     if isinstance(x, (str, os.PathLike)):
         return read_image(x, min_size=min_size)
     if isinstance(x, (bytes, bytearray, memoryview)):
         return decode_image(bytes(x), min_size=min_size)
-    raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 BGR array, a file path or "
-                         f"encoded image bytes, or a list of them")
+    raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 array (BGR, or RGB with "
+                         f"color='rgb'), a PIL.Image, a file path or encoded image bytes, or a list of them")
 
 
-def as_images(x: ImageInput | Sequence[ImageInput], min_size: int | None = None) -> tuple[list[np.ndarray], bool]:
-    """(decoded images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
+def as_images(x: ImageInput | Sequence[ImageInput], min_size: int | None = None,
+              color: str = "bgr") -> tuple[list[np.ndarray], bool]:
+    """(decoded BGR images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
     if isinstance(x, np.ndarray) and x.ndim == 4:
-        return list(x), False
-    if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
-        return [to_image(x, min_size)], True
+        return [to_image(i, min_size, color) for i in x], False
+    if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(x):
+        return [to_image(x, min_size, color)], True
     if isinstance(x, Sequence) or isinstance(x, Iterable):
-        return [to_image(i, min_size) for i in x], False
-    return [to_image(x, min_size)], True
+        return [to_image(i, min_size, color) for i in x], False
+    return [to_image(x, min_size, color)], True
 
 
 class Classifier:
@@ -205,9 +222,9 @@ class Classifier:
                 for i in range(0, len(pixels), step)]
         return l2_normalize(np.concatenate(outs, axis=0))
 
-    def embed(self, x: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    def embed(self, x: ImageInput | Sequence[ImageInput], color: str = "bgr") -> np.ndarray:
         """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""
-        images, single = as_images(x, self.decode_min_size())
+        images, single = as_images(x, self.decode_min_size(), color)
         emb = self.embed_pixels(self.preprocessor.batch(images)) if images else self._no_embeddings()
         return emb[0] if single else emb
 
@@ -227,13 +244,16 @@ class Classifier:
         return [Prediction([self.label_names[j] for j in row], [float(p[j]) for j in row])
                 for p, row in zip(probs, order)]
 
-    def classify(self, x: ImageInput | Sequence[ImageInput], top_k: int | None = None) -> Prediction | list[Prediction]:
-        """Top-k predictions: one image (array, path or bytes) gives one Prediction, a list gives a list.
+    def classify(self, x: ImageInput | Sequence[ImageInput], top_k: int | None = None,
+                 color: str = "bgr") -> Prediction | list[Prediction]:
+        """Top-k predictions: one image (array, PIL.Image, path or bytes) gives one Prediction, a list a list.
 
-        An array is one image when it is HxW or HxWx3 (uint8, BGR as OpenCV decodes), a batch when it is
-        [N, H, W, 3]; any other shape or dtype is an ImageReadError.
+        An array is one image when it is HxW or HxWx3 uint8, a batch when it is [N, H, W, 3]; its channels
+        are BGR, as OpenCV decodes (``color="rgb"`` for RGB arrays, as Pillow, imageio or matplotlib give:
+        an RGB array read as BGR is classified wrong without any error). Any other shape or dtype is an
+        ImageReadError.
         """
-        images, single = as_images(x, self.decode_min_size())
+        images, single = as_images(x, self.decode_min_size(), color)
         if not images:
             return []
         preds = self.predictions(self.probabilities(self.embed(images)), top_k)

@@ -86,10 +86,12 @@ def _label_from_obj(obj: object, where: str) -> Label:
 
 
 def read_labels_file(path: str | Path) -> list[Label]:
-    """Read labels from ``.txt`` (one per line, ``#`` comments), ``.csv`` or ``.json``.
+    """Read labels from ``.txt`` (one per line, ``#`` comments), ``.csv``, ``.tsv`` or ``.json``.
 
-    CSV: a header with ``name`` and optional ``synonyms`` / ``descriptions`` columns (several values
-    separated by ``|`` or ``;``). JSON: a list of names or of objects ``{"name", "synonyms", "descriptions"}``,
+    CSV (and TSV with a header): a header with ``name`` and optional ``synonyms`` / ``descriptions`` columns
+    (several values separated by ``|`` or ``;``). A TSV without a ``name`` header is a class map
+    (``folder<TAB>name`` per line, as ``edgeclip eval`` reads, e.g. ``imagenette-classes.tsv``): its names are
+    the labels. JSON: a list of names or of objects ``{"name", "synonyms", "descriptions"}``,
     or an object mapping names to such objects (or to a list of descriptions).
     """
     p = Path(path)
@@ -119,12 +121,20 @@ def read_labels_file(path: str | Path) -> list[Label]:
         if not isinstance(data, list):
             raise LabelsError(f"{p}: expected a JSON list of labels or an object keyed by label name")
         labels = [_label_from_obj(o, str(p)) for o in data]
+    elif suffix == ".tsv" and "name" not in (text.splitlines() or [""])[0].split("\t"):
+        labels = _read_class_map(text)
     elif suffix in (".csv", ".tsv"):
         labels = _read_csv(text, "\t" if suffix == ".tsv" else ",", str(p))
     else:
         labels = [Label(line.strip()) for line in text.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
     return check_labels(labels, str(p))
+
+
+def _read_class_map(text: str) -> list[Label]:
+    """Labels from a class map: the last column of each tab-separated line (``#`` comments)."""
+    rows = [line.split("\t") for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [Label(" ".join(row[-1].split())) for row in rows]
 
 
 def _read_csv(text: str, delimiter: str, where: str) -> list[Label]:
