@@ -190,7 +190,7 @@ def run(bundle: str | os.PathLike[str], job: BatchPlan, load_options: LoadOption
                                    parquet=opts.parquet, max_pixels=opts.max_image_pixels,
                                    max_bytes=opts.max_file_size, progress=done, on_open=on_open)
             rows, failed = write_results(results, out, job.fmt, opts.top_k, width, header)
-            return rows, failed, f"Ray Data ({workers} workers)"
+            return rows, failed, f"Ray Data ({workers} worker{'s' if workers != 1 else ''})"
         clf = load(bundle, load_options, top_k=opts.top_k)
         if on_open is not None:
             on_open(clf.choice.describe())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -56,6 +57,10 @@ def require_ray(loopback: bool = False) -> Any:
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Connect to Ray: the cluster at ``address``, else a Ray already started in this process, else a new
     local Ray bound to 127.0.0.1 without a dashboard."""
+    if not address and "ray" not in sys.modules:
+        # token authentication on, as Ray's default is, but asked for (read when ray is imported): Ray then
+        # prints no banner about it
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = require_ray()
     if ray.is_initialized():
         return ray

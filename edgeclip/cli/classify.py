@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from typing import Iterator
 
 from .options import (add_label_options, add_load_options, add_options, label_names, load_options,
                       options_from_args, progress_bar)
@@ -34,6 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_inspect)
 
 
+@contextlib.contextmanager
+def quiet_stderr(on: bool) -> Iterator[None]:
+    """Standard error (the file descriptor, which Ray's C++ workers write to) sent to /dev/null while ``on``;
+    errors are reported after it is back."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def _resume_hint(args: argparse.Namespace) -> str | None:
     """What to do after Ctrl-C: the rows so far are in the output file, and --resume goes on from them."""
     if not args.output:
@@ -51,8 +72,8 @@ def run_classify(args: argparse.Namespace) -> int:
     quiet = args.quiet
     for note in [] if quiet else job.notes():
         print(note, file=sys.stderr)
-    what = f"classify (Ray, {opts.workers or 2} workers)" if opts.ray else "classify"
-    with progress_bar(args, len(job.todo), what) as bar:
+    what = f"classify (Ray, {opts.workers or 2} worker{'s' if opts.workers != 1 else ''})" if opts.ray else "classify"
+    with progress_bar(args, len(job.todo), what) as bar, quiet_stderr(quiet and opts.ray):
         rows, failed, engine = run(args.bundle, job, load_options(args), progress=bar.update,
                                    on_open=None if quiet else lambda line: bar.write(f"image encoder: {line}",
                                                                                      file=sys.stderr))
