@@ -33,6 +33,8 @@ _EXPORTS = {
     "list_devices": "edgeclip.api",
     "build": "edgeclip.api",
     "check_build": "edgeclip.api",
+    "cache_info": "edgeclip.api",
+    "clear_cache": "edgeclip.api",
     "stream": "edgeclip.stream",
     "Stream": "edgeclip.stream",
     "classify_ray": "edgeclip.batch",
@@ -71,7 +73,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from . import stream
-    from .api import build, check_build, export, list_devices, load, quantize, relabel, resolve_device
+    from .api import (build, cache_info, check_build, clear_cache, export, list_devices, load, quantize, relabel,
+                      resolve_device)
     from .batch import BatchOptions, classify_ray
     from .bundle import Bundle, load_bundle
     from .errors import (BackendError, BundleError, DeviceError, EdgeclipError, ExportError, ImageReadError,

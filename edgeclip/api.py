@@ -231,3 +231,27 @@ def check_build(target: str | os.PathLike[str], device: str | DeviceProfile = "a
             precision, notes = resolve_precision(b, profile, None) if profile.uses_gpu else ("fp16", [])
         path = b.path / engine_source(b, precision)
     return BuildCheck(path, version, check_model(path, version), notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the user cache (compiled models)
+# ---------------------------------------------------------------------------------------------------------
+def cache_info() -> dict[str, Any]:
+    """edgeclip's user cache: its root, the size limit of each part, and each part's entries (folder, bytes,
+    last used), least recently used first."""
+    from .runtime.cache import cache_root, entries, max_bytes
+
+    root = cache_root()
+    parts = {p.name: [{"path": str(e.path), "bytes": e.bytes, "used": e.used} for e in entries(p)]
+             for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    return {"root": str(root), "max_bytes": max_bytes(), "parts": parts}
+
+
+def clear_cache(max_bytes: int = 0) -> int:
+    """Remove cached compiled models, least recently used first, until each part of the cache holds at most
+    ``max_bytes`` (0: all of them); returns the bytes freed. Bundles are never touched."""
+    from .runtime.cache import cache_root, prune
+
+    root = cache_root()
+    return sum(e.bytes for part in (sorted(root.iterdir()) if root.is_dir() else []) if part.is_dir()
+               for e in prune(part, max_bytes))

@@ -204,3 +204,29 @@ def test_devices_lists_openvino_devices(capsys: pytest.CaptureFixture) -> None:
     data = json.loads(capsys.readouterr().out)
     openvino = data["backends"]["openvino"]
     assert openvino["available"] and "CPU" in [d["device"] for d in openvino["devices"]]
+
+
+@needs_openvino
+def test_the_compiled_model_cache_is_pruned_and_cleared(both_int8: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from edgeclip.runtime.backends.openvino import OpenVinoBackend
+
+    monkeypatch.setenv("EDGECLIP_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "openvino"
+    first = OpenVinoBackend(both_int8 / "image_encoder.onnx")
+    assert [p.name for p in folder.iterdir()] == [first.cache_dir.name]
+    monkeypatch.setenv("EDGECLIP_CACHE_MAX", "1k")  # smaller than one entry: only the one in use stays
+    second = OpenVinoBackend(both_int8 / "image_encoder.int8.cpu.onnx")
+    assert [p.name for p in folder.iterdir()] == [second.cache_dir.name]
+    assert main(["cache"]) == 0 and "openvino: 1 entries" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0 and "freed" in capsys.readouterr().out
+    assert list(folder.iterdir()) == [] and sorted(both_int8.iterdir())  # the bundle is never touched
+
+
+def test_inspect_names_what_a_device_does_not_need(both_int8: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(both_int8), "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "not needed on a device" in out and "reports/calibration-" in out
+    if (both_int8 / ".work").exists():
+        assert ".work/" in out and "calibration cache of quantize" in out

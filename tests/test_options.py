@@ -58,7 +58,7 @@ def test_cli_choices_and_profile_checks_derive_from_the_tables() -> None:
     assert tuple(actions["backend"].choices) == ("auto", *BACKENDS)
     assert tuple(actions["precision"].choices) == ("auto", *precisions("load"))
     assert tuple(actions["target"].choices) == tuple(INT8_RECIPES)
-    assert tuple({a.dest: a for a in commands["quantize"]._actions}["target"].choices) == tuple(INT8_RECIPES)
+    assert tuple({a.dest: a for a in commands["quantize"]._actions}["target"].choices) == ("auto", *INT8_RECIPES)
     bench_flags = {s for a in commands["bench"]._actions for s in a.option_strings}
     assert {f"--no-{name}" for name in list(BACKENDS)[1:]} <= bench_flags
     from edgeclip.devices.catalog import load_profiles

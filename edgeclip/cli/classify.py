@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Iterator
 
 from .options import (add_label_options, add_load_options, add_options, label_names, load_options,
@@ -149,4 +150,26 @@ def run_inspect(args: argparse.Namespace) -> int:
         extra = " ".join(f"{k}={getattr(e, k)}" for k in ("precision", "target") if getattr(e, k))
         print(f"  {name:<40} {e.role:<17} {_fmt_bytes(e.bytes or 0):>9}  {e.sha256[:12]}  {extra}")
     print("versions    " + ", ".join(f"{k} {v}" for k, v in _obj(m.get("versions")).items()))
+    extra = _not_recorded(b.path, set(info.files))
+    reports = [n for n, e in info.files.items() if e.role == "report"]
+    if reports or extra:
+        print("not needed on a device (`edgeclip pack` leaves them out)")
+    for name in sorted(reports):
+        print(f"  {name:<40} report: made by quantize for people to look at")
+    for name, size in extra:
+        what = "calibration cache of quantize (made again when missing)" if name == ".work/" else "not in the manifest"
+        print(f"  {name:<40} {_fmt_bytes(size):>9}  {what}")
     return 0
+
+
+def _not_recorded(root: Path, recorded: set[str]) -> list[tuple[str, int]]:
+    """Top-level entries of a bundle folder that the manifest does not record (and their bytes)."""
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.name == "manifest.json" or entry.name in recorded:
+            continue
+        inside = [f for f in entry.rglob("*") if f.is_file()] if entry.is_dir() else [entry]
+        names = {f.relative_to(root).as_posix() for f in inside}
+        if names - recorded:
+            out.append((entry.name + ("/" if entry.is_dir() else ""), sum(f.stat().st_size for f in inside)))
+    return out

@@ -27,7 +27,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser(parse: Any) -> Any:
+def parser_type(parse: Any) -> Any:
     """An argparse ``type`` from a library parser: its EdgeclipError becomes argparse's usage error."""
     def convert(text: str) -> Any:
         try:
@@ -88,7 +88,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Options], fields: Ite
                                 action="store_false" if default else "store_true", default=default,
                                 help=_help(f, False, negated=bool(default)))
             continue
-        convert = _parser(meta["parse"]) if meta["parse"] else kind
+        convert = parser_type(meta["parse"]) if meta["parse"] else kind
         shown = _shown(default) if meta["parse"] is None or isinstance(default, (str, int, float, tuple)) \
             else str(default)
         names = (flag(name), meta["short"]) if meta["short"] else (flag(name),)

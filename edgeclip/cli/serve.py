@@ -75,13 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _size(text: str) -> int:
-    from ..errors import EdgeclipError
     from ..options import parse_size
+    from .options import parser_type
 
-    try:
-        return parse_size(text)
-    except EdgeclipError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parser_type(parse_size)(text)
 
 
 def read_token(args: argparse.Namespace) -> str | None:

@@ -3,7 +3,9 @@
 Same interface as ``OrtBackend`` (``name``, ``input_name``, ``output_name``, ``run``). OpenVINO reads the
 ONNX file itself (no conversion step, nothing written into the bundle); the compiled model is cached in the
 user's cache directory (``$EDGECLIP_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/edgeclip/openvino``, else
-``~/.cache/edgeclip/openvino``) under a folder named by the file's hash, so a second start skips compilation.
+``~/.cache/edgeclip/openvino``) under a folder named by the file's hash, so a second start skips compilation;
+the folder is pruned to ``$EDGECLIP_CACHE_MAX`` (default 2 GiB), least recently used first
+(``edgeclip.runtime.cache``; ``edgeclip cache`` shows and clears it).
 
 Precision: ``fp32`` pins OpenVINO's inference precision to f32 (on CPUs with bf16 it would otherwise run
 bf16 by default); ``bf16`` asks for bf16 and needs AVX512_BF16 or AMX; ``int8`` runs a Q/DQ file with the
@@ -30,6 +32,7 @@ import numpy as np
 from ...errors import BackendError, OptionError
 from ...options import LoadOptions
 from ...tables import BACKENDS, OPENVINO_HINTS
+from ..cache import cache_root, prune, touch
 from ..cpu import BF16_FLAGS, read_cpuinfo
 
 log = logging.getLogger("edgeclip.runtime")
@@ -104,12 +107,8 @@ def devices() -> list[dict[str, str]]:
 
 
 def default_cache_dir() -> Path:
-    """Where compiled models are cached: ``$EDGECLIP_CACHE_DIR``, ``$XDG_CACHE_HOME/edgeclip`` or ``~/.cache/edgeclip``."""
-    root = os.environ.get("EDGECLIP_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "openvino"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgeclip" / "openvino"
+    """Where compiled models are cached: the ``openvino`` folder of edgeclip's user cache (``runtime.cache``)."""
+    return cache_root() / "openvino"
 
 
 def file_key(path: Path) -> str:
@@ -183,6 +182,10 @@ class OpenVinoBackend:
         self.start_seconds = time.perf_counter() - start
         #: True when this start loaded a compiled model from the cache (no new cache file was written)
         self.from_cache = self.cache_dir is not None and set(self.cache_dir.glob("*.blob")) == before != set()
+        if self.cache_dir is not None:  # the cache stays under its size limit, this model kept
+            touch(self.cache_dir)
+            if not self.from_cache:
+                prune(self.cache_dir.parent, keep=self.cache_dir)
         self.name = f"openvino:{device.lower()}"
         self.input_name = compiled.inputs[0].any_name
         self.output_name = compiled.outputs[0].any_name
