@@ -9,6 +9,7 @@ from types import ModuleType
 import numpy as np
 
 from ...errors import BackendError
+from ..process import compute_threads
 from . import resolve_providers
 
 log = logging.getLogger("edgeclip.runtime")
@@ -54,8 +55,8 @@ class OrtBackend:
             chosen = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = compute_threads(self.threads)  # explicit, never ORT's or the shell's
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)

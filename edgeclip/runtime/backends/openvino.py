@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import BackendError, OptionError
 from ..cpu import BF16_FLAGS, read_cpuinfo
+from ..process import compute_threads
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -130,8 +131,9 @@ class OpenVinoBackend:
         """Compile ``path`` (an .onnx file) for ``device``.
 
         ``precision``: fp32, bf16 or int8 (see the module docstring); ``hint``: auto, latency or throughput;
-        ``threads``: inference threads (0 = OpenVINO's choice: all cores); ``cache_dir``: compiled-model cache
-        (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the file's sha256 when
+        ``threads``: inference threads (0 = one per physical core, see ``runtime.process``); ``cache_dir``:
+        compiled-model cache (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the
+        file's sha256 when
         the caller knows it (else it is computed); ``cpu_flags``: this CPU's flags (default: /proc/cpuinfo).
         """
         self.path = Path(path)
@@ -152,8 +154,8 @@ class OpenVinoBackend:
         #: precision of the layers a Q/DQ file leaves in float (``fp32``: f32, ``bf16``: bf16)
         self.rest_precision = rest_precision(precision, device, cpu_flags)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.rest_precision}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        if threads or device.upper().startswith("CPU"):  # explicit on the CPU (runtime/process.py)
+            config["INFERENCE_NUM_THREADS"] = compute_threads(threads)
         self.cache_dir: Path | None = None
         if cache:
             root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -178,7 +180,7 @@ class OpenVinoBackend:
         self.output_name = compiled.outputs[0].any_name
         shown = f"{precision}, other layers {self.rest_precision}" if precision == "int8" else precision
         log.info("loaded %s with OpenVINO on %s (%s, %s hint, %s) in %.2f s%s", self.path.name, device, shown,
-                 hint, f"{threads} threads" if threads else "all cores", self.start_seconds,
+                 hint, f"{config.get('INFERENCE_NUM_THREADS', 'all')} threads", self.start_seconds,
                  " from the cache" if self.from_cache else "")
 
     def _mode(self, hint: str) -> tuple[Any, list[Any]]:
