@@ -310,14 +310,17 @@ def _label_names(bundle: Bundle, raw: bytes) -> list[str]:
         if not isinstance(name, str) or not name.strip():
             p.add(f"{where}.name", "must be a non-empty string")
             continue
+        if not _is_text(name):
+            p.add(f"{where}.name", "is not valid text (a lone surrogate escape)")
+            continue
         if name in seen:
             p.add(f"{where}.name", f"{name!r} appears twice")
         seen.add(name)
         names.append(name)
         for key in ("synonyms", "descriptions"):
             v = item.get(key, [])
-            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-                p.add(f"{where}.{key}", "must be a list of strings")
+            if not isinstance(v, list) or not all(isinstance(s, str) and _is_text(s) for s in v):
+                p.add(f"{where}.{key}", "must be a list of strings of valid text")
     if isinstance(data, dict):
         if "template_set" in data and not isinstance(data["template_set"], str):
             p.add("template_set", "must be a string")
@@ -329,6 +332,15 @@ def _label_names(bundle: Bundle, raw: bytes) -> list[str]:
         p.add("labels", f"holds {len(names)} labels but the manifest's labels.count is {info.count}")
     p.raise_if_any(path, "re-run `edgeclip labels` or re-export the bundle")
     return names
+
+
+def _is_text(value: str) -> bool:
+    """False for strings holding lone surrogates (JSON's ``"\\ud800"``), which cannot be written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _label_matrix(bundle: Bundle, raw: bytes, count: int) -> np.ndarray:

@@ -60,6 +60,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--top-k", type=int, default=5, help="predictions per image unless ?top_k= says (default 5)")
     g.add_argument("--preview-fps", type=float, default=5.0,
                    help="most preview frames per second sent to each viewer (default 5)")
+    g.add_argument("--decode-workers", type=int, default=0,
+                   help="uploads decoded at once (default 0: one per usable CPU); others wait")
+    g.add_argument("--request-timeout-s", type=float, default=30.0, metavar="S",
+                   help="longest a classify may take after its body arrived (default 30); then 503")
+    g.add_argument("--body-memory-bytes", type=_size, default=256 * 2**20, metavar="SIZE",
+                   help="request bodies held in memory at once, all requests together (default 256M); then 503")
+    g.add_argument("--max-labels-bytes", type=_size, default=2**20, metavar="SIZE",
+                   help="largest PUT /v1/labels body (default 1M)")
+    g.add_argument("--max-prompts", type=int, default=50_000,
+                   help="most prompts one label update may make: labels x (1 + synonyms) x templates + "
+                        "descriptions (default 50000)")
+    g.add_argument("--label-queue", type=int, default=4,
+                   help="label updates waiting behind the one being embedded (default 4); then 429")
+
+    g = p.add_argument_group("connections")
+    g.add_argument("--max-connections", type=int, default=512,
+                   help="open connections (default 512); past it the longest-idle one is closed")
+    g.add_argument("--header-timeout-s", type=float, default=10.0, metavar="S",
+                   help="a request head must be complete within this after connecting or the last answer "
+                        "(default 10)")
+    g.add_argument("--body-timeout-s", type=float, default=60.0, metavar="S",
+                   help="a request body must be complete within this after its head (default 60)")
+    g.add_argument("--keepalive-timeout-s", type=float, default=5.0, metavar="S",
+                   help="an idle keep-alive connection is closed after this (default 5)")
+    g.add_argument("--send-timeout-s", type=float, default=30.0, metavar="S",
+                   help="a client that reads nothing of an answer (a stalled preview viewer) for this long is "
+                        "disconnected (default 30)")
 
     g = p.add_argument_group("live source (with --source)")
     g.add_argument("--fps", type=float, default=None,
@@ -74,6 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threshold", type=float, default=0.0, help="'unknown' below this smoothed probability")
     add_backend_options(p)
     p.set_defaults(handler=run_serve)
+
+
+#: ServeOptions fields given by flags of the same name (the request and connection limits).
+SERVE_LIMITS = ("decode_workers", "request_timeout_s", "body_memory_bytes", "max_labels_bytes", "max_prompts",
+                "label_queue", "max_connections", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s",
+                "send_timeout_s")
 
 
 def _size(text: str) -> int:
@@ -150,9 +183,8 @@ def run_serve(args: argparse.Namespace) -> int:
     token = read_token(args)
     warning = check_exposure(args.host, token, args.insecure)
 
-    import uvicorn
-
     from ..serve.app import LOOPBACK_HOSTS, create_app, is_loopback
+    from ..serve.server import build_server
     from ..stream.decisions import HalfLife
     from ..stream.loop import StreamOptions
     from ..sources import parse_source
@@ -172,9 +204,10 @@ def run_serve(args: argparse.Namespace) -> int:
     clf = open_classifier(args, top_k=args.top_k)
     # on loopback without a token, refuse other Host names: a web page cannot reach the service by DNS rebinding
     hosts = LOOPBACK_HOSTS if (is_loopback(args.host) and not token) else None
+    limits = {name: getattr(args, name) for name in SERVE_LIMITS}
     app = create_app(clf, spec, stream_options=stream_options, token=token, allowed_hosts=hosts,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                     top_k=args.top_k, preview_fps=args.preview_fps)
+                     top_k=args.top_k, preview_fps=args.preview_fps, **limits)
     seconds = app.state.service.warm_up()
     if not args.quiet:
         print(f"edgeclip serve: warmed up batch sizes 1-{args.max_batch} in {seconds:.1f} s", file=sys.stderr)
@@ -189,9 +222,8 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"edgeclip serve: live source {spec.text}", file=sys.stderr)
     print(f"edgeclip serve: listening on http://{shown}:{port}/" + ("  (token required: open /?token=...)"
                                                                     if token else ""), file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning" if args.quiet or not args.verbose else "info",
-                            timeout_graceful_shutdown=2, access_log=bool(args.verbose))
-    server = uvicorn.Server(config)
+    server = build_server(app, log_level="warning" if args.quiet or not args.verbose else "info",
+                          timeout_graceful_shutdown=2, access_log=bool(args.verbose))
     # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the previous handler: this one makes
     # a requested stop a clean exit (status 0) instead of an interrupt
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -91,19 +91,20 @@ def compute_threads(requested: int = 0) -> int:
     return _compute or encoder_cpus()
 
 
-def configure_threads(compute: int = 0) -> ThreadSettings:
+def configure_threads(compute: int | None = None) -> ThreadSettings:
     """Set every thread count edgeclip relies on (see the module doc); returns what is in force.
 
-    ``compute``: default intra-op threads of encoders opened from now on (0: :func:`encoder_cpus`).
-    Safe to call more than once and from any thread.
+    ``compute``: default intra-op threads of encoders opened from now on (0: :func:`encoder_cpus`; None:
+    keep the current default). Safe to call more than once and from any thread.
     """
     global _compute
-    if compute < 0:
+    if compute is not None and compute < 0:
         from ..errors import OptionError
 
-        raise OptionError(f"`threads` must be >= 0 (0: every usable CPU), got {compute}")
+        raise OptionError(f"`threads` must be >= 0 (0: one per physical core), got {compute}")
     with _lock:
-        _compute = int(compute)
+        if compute is not None:
+            _compute = int(compute)
         for name in _HELPER_ENV:
             os.environ[name] = str(HELPER_THREADS)
         opencv = _set_opencv(HELPER_THREADS)  # first: importing OpenCV may load numpy (and its BLAS)
