@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BundleError
 from .jsonfile import loads_strict, read_json
-from .lock import recover_for_read
+from .lock import recover_for_read, temporaries
 from .manifest import LABELS_JSON, LABELS_NPY, MANIFEST, FileEntry, Manifest, Problems, bundle_relpath, is_int
 from .onnxinfo import TensorSpec, read_onnx_info
 
@@ -159,6 +159,11 @@ def read_manifest(root: Path) -> Manifest:
 
 def _manifest_json(root: Path) -> Any:
     mpath = root / MANIFEST
+    if mpath.is_symlink():  # like every file of a bundle: a link is followed only inside the bundle
+        real, top = os.path.realpath(mpath), os.path.realpath(root)
+        if os.path.commonpath([top, real]) != top:
+            raise BundleError(f"{mpath}: resolves to {real}, outside the bundle (a symlink leads out of it); a "
+                              f"bundle's files must be inside its folder: replace the link by the file")
     if not mpath.is_file():
         if mpath.exists() or mpath.is_symlink():
             raise BundleError(f"{mpath}: not a regular file; {root} is not a valid edgeclip bundle (re-export it)")
@@ -174,15 +179,31 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     one, never a mix.
     """
     root = Path(path)
-    recover_for_read(real_path(root))
+    real = real_path(root)
+    recover_for_read(real)
     for attempt in range(_READ_ATTEMPTS):
         stamp = _stamp(root)
         try:
             return _load_once(root, verify)
         except BundleError:
-            if attempt == _READ_ATTEMPTS - 1 or stamp is None or _stamp(root) == stamp:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            if _in_swap(real):
+                # between the two renames of a swap (EDGECLIP_BUNDLE_SWAP=rename): wait for the writer, or
+                # put the old version back if it was killed there, then read again
+                recover_for_read(real)
+                continue
+            if _stamp(root) == stamp:  # nothing changed under the read (a missing path stayed missing)
                 raise
     raise AssertionError("unreachable")
+
+
+def _in_swap(real: Path) -> bool:
+    """Whether ``real`` is missing with an old version beside it: a two-rename swap in progress or killed."""
+    if os.path.lexists(real / MANIFEST):
+        return False
+    _, olds = temporaries(real)
+    return bool(olds)
 
 
 def _load_once(root: Path, verify: bool) -> Bundle:

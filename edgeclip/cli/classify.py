@@ -242,6 +242,14 @@ def run_classify(args: argparse.Namespace) -> int:
     fmt = _format_for(args)
     skipped: list[Path] = []
     paths = expand_inputs(args.paths, missing="keep", skipped=skipped)
+    if not paths:  # only folders were named, and none holds an image file: nothing to do is an error
+        from ..runtime.images import IMAGE_EXTENSIONS
+
+        what = "the folder holds" if len(args.paths) == 1 else "none of these folders holds"
+        raise OptionError(f"{', '.join(map(str, args.paths))}: {what} an image file (by extension: "
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}" + (f"; {len(skipped)} other entries" if skipped
+                                                                      else "")
+                          + "); pass image files or a folder that holds some")
     state = _resume(args, fmt, paths) if args.resume else None
     todo = state.remaining(paths) if state else paths
     if not args.quiet and skipped:

@@ -72,6 +72,11 @@ class OrtBackend:
         self.output_name = self.session.get_outputs()[0].name
         log.info("loaded %s with %s", self.path.name, ", ".join(used))
 
+    def output_width(self) -> int | None:
+        """Values per item of the first output as the model declares it (None when not a fixed number)."""
+        shape = self.session.get_outputs()[0].shape
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output."""
         return self.session.run([self.output_name], {self.input_name: x})[0]

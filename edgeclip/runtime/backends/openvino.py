@@ -196,6 +196,14 @@ class OpenVinoBackend:
             self._modes[hint] = compiled, [compiled.create_infer_request() for _ in range(streams)]
         return self._modes[hint]
 
+    def output_width(self) -> int | None:
+        """Values per image of the first output as OpenVINO infers it (None when not static)."""
+        compiled = next(iter(self._modes.values()))[0]
+        shape = compiled.outputs[0].partial_shape
+        if shape.rank.is_dynamic or shape.rank.get_length() != 2 or shape[1].is_dynamic:
+            return None
+        return int(shape[1].get_length())
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output. Thread-safe (one batch at a time)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
