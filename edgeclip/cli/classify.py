@@ -245,8 +245,8 @@ def run_classify(args: argparse.Namespace) -> int:
     if not paths:  # only folders were named, and none holds an image file: nothing to do is an error
         from ..runtime.images import IMAGE_EXTENSIONS
 
-        what = "the folder holds" if len(args.paths) == 1 else "none of these folders holds"
-        raise OptionError(f"{', '.join(map(str, args.paths))}: {what} an image file (by extension: "
+        what = "the folder holds no" if len(args.paths) == 1 else "none of these folders holds an"
+        raise OptionError(f"{', '.join(map(str, args.paths))}: {what} image file (by extension: "
                           f"{', '.join(sorted(IMAGE_EXTENSIONS))}" + (f"; {len(skipped)} other entries" if skipped
                                                                       else "")
                           + "); pass image files or a folder that holds some")

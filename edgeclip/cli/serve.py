@@ -167,7 +167,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         hint = "choose another --port (0: any free one)" if exc.errno in (98, 48, 10048) else "check --host"
         raise OptionError(f"cannot listen on {host}:{port} ({exc.strerror}); {hint}") from None
-    sock.listen(128)
+    sock.listen(1024)  # a burst of connections waits in the kernel, not refused
     sock.set_inheritable(True)
     return sock
 
