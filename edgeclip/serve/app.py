@@ -16,6 +16,11 @@ HttpOnly, SameSite=Strict cookie, which the page's requests, EventSource and ``<
 Compared in constant time. Request bodies are limited (``max_body_bytes``, 413 before reading when the
 Content-Length says so); a bad image or label document is a 4xx JSON error ``{"error", "status"}`` and the
 service keeps serving.
+
+Every request is bounded before work is done for it (``ServeOptions``; docs/serve.md, "Limits"): bodies
+against a shared memory budget, uploads decoded at the reduced DCT scale of ``edgeclip classify`` on at most
+``decode_workers`` threads within ``request_timeout_s``, label updates sized from the document and embedded
+one at a time on their own thread behind a bounded queue (429), never on the threads that serve requests.
 """
 from __future__ import annotations
 
