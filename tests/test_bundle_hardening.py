@@ -127,23 +127,31 @@ def test_an_image_encoder_wider_than_embed_dim_is_refused_at_load(bundle_copy: P
 
     import edgeclip
 
-    # pixels flattened: [batch, 3072] declared as [batch, "width"], so no static check can see it
-    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 32])
-    y = helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", "width"])
-    graph = helper.make_graph([helper.make_node("Flatten", ["pixels"], ["emb"], axis=1)], "wide", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              bundle_copy / "image_encoder.onnx")
-    _forge_manifest_entry(bundle_copy, "image_encoder.onnx")
-    assert load_bundle(bundle_copy).verified  # the files are consistent with the manifest...
-    backends = ["onnxruntime"] + (["openvino"] if _has("openvino") else [])
-    for backend in backends:  # ...but the encoder's output is not embed_dim wide
-        with pytest.raises(BundleError, match=r"gives \[3072\] values per image where the manifest's "
-                                              r"model.embed_dim is 16"):
-            edgeclip.load(bundle_copy, backend=backend)
+    def flatten(width: object) -> None:  # pixels flattened: [batch, 3072], declared [batch, width]
+        x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 32])
+        y = helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", width])
+        graph = helper.make_graph([helper.make_node("Flatten", ["pixels"], ["emb"], axis=1)], "wide", [x], [y])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  bundle_copy / "image_encoder.onnx")
+        _forge_manifest_entry(bundle_copy, "image_encoder.onnx")
+
     photo = tmp_path / "photo.png"
     import cv2
 
     cv2.imwrite(str(photo), np.full((40, 40, 3), 128, np.uint8))
+    flatten("width")  # a named width is not embed_dim: inspect and classify both refuse it (before: exit 1)
+    with pytest.raises(BundleError, match=r"output 'emb' has shape \['batch', 'width'\]; expected \[batch, 16\]"):
+        load_bundle(bundle_copy)
+    assert main(["-q", "inspect", str(bundle_copy)]) == 2
+    assert main(["-q", "classify", str(bundle_copy), str(photo)]) == 2
+    flatten(16)  # a declared width that is not what the graph computes: the files verify...
+    assert load_bundle(bundle_copy).verified
+    backends = ["onnxruntime"] + (["openvino"] if _has("openvino") else [])
+    for backend in backends:  # ...but loading the encoder finds out
+        with pytest.raises(BundleError, match=r"gives \[3072\] values per image where the manifest's "
+                                              r"model.embed_dim is 16"):
+            edgeclip.load(bundle_copy, backend=backend)
+    capsys.readouterr()
     assert main(["-q", "classify", str(bundle_copy), str(photo), "--backend", "onnxruntime"]) == 2
     assert "embed_dim is 16" in capsys.readouterr().err
 

@@ -458,7 +458,7 @@ def check_encoder_io(bundle: Bundle, tower: str, inputs: Sequence[Any], outputs:
     elif outs[0].shape is not None:
         y = outs[0]
         dim = info.model.embed_dim
-        if len(y.shape) != 2 or (is_int(y.shape[1]) and y.shape[1] != dim):
+        if len(y.shape) != 2 or not is_int(y.shape[1]) or y.shape[1] != dim:  # a named width could be anything
             p.add(f"output {y.name!r}", f"has shape {list(y.shape)}; expected [batch, {dim}] (model.embed_dim)")
     p.raise_if_any(where, "the manifest and the encoder disagree: re-export the bundle")
 

@@ -227,7 +227,12 @@ class Classifier:
         step = self.max_batch or len(pixels)
         outs = [self.encoder.run(np.ascontiguousarray(pixels[i:i + step], dtype=np.float32))
                 for i in range(0, len(pixels), step)]
-        return l2_normalize(np.concatenate(outs, axis=0))
+        emb = np.concatenate(outs, axis=0)
+        dim = int(self.bundle.model["embed_dim"])
+        if emb.ndim != 2 or emb.shape[1] != dim:  # a model whose declared shape is not what it computes
+            raise BundleError(f"{self.bundle.path}: the image encoder gave {list(emb.shape[1:])} values per image "
+                              f"where the manifest's model.embed_dim is {dim}; re-export the bundle")
+        return l2_normalize(emb)
 
     def embed(self, x: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""
