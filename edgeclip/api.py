@@ -24,6 +24,7 @@ from .export.options import ExportOptions
 from .quant.options import QuantizeOptions
 from .runtime.classifier import Classifier
 from .runtime.labels import Label, check_labels, read_labels_file, resolve_templates
+from .runtime.process import configure_threads  # noqa: F401  (public: every command calls it at start)
 
 log = logging.getLogger("edgeclip")
 

@@ -165,6 +165,19 @@ def test_only_missing_inputs_is_a_usage_error(tiny_vit_bundle: Path, tmp_path: P
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def test_only_folders_without_images_is_a_usage_error(tiny_vit_bundle: Path, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty_dir.png"  # a folder named like an image
+    empty.mkdir()
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(empty)]) == 2
+    assert f"{empty}: the folder holds no image file" in capsys.readouterr().err  # before: exit 0, no row
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("x")
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(empty), str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "none of these folders holds an image file" in err and "1 other entries" in err
+
+
 # -- outputs ------------------------------------------------------------------------------------------------
 def test_non_utf8_file_names_give_complete_rows(tiny_vit_bundle: Path, photos: Path, tmp_path: Path) -> None:
     raw = os.fsencode(photos) + b"/caf\xe9 \xff.jpg"  # Latin-1 bytes: not UTF-8

@@ -358,7 +358,7 @@ def test_the_app_mounts_inside_another_app(served_bundle, photos) -> None:
     from starlette.routing import Mount
 
     outer = Starlette(routes=[Mount("/clip", app=create_app(edgeclip.load(served_bundle), token=TOKEN))])
-    with running_server(outer) as base:
+    with running_server(outer, plain=True) as base:
         r = call("POST", f"{base}/clip/v1/classify?top_k=1", photos[0], AUTH)
         assert r.status == 200 and len(r.json()["predictions"]) == 1
         assert call("GET", f"{base}/clip/?token={TOKEN}").status == 200

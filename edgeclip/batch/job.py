@@ -22,7 +22,7 @@ from typing import IO, Callable, ClassVar, Iterator, Sequence
 from ..api import load
 from ..errors import OptionError
 from ..options import LoadOptions, Options, option, parse_size, positive_int
-from ..runtime.images import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, expand_inputs, set_limits
+from ..runtime.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, expand_inputs, set_limits
 from .resume import RESUMABLE_FORMATS, ResumeState, resume_output
 from .rows import FORMATS, write_results
 
@@ -125,6 +125,12 @@ def plan(inputs: Sequence[str | os.PathLike[str]], options: BatchOptions | None 
     fmt = opts.row_format(interactive)
     skipped: list[Path] = []
     paths = expand_inputs(inputs, missing="keep", skipped=skipped)
+    if not paths:  # only folders were named, and none holds an image file: nothing to do is an error
+        what = "the folder holds no" if len(inputs) == 1 else "none of these folders holds an"
+        raise OptionError(f"{', '.join(map(str, inputs))}: {what} image file (by extension: "
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}" + (f"; {len(skipped)} other entries" if skipped
+                                                                      else "")
+                          + "); pass image files or a folder that holds some")
     state = None
     if opts.resume:
         if fmt not in RESUMABLE_FORMATS:

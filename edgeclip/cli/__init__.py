@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # third-party libraries log at WARNING and above; edgeclip's own loggers at the chosen level
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("edgeclip").setLevel(level)
+    from ..api import configure_threads
+
+    configure_threads()  # BLAS, OpenCV and encoder thread counts set here, never inherited (runtime/process.py)
     if threading.current_thread() is threading.main_thread():
         # `kill`/`timeout` end a run like Ctrl-C: temporary files and bundle swaps are cleaned up on the way out
         signal.signal(signal.SIGTERM, _terminate)

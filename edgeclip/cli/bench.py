@@ -7,6 +7,10 @@ import sys
 from .options import add_options, options_from_args, progress_bar
 
 
+#: the load options every variant runs with
+BENCH_LOAD_OPTIONS = ("threads", "providers", "hint", "cache_dir")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench import BenchOptions
     from ..options import LoadOptions
@@ -20,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "with paired speed-ups vs ONNX Runtime fp32 and vs torch.")
     p.add_argument("bundle", help="bundle directory")
     add_options(p, BenchOptions)
-    add_options(p, LoadOptions, ["threads", "providers", "hint", "cache_dir"],
+    add_options(p, LoadOptions, BENCH_LOAD_OPTIONS,
                 defaults={"providers": ("cpu",), "hint": "auto"})
     for name in list(BACKENDS)[1:]:  # the first is the reference (``edgeclip.bench.REFERENCE``): it always runs
         p.add_argument(f"--no-{name}", dest="skip", action="append_const", const=name,
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     opts = options_from_args(BenchOptions, args)
     if opts.png:
         require("report", what="bench --png")
-    lopts = options_from_args(LoadOptions, args)
+    lopts = options_from_args(LoadOptions, args, BENCH_LOAD_OPTIONS)
 
     def plan(variants: list, skipped: list[str]) -> None:
         if not args.quiet:

@@ -96,11 +96,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Options], fields: Ite
                             metavar=meta["metavar"], help=_help(f, shown), **({"nargs": "+"} if many else {}))
 
 
-def options_from_args(cls: type[O], args: argparse.Namespace, **extra: Any) -> O:
-    """The options object of ``cls`` from the parsed flags (fields without one keep their default), with
-    ``extra`` values on top; checked, every problem named."""
-    values = {f.name: tuple(v) if isinstance(v, list) else v
-              for f in dataclasses.fields(cls) if hasattr(args, f.name) for v in [getattr(args, f.name)]}
+def options_from_args(cls: type[O], args: argparse.Namespace, fields: Iterable[str] | None = None,
+                      **extra: Any) -> O:
+    """The options object of ``cls`` from the parsed flags (``fields``: only these, as given to
+    :func:`add_options`; fields without a flag keep their default), with ``extra`` values on top; checked,
+    every problem named."""
+    names = set(fields) if fields is not None else {f.name for f in dataclasses.fields(cls)}
+    values = {f.name: tuple(v) if isinstance(v, list) else v for f in dataclasses.fields(cls)
+              if f.name in names and hasattr(args, f.name) for v in [getattr(args, f.name)]}
     return cls.build(**{**values, **extra})
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
-from ..errors import EdgeclipError, ImageReadError, OptionError
+from ..errors import BundleError, EdgeclipError, ImageReadError, OptionError
 from ..options import LoadOptions
 from .backends import Backend, create_backend
 from .images import decode_image, read_image
@@ -72,6 +72,29 @@ class FileResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def check_output_width(bundle: Bundle, encoder: Backend, size: tuple[int, int]) -> None:
+    """The image encoder gives [batch, model.embed_dim], or a BundleError at load (not a matmul error later).
+
+    The width is read from the backend (``output_width()``: the declared or inferred output shape); where
+    the backend cannot say, one blank image is run through the encoder to see.
+    """
+    dim = int(bundle.model["embed_dim"])
+    width = getattr(encoder, "output_width", lambda: None)()
+    shape: tuple[int, ...] = (1, width) if width is not None else ()
+    if width is None:
+        try:
+            shape = tuple(np.shape(encoder.run(np.zeros((1, 3, *size), np.float32))))
+        except EdgeclipError:
+            raise
+        except Exception as exc:  # the engine's own error type, for a model that cannot run at all
+            raise BundleError(f"{bundle.path}: the image encoder cannot run a {size[1]}x{size[0]} image "
+                              f"({type(exc).__name__}: {exc}); re-export the bundle") from None
+    if len(shape) != 2 or shape[1] != dim:
+        raise BundleError(f"{bundle.path}: the image encoder gives {list(shape[1:])} values per image where the "
+                          f"manifest's model.embed_dim is {dim} (the labels are {dim}-wide); the encoder and the "
+                          f"manifest disagree: re-export the bundle")
 
 
 #: One image: a uint8 array (BGR as OpenCV gives it, unless ``color="rgb"`` says otherwise; gray or BGRA
@@ -159,6 +182,7 @@ class Classifier:
         self.decode_ratio = DECODE_RATIO
         self.text_providers = list(text_providers or ["cpu"])
         self._text_encoder: TextEncoder | None = None
+        check_output_width(self.bundle, self.encoder, self.preprocessor.config.size)
         names, matrix = self.bundle.labels()
         self.set_label_matrix(names, matrix)
 
@@ -220,7 +244,12 @@ class Classifier:
         step = self.max_batch or len(pixels)
         outs = [self.encoder.run(np.ascontiguousarray(pixels[i:i + step], dtype=np.float32))
                 for i in range(0, len(pixels), step)]
-        return l2_normalize(np.concatenate(outs, axis=0))
+        emb = np.concatenate(outs, axis=0)
+        dim = int(self.bundle.model["embed_dim"])
+        if emb.ndim != 2 or emb.shape[1] != dim:  # a model whose declared shape is not what it computes
+            raise BundleError(f"{self.bundle.path}: the image encoder gave {list(emb.shape[1:])} values per image "
+                              f"where the manifest's model.embed_dim is {dim}; re-export the bundle")
+        return l2_normalize(emb)
 
     def embed(self, x: ImageInput | Sequence[ImageInput], color: str = "bgr") -> np.ndarray:
         """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""

@@ -10,7 +10,7 @@ import numpy as np
 from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, BundleDraft, load_bundle, update_bundle
 from ..errors import BundleError, EdgeclipError, LabelsError
 from .backends.onnxruntime import OrtBackend
-from .labels import Label, check_template, embed_labels, labels_document, resolve_templates
+from .labels import Label, check_labels, check_template, embed_labels, labels_document, resolve_templates
 from ..tables import TOKENIZERS, pick
 from .tokenizer import ClipTokenizer
 
@@ -68,6 +68,7 @@ def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], templa
 def write_labels(draft: BundleDraft, labels: Sequence[Label], template_name: str, templates: Sequence[str],
                  matrix: np.ndarray) -> None:
     """Write ``labels.json`` and ``labels.npy`` into a bundle draft and record them in its manifest."""
+    labels = check_labels(labels, "labels")  # valid text only: the file must be UTF-8
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != len(labels) or len(labels) == 0:
         raise LabelsError(f"label matrix shape {matrix.shape} does not match {len(labels)} labels")

@@ -12,6 +12,7 @@ import numpy as np
 from ...errors import BackendError, OptionError
 from ...options import LoadOptions
 from ...tables import PROVIDERS
+from ..process import compute_threads
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -89,8 +90,8 @@ class OrtBackend:
             chosen = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = compute_threads(self.threads)  # explicit, never ORT's or the shell's
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)
@@ -105,6 +106,11 @@ class OrtBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         log.info("loaded %s with %s", self.path.name, ", ".join(used))
+
+    def output_width(self) -> int | None:
+        """Values per item of the first output as the model declares it (None when not a fixed number)."""
+        shape = self.session.get_outputs()[0].shape
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output."""

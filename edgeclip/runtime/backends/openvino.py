@@ -34,6 +34,7 @@ from ...options import LoadOptions
 from ...tables import BACKENDS, OPENVINO_HINTS
 from ..cache import cache_root, prune, touch
 from ..cpu import BF16_FLAGS, read_cpuinfo
+from ..process import compute_threads
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -139,8 +140,9 @@ class OpenVinoBackend:
         """Compile ``path`` (an .onnx file) for ``device``.
 
         ``precision``: fp32, bf16 or int8 (see the module docstring); ``hint``: auto, latency or throughput;
-        ``threads``: inference threads (0 = OpenVINO's choice: all cores); ``cache_dir``: compiled-model cache
-        (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the file's sha256 when
+        ``threads``: inference threads (0 = one per physical core, see ``runtime.process``); ``cache_dir``:
+        compiled-model cache (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the
+        file's sha256 when
         the caller knows it (else it is computed); ``cpu_flags``: this CPU's flags (default: /proc/cpuinfo).
         """
         self.path = Path(path)
@@ -161,8 +163,8 @@ class OpenVinoBackend:
         #: precision of the layers a Q/DQ file leaves in float (``fp32``: f32, ``bf16``: bf16)
         self.rest_precision = rest_precision(precision, device, cpu_flags)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.rest_precision}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        if threads or device.upper().startswith("CPU"):  # explicit on the CPU (runtime/process.py)
+            config["INFERENCE_NUM_THREADS"] = compute_threads(threads)
         self.cache_dir: Path | None = None
         if cache:
             root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -191,7 +193,7 @@ class OpenVinoBackend:
         self.output_name = compiled.outputs[0].any_name
         shown = f"{precision}, other layers {self.rest_precision}" if precision == "int8" else precision
         log.info("loaded %s with OpenVINO on %s (%s, %s hint, %s) in %.2f s%s", self.path.name, device, shown,
-                 hint, f"{threads} threads" if threads else "all cores", self.start_seconds,
+                 hint, f"{config.get('INFERENCE_NUM_THREADS', 'all')} threads", self.start_seconds,
                  " from the cache" if self.from_cache else "")
 
     def settings(self) -> str:
@@ -212,6 +214,14 @@ class OpenVinoBackend:
             streams = 1 if hint == "latency" else max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
             self._modes[hint] = compiled, [compiled.create_infer_request() for _ in range(streams)]
         return self._modes[hint]
+
+    def output_width(self) -> int | None:
+        """Values per image of the first output as OpenVINO infers it (None when not static)."""
+        compiled = next(iter(self._modes.values()))[0]
+        shape = compiled.outputs[0].partial_shape
+        if shape.rank.is_dynamic or shape.rank.get_length() != 2 or shape[1].is_dynamic:
+            return None
+        return int(shape[1].get_length())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output. Thread-safe (one batch at a time)."""
