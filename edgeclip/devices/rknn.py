@@ -1,0 +1,350 @@
+"""Rockchip NPUs: build a bundle's image encoder into an INT8 ``.rknn`` file with RKNN-Toolkit2, calibrated
+on the bundle's synthetic images.
+
+RKNN-Toolkit2 (the converter and its x86 simulator) cannot share a venv with edgeclip: it pins numpy, onnx,
+torch and protobuf to old versions. It lives in its own venv, and edgeclip runs
+``edgeclip/devices/rknn_convert.py`` there as a subprocess, passing only files: a JSON job, the ONNX file, a
+list of calibration ``.npy`` files, and (optionally) images to run in the simulator. The converter's Python
+is ``converter_python`` or the environment variable ``EDGECLIP_RKNN_PYTHON``; :data:`MAKE_ENV` gives the lines
+that make one.
+
+Calibration: the cached calibration set that ``edgeclip quantize`` made (``<bundle>/.work/calib-<key>.npy``,
+normalised NCHW float32), or images given by the caller; both are turned back into raw 0-255 RGB (rounded to
+whole levels, as the NPU will see them) and written one image per ``(1, 3, H, W)`` float32 file, with the
+normalisation passed to the toolkit (``mean_values = mean * 255``, ``std_values = std * 255``) so it runs
+inside the model. The ``.rknn`` input is uint8 NHWC RGB (``edgeclip.runtime.backends.rknn``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..bundle import Bundle, now_iso
+from ..bundle.onnxinfo import read_onnx_info
+from ..bundle.store import sha256_file
+from ..errors import DeviceError, OptionError
+
+log = logging.getLogger("edgeclip.devices")
+
+#: the environment variable naming the converter venv's Python
+ENV_VAR = "EDGECLIP_RKNN_PYTHON"
+TOOLKIT_PACKAGE = "rknn-toolkit2"
+#: the toolkit release edgeclip's conversions and agreement figures were verified with (docs/rknn.md)
+VERIFIED_TOOLKIT = "2.5.0"
+#: the toolkit major version whose API the converter script is written for
+TOOLKIT_MAJOR = 2
+#: the converter script, run with the converter venv's Python
+CONVERTER = Path(__file__).with_name("rknn_convert.py")
+#: the lines that make a converter environment (Python 3.11 or 3.12; about 5.6 GB, a few minutes)
+MAKE_ENV = (f"python3.11 -m venv ~/.venvs/rknn && ~/.venvs/rknn/bin/pip install {TOOLKIT_PACKAGE}=={VERIFIED_TOOLKIT}",
+            f"export {ENV_VAR}=~/.venvs/rknn/bin/python")
+#: the toolkit's quantization algorithms
+ALGORITHMS = ("normal", "mmse", "kl_divergence")
+#: the Rockchip chips with an RKNPU2 NPU that a build may target (the toolkit's RK35xx platforms)
+TARGET_PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562")
+#: how the .rknn file takes its input (recorded in the manifest)
+INPUT_LAYOUT = {"layout": "NHWC", "dtype": "uint8", "color": "RGB", "normalisation": "inside the model"}
+#: the calibration source whose cached set a build uses unless told otherwise
+DEFAULT_CALIB = "text-guided"
+#: quantization algorithm chosen by measured agreement with fp32 (scripts/rknn_agreement.py, docs/rknn.md)
+DEFAULT_ALGORITHM = "normal"
+
+
+def _make_env_help() -> str:
+    return "make one with: " + "; ".join(MAKE_ENV) + " (or pass `converter_python`)"
+
+
+@dataclass
+class RknnBuildOptions:
+    """What an RKNN build is asked for."""
+
+    target_platform: str = field(default="rk3588", metadata={"help": "Rockchip chip to build for: "
+                                                             + ", ".join(TARGET_PLATFORMS)})
+    algorithm: str = field(default=DEFAULT_ALGORITHM, metadata={"help": "quantization algorithm: "
+                                                                + ", ".join(ALGORITHMS)})
+    hybrid: bool = field(default=False, metadata={"help": "keep the layers the toolkit finds sensitive in float16 "
+                                                          "(its automatic hybrid quantization)"})
+    batch: int = field(default=1, metadata={"help": "fixed batch of the .rknn model"})
+    calib: str = field(default=DEFAULT_CALIB, metadata={"help": "calibration source whose cached set "
+                                                        "`edgeclip quantize` made (text-guided, bn-stats, real:DIR...)"})
+    converter_python: str | None = field(default=None, metadata={"help": "Python of the RKNN-Toolkit2 venv "
+                                                                 f"(default: ${ENV_VAR})"})
+    timeout: float = field(default=3600.0, metadata={"help": "seconds a conversion may take"})
+
+    def check(self) -> None:
+        """Raise OptionError naming the bad field."""
+        if self.target_platform not in TARGET_PLATFORMS:
+            raise OptionError(f"target_platform={self.target_platform!r} is not an RKNN target; use one of "
+                              f"{', '.join(TARGET_PLATFORMS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise OptionError(f"algorithm={self.algorithm!r} is not an RKNN quantization algorithm; use one of "
+                              f"{', '.join(ALGORITHMS)}")
+        if self.batch < 1:
+            raise OptionError(f"batch={self.batch} must be >= 1")
+        if self.timeout <= 0:
+            raise OptionError(f"timeout={self.timeout} must be > 0 seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the converter environment
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Converter:
+    """A checked converter environment: its Python and the toolkit version there."""
+
+    python: Path
+    toolkit: str
+    python_version: str
+    numpy: str
+
+
+def find_converter_python(converter_python: str | os.PathLike[str] | None = None) -> Path:
+    """The converter venv's Python: ``converter_python``, else ``$EDGECLIP_RKNN_PYTHON``; DeviceError if neither
+    names an executable file (the message gives the lines that make one)."""
+    given, where = (converter_python, "`converter_python`") if converter_python else (os.environ.get(ENV_VAR), ENV_VAR)
+    if not given:
+        raise DeviceError(f"building .rknn files needs RKNN-Toolkit2 in its own venv, and none is set "
+                          f"(`converter_python` or {ENV_VAR}); {_make_env_help()}")
+    path = Path(given).expanduser()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise DeviceError(f"{where}={str(given)!r} is not an executable Python; {_make_env_help()}")
+    return path
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"2.5.0"`` -> ``(2, 5, 0)`` (stops at the first part that is not a number)."""
+    out = []
+    for part in version.split("."):
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def check_toolkit_version(version: str | None, python: Path) -> None:
+    """DeviceError unless ``version`` is an RKNN-Toolkit2 this converter speaks (major 2)."""
+    if not version:
+        raise DeviceError(f"{python}: {TOOLKIT_PACKAGE} is not installed in that environment; {_make_env_help()}")
+    if version_tuple(version)[:1] != (TOOLKIT_MAJOR,):
+        raise DeviceError(f"{python}: {TOOLKIT_PACKAGE} {version} is installed; edgeclip converts with "
+                          f"{TOOLKIT_MAJOR}.x (verified with {VERIFIED_TOOLKIT}); {_make_env_help()}")
+    if version != VERIFIED_TOOLKIT:
+        log.warning("%s %s: edgeclip's RKNN conversion was verified with %s", TOOLKIT_PACKAGE, version, VERIFIED_TOOLKIT)
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without the variables that would make the converter's Python see edgeclip's."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def _run(python: Path, args: list[str], timeout: float, cwd: Path | None = None) -> tuple[int, dict[str, Any], str]:
+    """Run the converter script; (exit status, its JSON result line, the tail of stderr)."""
+    try:
+        done = subprocess.run([str(python), str(CONVERTER), *args], capture_output=True, text=True,
+                              timeout=timeout, check=False, cwd=cwd, env=_clean_env())
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"the RKNN converter ({python}) did not finish within {timeout:.0f} s; pass a larger "
+                          f"`timeout`") from None
+    except OSError as exc:
+        raise DeviceError(f"{python}: cannot run it ({exc}); {_make_env_help()}") from None
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        result = {}
+    return done.returncode, result if isinstance(result, dict) else {}, done.stderr[-2000:]
+
+
+def probe_converter(converter_python: str | os.PathLike[str] | None = None, timeout: float = 180.0) -> Converter:
+    """Find the converter environment and check it: ``rknn.api`` imports and the toolkit version is one edgeclip
+    speaks. DeviceError (the CLI's exit status 2) with the lines that make one, if not."""
+    python = find_converter_python(converter_python)
+    code, result, err = _run(python, ["--probe"], timeout)
+    if code != 0 or result.get("status") != "ok":
+        why = result.get("error") or (err.strip().splitlines() or [f"exit status {code}"])[-1]
+        raise DeviceError(f"{python} is not a working RKNN-Toolkit2 environment ({why}); {_make_env_help()}")
+    check_toolkit_version(result.get("toolkit"), python)
+    return Converter(python, str(result["toolkit"]), str(result.get("python", "")), str(result.get("numpy", "")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration files
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Calibration images (normalised float32 [N, 3, H, W], as ``edgeclip quantize`` caches them) and their origin."""
+
+    images: np.ndarray
+    source: str
+    key: str | None = None
+    cached: bool = True
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``calibration`` entry (the algorithm is added by the build)."""
+        rec: dict[str, Any] = {"source": self.source, "images": int(len(self.images))}
+        if self.key:
+            rec["key"] = self.key
+        return rec
+
+
+def cached_calibration(bundle: Bundle, source: str = DEFAULT_CALIB) -> Calibration:
+    """The calibration set of ``source`` that ``edgeclip quantize`` cached for this bundle.
+
+    Found through the manifest's quantization records (their calibration ``key``) in ``<bundle>/.work``;
+    DeviceError saying which ``edgeclip quantize`` makes it when there is none.
+    """
+    size = tuple(int(s) for s in bundle.preprocess["size"])
+    seen = []
+    for target, rec in sorted((bundle.manifest.get("quantization") or {}).items()):
+        calib = (rec.get("calibration") or {}) if isinstance(rec, dict) else {}
+        if str(calib.get("source")) != source or not calib.get("key"):
+            continue
+        path = bundle.path / ".work" / f"calib-{calib['key']}.npy"
+        seen.append(str(path))
+        try:
+            images = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == (3, *size):
+            log.info("calibration: %d cached %s images from the %s quantization (%s)", len(images), source,
+                     target, path.name)
+            return Calibration(images, source, str(calib["key"]))
+    where = f" (looked for {', '.join(seen)})" if seen else ""
+    raise DeviceError(f"{bundle.path}: no cached {source} calibration set{where}; make it with `edgeclip quantize "
+                      f"{bundle.path} --calib {source}` (it is kept in {bundle.path / '.work'}), or pass "
+                      f"`calibration` images")
+
+
+def raw_pixels(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """Normalised float32 [N, 3, H, W] -> raw RGB on the 0-255 scale, rounded to whole levels (float32 NCHW)."""
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return np.clip(np.rint((images.astype(np.float32) * s + m) * np.float32(255.0)), 0, 255).astype(np.float32)
+
+
+def write_dataset(raw: np.ndarray, folder: Path) -> Path:
+    """One ``(1, 3, H, W)`` float32 .npy per image in ``folder`` and the list file naming them; returns the list."""
+    if raw.ndim != 4 or raw.shape[1] != 3 or not len(raw):
+        raise OptionError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {raw.shape}")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, img in enumerate(raw):
+        path = folder / f"calib-{i:04d}.npy"
+        np.save(path, np.ascontiguousarray(img[None], dtype=np.float32), allow_pickle=False)
+        names.append(str(path))
+    listing = folder / "dataset.txt"
+    listing.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return listing
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the build
+# ---------------------------------------------------------------------------------------------------------
+def rknn_file_name(target_platform: str) -> str:
+    """The bundle file name of the INT8 image encoder for ``target_platform``."""
+    return f"image_encoder.int8.{target_platform}.rknn"
+
+
+def make_job(onnx: Path, output: Path, dataset: Path, preprocess: dict[str, Any], opts: RknnBuildOptions,
+             work: Path, eval_inputs: Path | None = None) -> dict[str, Any]:
+    """The converter's job (see ``rknn_convert.py``) for one build."""
+    info = read_onnx_info(onnx)
+    job: dict[str, Any] = {
+        "job_version": 1, "onnx": str(onnx), "output": str(output), "dataset": str(dataset),
+        "target_platform": opts.target_platform, "input_name": info.inputs[0].name,
+        "input_size": [int(s) for s in preprocess["size"]],
+        "mean_values": [float(v) * 255.0 for v in preprocess["mean"]],
+        "std_values": [float(v) * 255.0 for v in preprocess["std"]],
+        "quantized_algorithm": opts.algorithm, "hybrid": opts.hybrid, "batch": opts.batch,
+        "log": str(work / "toolkit.log"),
+    }
+    if eval_inputs is not None:
+        job["eval_inputs"], job["eval_outputs"] = str(eval_inputs), str(work / "eval-outputs.npy")
+    return job
+
+
+@dataclass
+class RknnBuild:
+    """A finished build: the file, its manifest record, the converter's own result, simulator outputs if asked."""
+
+    path: Path
+    record: dict[str, Any]
+    result: dict[str, Any]
+    eval_outputs: np.ndarray | None = None
+
+
+def run_job(converter: Converter, job: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
+    """Write ``job`` into ``work``, run the converter on it; its result, or DeviceError with its message."""
+    path = work / "job.json"
+    path.write_text(json.dumps(job, indent=2), encoding="utf-8")
+    code, result, err = _run(converter.python, [str(path)], timeout, cwd=work)
+    if code == 0 and result.get("status") == "ok":
+        return result
+    why = result.get("error") or (err.strip().splitlines() or [f"exit status {code}"])[-1]
+    if code == 3:
+        raise DeviceError(f"{converter.python}: rknn.api no longer imports ({why}); {_make_env_help()}")
+    raise DeviceError(f"RKNN conversion of {Path(job['onnx']).name} for {job['target_platform']} failed: {why}")
+
+
+def convert_bundle(bundle: Bundle, output: str | os.PathLike[str], opts: RknnBuildOptions | None = None,
+                   calibration: Calibration | None = None, eval_pixels: np.ndarray | None = None,
+                   converter: Converter | None = None,
+                   step: Callable[[str], None] | None = None) -> RknnBuild:
+    """Build the bundle's fp32 image encoder into an INT8 ``.rknn`` file at ``output``.
+
+    ``calibration``: default the cached set of ``opts.calib`` (:func:`cached_calibration`); ``eval_pixels``:
+    uint8 [N, H, W, 3] RGB images to run in the toolkit's simulator right after the build (their outputs come
+    back in ``eval_outputs``); ``converter``: a probed environment (default: :func:`probe_converter`).
+    Returns the file's manifest record (file name, sha256, platform, toolkit version, input layout,
+    calibration source and algorithm) ready for ``manifest["rknn"]``; the bundle itself is not changed.
+    """
+    opts = opts or RknnBuildOptions()
+    opts.check()
+    say = step or (lambda m: log.info(m))
+    converter = converter or probe_converter(opts.converter_python)
+    calib = calibration or cached_calibration(bundle, opts.calib)
+    pre = bundle.preprocess
+    output = Path(output)
+    onnx = bundle.encoder("image", "fp32")
+    with tempfile.TemporaryDirectory(prefix="edgeclip-rknn-") as tmp:
+        work = Path(tmp)
+        dataset = write_dataset(raw_pixels(calib.images, pre["mean"], pre["std"]), work / "calib")
+        eval_path = None
+        if eval_pixels is not None:
+            eval_path = work / "eval-inputs.npy"
+            np.save(eval_path, np.ascontiguousarray(eval_pixels, dtype=np.uint8), allow_pickle=False)
+        job = make_job(onnx, output.resolve(), dataset, pre, opts, work, eval_path)
+        say(f"converting {onnx.name} for {opts.target_platform} with {TOOLKIT_PACKAGE} {converter.toolkit} "
+            f"({opts.algorithm}{', hybrid' if opts.hybrid else ''}; {len(calib.images)} {calib.source} images)")
+        result = run_job(converter, job, work, opts.timeout)
+        outputs = np.load(job["eval_outputs"], allow_pickle=False) if eval_path is not None else None
+    record = build_record(output, result, job, calib, opts, converter)
+    return RknnBuild(output, record, result, outputs)
+
+
+def build_record(output: Path, result: dict[str, Any], job: dict[str, Any], calib: Calibration,
+                 opts: RknnBuildOptions, converter: Converter) -> dict[str, Any]:
+    """The manifest record of a built ``.rknn`` file."""
+    h, w = job["input_size"]
+    record: dict[str, Any] = {
+        "file": output.name, "sha256": sha256_file(output), "bytes": output.stat().st_size,
+        "target_platform": opts.target_platform, "precision": "int8", "quantized_dtype": "w8a8",
+        "toolkit": {"name": TOOLKIT_PACKAGE, "version": converter.toolkit},
+        "input": {**INPUT_LAYOUT, "name": job["input_name"], "shape": [opts.batch, h, w, 3],
+                  "mean_values": job["mean_values"], "std_values": job["std_values"]},
+        "batch": opts.batch,
+        "calibration": {**calib.record(), "algorithm": opts.algorithm, "hybrid": opts.hybrid},
+        "seconds": result.get("seconds"), "created": now_iso(),
+    }
+    if result.get("layers"):
+        record["layers"] = result["layers"]
+    return record
