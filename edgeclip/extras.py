@@ -30,6 +30,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorrt": (("onnx",), "onnx; TensorRT itself comes from JetPack or NVIDIA"),
     "serve": (("starlette", "uvicorn", "multipart"), "Starlette, uvicorn, python-multipart"),
     "ray": (("ray", "pyarrow"), "Ray Data for batch runs on many workers or machines"),
+    "rknn": (("rknnlite",), "RKNN Toolkit Lite 2 for Rockchip NPUs (aarch64 boards)"),
     "test": (("pytest",), "pytest"),
 }
 #: The lowest onnxruntime whose quantize_static accepts calibration_cache_path (edgeclip quantize).

@@ -1,8 +1,9 @@
 """Device profiles: one JSON file per device class in ``edgeclip/devices/profiles/``.
 
 A profile says how edgeclip should run on a class of machine: the backend order, the precision and the
-INT8 recipe target, the batch range, the TensorRT workspace and DLA use, the ONNX Runtime providers, and
-the fixed GPU compute capability (SM) where the hardware has one. Adding a device is adding a file.
+INT8 recipe target, the batch range, the TensorRT workspace and DLA use, the Rockchip NPU's platform and
+cores, the ONNX Runtime providers, and the fixed GPU compute capability (SM) where the hardware has one.
+Adding a device is adding a file.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from importlib import resources
 from typing import Any
 
 from ..errors import DeviceError
+from ..runtime.backends.rknn import CORE_MASKS
 
-KINDS = ("jetson", "gpu", "cpu")
+KINDS = ("jetson", "gpu", "npu", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", "onnxruntime:cpu")
+BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", "rknn", "onnxruntime:cpu")
 #: OpenVINO performance hints: one request per batch (latency), a batch split over parallel streams
 #: (throughput), or latency for single images and throughput for batches (auto)
 OPENVINO_HINTS = ("auto", "latency", "throughput")
@@ -43,6 +45,8 @@ class DeviceProfile:
     dla_core: int | None = None
     int8_cpu_flags: tuple[str, ...] = ()
     openvino_hint: str = "auto"
+    rknn_platform: str | None = None  # Rockchip NPU: the RKNN-Toolkit2 target platform its .rknn files are built for
+    core_mask: str = "auto"  # Rockchip NPU cores to run on (edgeclip.runtime.backends.rknn.CORE_MASKS)
     match: dict[str, Any] = field(default_factory=dict, compare=False)
     notes: str = ""
 
@@ -73,10 +77,14 @@ def profile_from_dict(data: dict[str, Any], where: str = "profile") -> DevicePro
     checks = [("kind", data["kind"] in KINDS, KINDS), ("precision", data["precision"] in PRECISIONS, PRECISIONS),
               ("int8_target", data["int8_target"] in (None, *INT8_TARGETS), INT8_TARGETS),
               ("backends", bool(data["backends"]) and all(b in BACKENDS for b in data["backends"]), BACKENDS),
-              ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS)]
+              ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS),
+              ("core_mask", data.get("core_mask", "auto") in CORE_MASKS, tuple(CORE_MASKS))]
     for key, ok, allowed in checks:
         if not ok:
             raise DeviceError(f"{where}: {key}={data[key]!r} is not valid; use {', '.join(allowed)}")
+    if ("rknn" in data["backends"]) != bool(data.get("rknn_platform")):
+        raise DeviceError(f"{where}: the rknn backend and rknn_platform come together (the chip its .rknn files are "
+                          f"built for)")
     if not 1 <= int(data["opt_batch"]) <= int(data["max_batch"]):
         raise DeviceError(f"{where}: need 1 <= opt_batch <= max_batch (got {data['opt_batch']}, {data['max_batch']})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -60,6 +60,9 @@ def backend_order(profile: DeviceProfile, bundle: Bundle | None = None, precisio
         if label == "openvino":
             out.append(_probe_openvino(have_openvino))
             continue
+        if label == "rknn":
+            out.append(_probe_rknn())
+            continue
         wanted = PROVIDER_ALIASES[label.split(":", 1)[1]]
         ok = wanted in available_providers
         reason = (f"{wanted} is available" if ok else
@@ -110,6 +113,17 @@ def _probe_openvino(have_openvino: bool | None) -> BackendChoice:
         ok, why = probe()
         return BackendChoice("openvino", ok, why)
     return BackendChoice("openvino", True, "OpenVINO is installed")
+
+
+def _probe_rknn() -> BackendChoice:
+    """The Rockchip NPU's readiness (``devices.rknpu``); ``edgeclip.load`` does not open ``.rknn`` files yet."""
+    from .rknpu import npu_readiness
+
+    ready = npu_readiness()
+    if not ready.ready:
+        return BackendChoice("rknn", False, ready.describe())
+    return BackendChoice("rknn", False, f"{ready.describe()}, but edgeclip.load does not open .rknn files in this "
+                                        f"version (edgeclip.runtime.backends.rknn.RknnBackend does)")
 
 
 def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:

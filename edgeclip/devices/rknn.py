@@ -54,6 +54,8 @@ TARGET_PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562")
 INPUT_LAYOUT = {"layout": "NHWC", "dtype": "uint8", "color": "RGB", "normalisation": "inside the model"}
 #: the calibration source whose cached set a build uses unless told otherwise
 DEFAULT_CALIB = "text-guided"
+#: the toolkit's automatic hybrid quantization keeps layers below this output cosine in float16
+HYBRID_COS_THRESH = 0.995
 #: quantization algorithm chosen by measured agreement with fp32 (scripts/rknn_agreement.py, docs/rknn.md)
 DEFAULT_ALGORITHM = "normal"
 
@@ -72,6 +74,8 @@ class RknnBuildOptions:
                                                                 + ", ".join(ALGORITHMS)})
     hybrid: bool = field(default=False, metadata={"help": "keep the layers the toolkit finds sensitive in float16 "
                                                           "(its automatic hybrid quantization)"})
+    hybrid_cos_thresh: float = field(default=HYBRID_COS_THRESH, metadata={
+        "help": "with `hybrid`: layers whose output cosine against float falls below this stay in float16"})
     batch: int = field(default=1, metadata={"help": "fixed batch of the .rknn model"})
     calib: str = field(default=DEFAULT_CALIB, metadata={"help": "calibration source whose cached set "
                                                         "`edgeclip quantize` made (text-guided, bn-stats, real:DIR...)"})
@@ -87,6 +91,8 @@ class RknnBuildOptions:
         if self.algorithm not in ALGORITHMS:
             raise OptionError(f"algorithm={self.algorithm!r} is not an RKNN quantization algorithm; use one of "
                               f"{', '.join(ALGORITHMS)}")
+        if not 0.0 < self.hybrid_cos_thresh <= 1.0:
+            raise OptionError(f"hybrid_cos_thresh={self.hybrid_cos_thresh} must be in (0, 1]")
         if self.batch < 1:
             raise OptionError(f"batch={self.batch} must be >= 1")
         if self.timeout <= 0:
@@ -264,7 +270,8 @@ def make_job(onnx: Path, output: Path, dataset: Path, preprocess: dict[str, Any]
         "input_size": [int(s) for s in preprocess["size"]],
         "mean_values": [float(v) * 255.0 for v in preprocess["mean"]],
         "std_values": [float(v) * 255.0 for v in preprocess["std"]],
-        "quantized_algorithm": opts.algorithm, "hybrid": opts.hybrid, "batch": opts.batch,
+        "quantized_algorithm": opts.algorithm, "hybrid": opts.hybrid, "hybrid_cos_thresh": opts.hybrid_cos_thresh,
+        "batch": opts.batch,
         "log": str(work / "toolkit.log"),
     }
     if eval_inputs is not None:
