@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGECLIP_DATA", REPO.parent / "shared" / "data"))
 MODELS = ("proxy-vit", "proxy-rn")
-ALGORITHMS = ("normal", "mmse", "kl_divergence", "hybrid", "hybrid:0.999")
+ALGORITHMS = ("normal", "mmse", "kl_divergence", "hybrid:0.995", "hybrid:0.999")
 
 
 def options(algo: str):
@@ -172,9 +172,15 @@ def measure(model: str, work: Path, root: Path, args: argparse.Namespace) -> lis
     return rows
 
 
+def fp16(row: dict) -> int:
+    """Layers the build kept in float16 (hybrid quantization)."""
+    return int(((row.get("layers") or {}).get("by_dtype") or {}).get("FLOAT16", 0))
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | eval set (images) | algorithm | synthetic agreement | real agreement | synthetic - real | "
-             "top-1 fp32 / synthetic / real |", "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+             "top-1 fp32 / synthetic / real | float16 layers synthetic / real |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
     keyed = {(r["model"], r["algorithm"], r["calibration"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
         for k in ("cifar10", "imagenette"):
@@ -184,7 +190,8 @@ def table(rows: list[dict]) -> str:
                     continue
                 lines.append(f"| {model} | {k} ({s[k]['images']}) | {algo} | {s[k]['agreement']:.2f} | "
                              f"{r[k]['agreement']:.2f} | {s[k]['agreement'] - r[k]['agreement']:+.2f} | "
-                             f"{s[k]['fp32_top1']:.2f} / {s[k]['top1']:.2f} / {r[k]['top1']:.2f} |")
+                             f"{s[k]['fp32_top1']:.2f} / {s[k]['top1']:.2f} / {r[k]['top1']:.2f} | "
+                             f"{fp16(s)} / {fp16(r)} |")
     return "\n".join(lines)
 
 

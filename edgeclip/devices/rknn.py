@@ -55,9 +55,9 @@ INPUT_LAYOUT = {"layout": "NHWC", "dtype": "uint8", "color": "RGB", "normalisati
 #: the calibration source whose cached set a build uses unless told otherwise
 DEFAULT_CALIB = "text-guided"
 #: the toolkit's automatic hybrid quantization keeps layers below this output cosine in float16
-HYBRID_COS_THRESH = 0.995
+HYBRID_COS_THRESH = 0.999
 #: quantization algorithm chosen by measured agreement with fp32 (scripts/rknn_agreement.py, docs/rknn.md)
-DEFAULT_ALGORITHM = "normal"
+DEFAULT_ALGORITHM = "mmse"
 
 
 def _make_env_help() -> str:

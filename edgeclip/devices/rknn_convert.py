@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -183,6 +182,16 @@ def _quiet_stdout(log: Path | None = None) -> Iterator[None]:
             os.close(fd)
 
 
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss`` it starts afresh at exec)."""
+    try:
+        text = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+    return round(int(m.group(1)) / 1024.0, 1) if m else None
+
+
 def layer_summary(log_text: str) -> dict[str, Any] | None:
     """Ops per target (NPU/CPU) from the last layer table of the toolkit's verbose log; None without one."""
     rows: list[tuple[str, str, str]] = []
@@ -259,7 +268,7 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
         "bytes": job["output"].stat().st_size, "seconds": round(built, 2), "calibration_images": images,
         "target_platform": job["target_platform"], "quantized_algorithm": job["quantized_algorithm"],
         "hybrid": job["hybrid"], "batch": job["batch"],
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_memory_mb": peak_memory_mb(),
     }
     if log is not None and log.is_file():
         result["layers"] = layer_summary(log.read_text(encoding="utf-8", errors="replace"))
