@@ -81,7 +81,8 @@ class RknnBuildOptions:
                                                         "`edgeclip quantize` made (text-guided, bn-stats, real:DIR...)"})
     converter_python: str | None = field(default=None, metadata={"help": "Python of the RKNN-Toolkit2 venv "
                                                                  f"(default: ${ENV_VAR})"})
-    timeout: float = field(default=3600.0, metadata={"help": "seconds a conversion may take"})
+    timeout: float = field(default=4 * 3600.0, metadata={"help": "seconds a conversion may take (mmse on ViT-B/32: "
+                                                                  "about 1.5 h on one core)"})
 
     def check(self) -> None:
         """Raise OptionError naming the bad field."""
@@ -297,6 +298,8 @@ def run_job(converter: Converter, job: dict[str, Any], work: Path, timeout: floa
     if code == 0 and result.get("status") == "ok":
         return result
     why = result.get("error") or (err.strip().splitlines() or [f"exit status {code}"])[-1]
+    if code < 0:
+        why = f"the converter was killed by signal {-code}"
     if code == 3:
         raise DeviceError(f"{converter.python}: rknn.api no longer imports ({why}); {_make_env_help()}")
     raise DeviceError(f"RKNN conversion of {Path(job['onnx']).name} for {job['target_platform']} failed: {why}")
