@@ -198,7 +198,8 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="folder for the bundles, unpacked data and .rknn files")
-    p.add_argument("--converter-python", default=None, help="RKNN-Toolkit2 venv's Python (default: $EDGECLIP_RKNN_PYTHON)")
+    p.add_argument("--converter-python", default=None,
+                   help="RKNN-Toolkit2 venv's Python (default: $EDGECLIP_RKNN_PYTHON)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
     p.add_argument("--cifar", type=int, default=1000, help="CIFAR-10 test images (seeded sample; 0 = all 10,000)")

@@ -18,7 +18,7 @@ from edgeclip.bundle import load_bundle
 from edgeclip.devices import rknn_convert
 from edgeclip.devices.catalog import get_profile, load_profiles, profile_from_dict
 from edgeclip.devices.choice import backend_order
-from edgeclip.devices.rknn import (CONVERTER, ENV_VAR, MAKE_ENV, TARGET_PLATFORMS, Calibration, RknnBuildOptions,
+from edgeclip.devices.rknn import (CONVERTER, DEFAULT_ALGORITHM, ENV_VAR, MAKE_ENV, TARGET_PLATFORMS, RknnBuildOptions,
                                    cached_calibration, find_converter_python, make_job, probe_converter, raw_pixels,
                                    write_dataset)
 from edgeclip.devices.rknpu import npu_readiness
@@ -196,7 +196,7 @@ def test_job_file_and_calibration_files(tmp_path: Path, tiny_vit_bundle: Path) -
     assert job["input_name"] == "pixel_values" and job["input_size"] == list(pre["size"])
     assert job["mean_values"] == pytest.approx([m * 255 for m in pre["mean"]])
     assert job["std_values"] == pytest.approx([s * 255 for s in pre["std"]])
-    assert (job["quantized_algorithm"], job["hybrid"], job["batch"]) == ("normal", False, 1)
+    assert (job["quantized_algorithm"], job["hybrid"], job["batch"]) == (DEFAULT_ALGORITHM, False, 1)
     assert rknn_convert.check_dataset(job) == 2
     first = Path((tmp_path / "calib" / "dataset.txt").read_text().split()[0])
     arr = np.load(first)

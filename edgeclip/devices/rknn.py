@@ -77,8 +77,8 @@ class RknnBuildOptions:
     hybrid_cos_thresh: float = field(default=HYBRID_COS_THRESH, metadata={
         "help": "with `hybrid`: layers whose output cosine against float falls below this stay in float16"})
     batch: int = field(default=1, metadata={"help": "fixed batch of the .rknn model"})
-    calib: str = field(default=DEFAULT_CALIB, metadata={"help": "calibration source whose cached set "
-                                                        "`edgeclip quantize` made (text-guided, bn-stats, real:DIR...)"})
+    calib: str = field(default=DEFAULT_CALIB, metadata={
+        "help": "calibration source whose cached set `edgeclip quantize` made (text-guided, bn-stats, real:DIR...)"})
     converter_python: str | None = field(default=None, metadata={"help": "Python of the RKNN-Toolkit2 venv "
                                                                  f"(default: ${ENV_VAR})"})
     timeout: float = field(default=4 * 3600.0, metadata={"help": "seconds a conversion may take (mmse on ViT-B/32: "
@@ -145,7 +145,8 @@ def check_toolkit_version(version: str | None, python: Path) -> None:
         raise DeviceError(f"{python}: {TOOLKIT_PACKAGE} {version} is installed; edgeclip converts with "
                           f"{TOOLKIT_MAJOR}.x (verified with {VERIFIED_TOOLKIT}); {_make_env_help()}")
     if version != VERIFIED_TOOLKIT:
-        log.warning("%s %s: edgeclip's RKNN conversion was verified with %s", TOOLKIT_PACKAGE, version, VERIFIED_TOOLKIT)
+        log.warning("%s %s: edgeclip's RKNN conversion was verified with %s", TOOLKIT_PACKAGE, version,
+                    VERIFIED_TOOLKIT)
 
 
 def _clean_env() -> dict[str, str]:
