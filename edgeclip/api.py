@@ -18,7 +18,8 @@ from .devices.choice import open_image_encoder
 from .tables import PROVIDERS
 from .devices.catalog import DeviceProfile, get_profile
 from .devices.detect import Detection, detect
-from .errors import OptionError
+from .errors import EdgeclipError, OptionError
+from .extras import EXTRAS, missing
 from .options import LoadOptions, check_output, resolve
 from .export.options import ExportOptions
 from .quant.options import QuantizeOptions
@@ -183,7 +184,7 @@ def list_devices(bundle: str | os.PathLike[str] | None = None) -> dict[str, Any]
     backend order probed for that bundle."""
     from .devices.catalog import load_profiles
     from .devices.choice import backend_order
-    from .tables import BACKENDS
+    from .tables import BACKENDS, load_module, split_entry
 
     found = detect_device()
     backends = {}
@@ -192,25 +193,64 @@ def list_devices(bundle: str | os.PathLike[str] | None = None) -> dict[str, Any]
         ok, why = module.available()
         backends[b.name] = {"available": ok, "reason": why, "extra": b.extra,
                             "devices": module.devices() if ok and hasattr(module, "devices") else []}
+        files = load_module(b.files) if b.files else None
+        listed = {split_entry(e)[0].name for e in found.profile.backends}
+        if files is not None and hasattr(files, "readiness") and b.name in listed:
+            backends[b.name]["readiness"] = files.readiness()  # the device this machine is: why (not) ready
     order = backend_order(found.profile, load_bundle(bundle)) if bundle is not None else None
     return {"profiles": [p.to_dict() for p in load_profiles().values()],
             "detected": {"profile": found.profile.to_dict(), "exact": found.exact, "reasons": found.reasons},
             "backends": backends, "order": [vars(c) for c in order] if order is not None else None}
 
 
-def build(bundle: str | os.PathLike[str], device: str | DeviceProfile = "auto", *, precision: str | None = None,
-          batch: tuple[int, int, int] | None = None, workspace_mb: int | None = None, dla_core: int | None = None,
-          force: bool = False) -> Any:
-    """Build (or reuse) the TensorRT engine for this GPU inside the bundle (``edgeclip build``); returns
-    ``edgeclip.devices.engines.BuildResult``. ``None`` values are the device profile's."""
-    from .devices.engines import build_engine
-    from .extras import require
+def builder(device: str | DeviceProfile = "auto") -> Any:
+    """The backend row (``edgeclip.tables.BACKENDS``) whose files a device's profile builds from a bundle: the
+    first of its order that runs a file of its own (a TensorRT engine, an ``.rknn`` file); DeviceError where
+    the device runs the bundle's ONNX files as they are."""
+    from .devices.catalog import DeviceProfile as Profile  # noqa: F401  (the type of ``device``)
+    from .errors import DeviceError
+    from .tables import split_entry
 
-    require("tensorrt", ["onnx"], what="edgeclip build")
     profile = resolve_device(device)
-    if workspace_mb is not None:
-        profile = profile.with_changes(workspace_mb=workspace_mb)
-    return build_engine(bundle, profile, precision=precision, batch=batch, dla_core=dla_core, force=force)
+    row = next((b for b in (split_entry(e)[0] for e in profile.backends) if b.files), None)
+    if row is None:
+        raise DeviceError(f"device profile {profile.name} runs the bundle's ONNX files as they are: nothing to build "
+                          f"(`device` with a GPU, Jetson or Rockchip profile builds for that device)")
+    return row
+
+
+def build(bundle: str | os.PathLike[str], device: str | DeviceProfile = "auto", options: Any = None, /, *,
+          step: Callable[[str], None] | None = None, **values: Any) -> str:
+    """Build (or reuse) the file the device's backend runs, inside the bundle (``edgeclip build``): a TensorRT
+    engine for this GPU, or an INT8 ``.rknn`` file for a Rockchip chip. ``options`` (and ``values``) are the
+    builder's: ``edgeclip.devices.engines.TensorRTBuildOptions`` or ``edgeclip.devices.rknn.RknnBuildOptions``;
+    returns one line saying what was done."""
+    from .tables import load_module
+
+    profile = resolve_device(device)
+    row = builder(profile)
+    module = load_module(row.files or "")
+    opts = module.BUILD_OPTIONS.build(options, **values)
+    extra = {}
+    if hasattr(module, "cached_calibration"):  # calibrated on the bundle's synthetic images: made when missing
+        extra["calibrate"] = lambda: _fresh_calibration(bundle, opts.calib, module, step)
+    return module.build(bundle, profile, opts, step, **extra)
+
+
+def _fresh_calibration(bundle: str | os.PathLike[str], source: str, module: Any,
+                       step: Callable[[str], None] | None) -> Any:
+    """The bundle's cached calibration set of ``source``, else a new one (needs the export extra); None lets
+    the builder say what is missing."""
+    b = load_bundle(bundle)
+    try:
+        return module.cached_calibration(b, source)
+    except EdgeclipError:
+        if missing(EXTRAS["export"][0]):
+            return None
+    from .quant.calibration import calibration_set
+
+    made = calibration_set(b, source, progress=False, step=step)
+    return module.Calibration(made.images, str(made.source), made.key, cached=False)
 
 
 def check_build(target: str | os.PathLike[str], device: str | DeviceProfile = "auto", *,

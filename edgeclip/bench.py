@@ -96,7 +96,6 @@ def backend_variants(bundle: Bundle, options: LoadOptions, skip: Sequence[str] =
     skipped, why. ``options``: threads, ONNX Runtime providers, OpenVINO hint and cache for every variant."""
     variants: list[Variant] = []
     skipped: list[str] = []
-    manifest = bundle.manifest["files"]
     for backend in BACKENDS.values():
         if backend.name in skip:
             continue
@@ -108,7 +107,7 @@ def backend_variants(bundle: Bundle, options: LoadOptions, skip: Sequence[str] =
         for precision, path, target in files:
             name = f"{backend.name} {precision}" + (f"/{target}" if target else "")
             try:
-                enc = module.open_encoder(path, options, precision, key=manifest.get(path.name, {}).get("sha256"))
+                enc = module.open_encoder(path, options, precision, bundle=bundle)
             except (EdgeclipError, ImportError, OSError) as exc:
                 skipped.append(f"{name}: {exc}")
                 continue

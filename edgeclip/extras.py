@@ -30,6 +30,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorrt": (("onnx",), "onnx; TensorRT itself comes from JetPack or NVIDIA"),
     "serve": (("starlette", "uvicorn", "multipart"), "Starlette, uvicorn, python-multipart"),
     "ray": (("ray", "pyarrow"), "Ray Data for batch runs on many workers or machines"),
+    "rknn": (("rknnlite",), "RKNN Toolkit Lite 2 for Rockchip NPUs (aarch64 boards)"),
     "test": (("pytest",), "pytest"),
 }
 #: The lowest onnxruntime whose quantize_static accepts calibration_cache_path (edgeclip quantize).
@@ -111,14 +112,16 @@ def require_onnxruntime(what: str | None = None, minimum: tuple[int, int] | None
                 break
             except metadata.PackageNotFoundError:
                 continue
-        if version is not None and _release(version) < minimum:
+        if version is not None and release(version) < minimum:
             need = ".".join(map(str, minimum))
             raise MissingExtraError(f"{what or 'this'} needs onnxruntime >= {need} (this one is {version}); "
                                     f"upgrade it with: {shlex.quote(sys.executable)} -m pip install "
                                     f"'onnxruntime>={need}' (or 'onnxruntime-gpu>={need}')")
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
+    """``"2.5.0"`` -> ``(2, 5, 0)``: the leading numbers of a version (at most three; stops at the first part
+    that is not one)."""
     parts = []
     for p in version.split(".")[:3]:
         digits = "".join(c for c in p if c.isdigit()) if p[:1].isdigit() else ""

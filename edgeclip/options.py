@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 from .errors import OptionError
-from .tables import BACKENDS, INT8_RECIPES, OPENVINO_HINTS, PRECISIONS, PROVIDERS, closest, precisions
+from .tables import BACKENDS, INT8_RECIPES, OPENVINO_HINTS, PROVIDERS, RKNN_CORE_MASKS, closest, precisions
 
 O = TypeVar("O", bound="Options")
 
@@ -201,6 +201,9 @@ class LoadOptions(Options):
                               choices=OPENVINO_HINTS)
     cache_dir: str | None = option(None, "OpenVINO compiled-model cache (default $XDG_CACHE_HOME/edgeclip/"
                                          "openvino or ~/.cache/edgeclip/openvino)", metavar="DIR")
+    core_mask: str | None = option(None, "Rockchip NPU cores (rknn): auto lets the runtime pick an idle core; 0, 1, 2; "
+                                         "0_1, 0_1_2 spread one inference; all (default: the profile's)",
+                                   choices=RKNN_CORE_MASKS)
     top_k: int = option(5, "labels per prediction", cli=False)
 
     def __post_init__(self) -> None:
@@ -214,7 +217,8 @@ class LoadOptions(Options):
         """Unknown values and contradictions, each naming the argument to drop or change."""
         out = []
         for name, allowed in (("precision", ("auto", *precisions("load"))), ("backend", ("auto", *BACKENDS)),
-                              ("target", (None, *INT8_RECIPES)), ("hint", (None, *OPENVINO_HINTS))):
+                              ("target", (None, *INT8_RECIPES)), ("hint", (None, *OPENVINO_HINTS)),
+                              ("core_mask", (None, *RKNN_CORE_MASKS))):
             value = getattr(self, name)
             if value not in allowed:
                 shown = [a for a in allowed if a is not None]

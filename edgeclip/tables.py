@@ -125,7 +125,7 @@ class Backend:
     """One inference backend.
 
     - ``module``: its module under ``edgeclip/runtime/backends/``, which defines ``available(variant)``
-      (whether it can run here, and why (not)) and ``open_encoder(path, settings, variant)``.
+      (whether it can run here, and why (not)) and ``open_encoder(path, options, precision, variant, bundle)``.
     - ``precisions``: what its files can run at; ``int8_recipes``: the INT8 files it runs, best first
       (ONNX Runtime's depend on the execution provider: :data:`PROVIDERS`).
     - ``options``: the load options (``edgeclip.options.LoadOptions`` fields) only this backend reads.
@@ -158,12 +158,19 @@ BACKENDS: dict[str, Backend] = _rows(
     Backend("openvino", "OpenVINO, the bundle's ONNX files compiled and cached per machine",
             "edgeclip.runtime.backends.openvino", "openvino", ("fp32", "bf16", "int8"),
             int8_recipes=("openvino", "tensorrt", "cpu"), options=("hint", "cache_dir")),
+    Backend("rknn", "Rockchip NPUs (RK3588, RK356x): an INT8 .rknn file built from the bundle by `edgeclip build`",
+            "edgeclip.runtime.backends.rknn", "rknn", ("int8",), options=("core_mask",), files="edgeclip.devices.rknn"),
 )
 
 
 #: OpenVINO's performance hints (the ``hint`` load option): one request per batch (latency), a batch split
 #: over parallel streams (throughput), or latency for single images and throughput for batches (auto)
 OPENVINO_HINTS = ("auto", "latency", "throughput")
+
+
+#: Rockchip NPU core masks (the ``core_mask`` load option): ``auto`` lets the runtime pick an idle core; one
+#: core; one inference spread over several cores; every core
+RKNN_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2", "all")
 
 
 @dataclass(frozen=True)

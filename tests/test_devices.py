@@ -33,6 +33,10 @@ EXPECTED = {
     "x86-alder-lake": ("x86-avx512-vnni", True, "avx_vnni"),
     "arm64-cpu": ("arm64-cpu", True, "asimddp"),
     "raspberry-pi-4": ("arm64-cpu", True, "aarch64"),
+    "rk3588-orangepi-5": ("rk3588", True, "'rockchip,rk3588': profile rk3588"),
+    "rk3588-rock-5b-mainline": ("rk3588", True, "'radxa,rock-5b', 'rockchip,rk3588'"),
+    "rk3566-radxa-zero3": ("rk3566", True, "'rockchip,rk3566': profile rk3566"),
+    "rk3568-rock-3a": ("rk3568", True, "'rockchip,rk3568': profile rk3568"),
 }
 
 
@@ -60,7 +64,7 @@ def test_fixture_tree_detects_its_profile(tree: str) -> None:
 
 def test_every_profile_is_covered_by_a_fixture_tree() -> None:
     assert set(load_profiles()) == {p for p, _, _ in EXPECTED.values()}
-    assert {p.kind for p in load_profiles().values()} == {"jetson", "gpu", "cpu"}
+    assert {p.kind for p in load_profiles().values()} == {"jetson", "gpu", "npu", "cpu"}
 
 
 def test_jetson_facts_name_the_release_and_its_tensorrt() -> None:

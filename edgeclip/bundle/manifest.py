@@ -289,8 +289,11 @@ class FileEntry:
         precision = _str(p, f"{where}.precision", d["precision"], PRECISIONS) if "precision" in d else None
         target = _opt_str(p, where, d, "target")
         fmt = _opt_str(p, where, d, "format")
-        if role == "engine":
+        if role == "engine" and d.get("format", "tensorrt-engine") == "tensorrt-engine":
             _check_engine(p, where, d)
+        elif role == "engine":  # a file built for another backend (format rknn): its chip and fixed batch
+            _str(p, f"{where}.target_platform", d.get("target_platform"))
+            _int(p, f"{where}.batch", d.get("batch"), 1, 1 << 16)
         if role == "external_data" and "of" in d and not isinstance(d["of"], str):
             p.add(f"{where}.of", f"must be the name of the ONNX file it belongs to, got {_show(d['of'])}")
         return cls(name, role or "report", sha, size, precision, target, fmt, _extra(d, cls.KNOWN))

@@ -1,11 +1,13 @@
-"""``edgeclip devices`` (profiles and what this machine is) and ``edgeclip build`` (TensorRT engines)."""
+"""``edgeclip devices`` (profiles and what this machine is) and ``edgeclip build`` (TensorRT engines, RKNN
+files)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from ..tables import precisions
+from ..tables import BACKENDS, load_module
+from .options import add_options, options_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,24 +18,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print profiles and detection as JSON")
     p.set_defaults(handler=run_devices)
 
-    p = sub.add_parser("build", help="build (or reuse) a TensorRT engine for this device inside a bundle",
-                       description="Turn the bundle's image encoder ONNX into a TensorRT engine for this GPU and "
-                                   "cache it in BUNDLE/engines/. With --check, only report what would block a build "
-                                   "(needs no TensorRT; exit status 1 if something does).")
+    p = sub.add_parser("build", help="build (or reuse) the file this device's backend runs, inside a bundle",
+                       description="Build the bundle's image encoder into the file the device profile's backend "
+                                   "runs, and keep it in BUNDLE/engines/: a TensorRT engine for this GPU (GPU and "
+                                   "Jetson profiles), or an INT8 .rknn file for a Rockchip NPU (rk35xx profiles; "
+                                   "RKNN-Toolkit2 runs in its own venv, docs/rknn.md). With --check, only report "
+                                   "what would block a TensorRT build (needs no TensorRT; exit status 1 if "
+                                   "something does).")
     p.add_argument("bundle", help="bundle directory (with --check also a single .onnx file)")
     p.add_argument("--device", default="auto", help="device profile name, or auto (default) to detect it")
-    p.add_argument("--precision", choices=precisions("engine"), default=None,
-                   help="engine precision (default: the profile's; INT8 needs `edgeclip quantize --target tensorrt`)")
-    p.add_argument("--batch", default=None, metavar="MIN,OPT,MAX",
-                   help="batch range of the optimization profile (default: 1,<profile opt>,<profile max>)")
-    p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT workspace limit (default: the profile's)")
-    p.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (Xavier/Orin), GPU fallback on")
-    p.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
+    for row in builders():
+        add_options(p, load_module(row.files).BUILD_OPTIONS)
     p.add_argument("--check", action="store_true",
                    help="only check the ONNX's TensorRT readiness (needs no TensorRT)")
     p.add_argument("--tensorrt", default=None, metavar="VERSION",
                    help="TensorRT version to check against (default: installed, else the profile's, else 10.0)")
     p.set_defaults(handler=run_build)
+
+
+def builders() -> list:
+    """The backend rows that build their own files from a bundle (``edgeclip.tables.BACKENDS``)."""
+    return [b for b in BACKENDS.values() if b.files]
 
 
 def run_devices(args: argparse.Namespace) -> int:
@@ -62,25 +67,13 @@ def run_devices(args: argparse.Namespace) -> int:
         print(f"  {'*' if b['available'] else ' '} {name:<12} {b['reason']}")
         for d in b["devices"]:
             print(f"      {d['device']:<8} {d.get('name', '?')}  [{d.get('capabilities', '')}]")
+        if "readiness" in b:
+            print(f"      {b['readiness']['summary']}")
     if info["order"]:
         print(f"backends for {args.bundle}:")
         for c in info["order"]:
             print(f"  {'*' if c['available'] else ' '} {c['label']:<21} {c['reason']}")
     return 0
-
-
-def _batch(text: str | None) -> tuple[int, int, int] | None:
-    from ..errors import OptionError
-
-    if text is None:
-        return None
-    try:
-        lo, opt, hi = (int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise OptionError(f"--batch {text!r}: give three integers MIN,OPT,MAX, e.g. 1,4,16") from exc
-    if not 1 <= lo <= opt <= hi:
-        raise OptionError(f"--batch {text!r}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -98,15 +91,17 @@ def run_build(args: argparse.Namespace) -> int:
     if args.check:
         return run_check(args)
     from .. import build
+    from ..api import builder
+    from ..errors import OptionError
 
-    result = build(args.bundle, args.device, precision=args.precision, batch=_batch(args.batch),
-                   workspace_mb=args.workspace_mb, dla_core=args.dla_core, force=args.force)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    for name in result.pruned:
-        print(f"removed stale engine {name}", file=sys.stderr)
-    how = f"built in {result.seconds:.1f} s" if result.built else "cached, reused"
-    k = result.key
-    print(f"{result.path}: {k.precision} TensorRT {k.tensorrt} engine for SM {k.sm}, batch {k.batch[0]}-{k.batch[2]} "
-          f"(opt {k.batch[1]}) from {k.source} ({how})")
+    row = builder(args.device)
+    for other in builders():  # the flags of another device's builder are refused, naming it
+        given = options_from_args(load_module(other.files).BUILD_OPTIONS, args).given()
+        if other.name != row.name and given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in sorted(given))
+            raise OptionError(f"{flags}: for {other.name} builds, but this device builds for {row.name}; drop them "
+                              f"or pass --device with a profile of that kind")
+    opts = options_from_args(load_module(row.files).BUILD_OPTIONS, args)
+    step = (lambda m: None) if args.quiet else (lambda m: print(f"note: {m}", file=sys.stderr))
+    print(build(args.bundle, args.device, opts, step=step))
     return 0

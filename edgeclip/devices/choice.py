@@ -70,6 +70,10 @@ def probe(entry: str, profile: DeviceProfile, bundle: Bundle | None = None, prec
     variant = provider.name if provider is not None else None
     ok, reason = backend.load().available(variant, **dict((probes or {}).get(backend.name, {})))
     providers = _providers(profile, variant) if variant is not None else ()
+    if ok and backend.files is not None and bundle is None:  # the device itself may not be ready (an NPU)
+        ready = getattr(load_module(backend.files), "readiness", lambda: {"ready": True})()
+        if not ready["ready"]:
+            return BackendChoice(entry, False, ready["summary"], providers)
     if not ok or backend.files is None or bundle is None:
         return BackendChoice(entry, ok, reason, providers)
     try:
@@ -97,8 +101,9 @@ def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
     skipped = []
     for choice in order:
         if choice.available:
-            if skipped:  # a backend that is not installed is a choice of the install, not a problem
-                quiet = all(_not_installed(c.label) for c in order[:order.index(choice)])
+            if skipped:  # on a CPU, a backend that is not installed is a choice of the install, not a problem;
+                # on a GPU or an NPU, running on the CPU instead is worth a warning whatever the reason
+                quiet = profile.kind == "cpu" and all(_not_installed(c.label) for c in order[:order.index(choice)])
                 (log.info if quiet else log.warning)("device %s: falling back to %s; %s", profile.name,
                                                      choice.label, "; ".join(skipped))
             else:
@@ -195,9 +200,8 @@ def _open(choice: BackendChoice, bundle: Bundle, options: LoadOptions, explicit:
         if explicit.precision in backend.precisions and explicit.precision not in precisions("file"):
             used = explicit.precision  # bf16: the fp32 file with bf16 arithmetic
     run_options = dataclasses.replace(options, providers=choice.providers) if choice.providers else options
-    key = bundle.manifest["files"].get(Path(path).name, {}).get("sha256")
     variant = provider.name if provider is not None else None
-    return backend.load().open_encoder(Path(path), run_options, used, variant, key), Path(path), used
+    return backend.load().open_encoder(Path(path), run_options, used, variant, bundle), Path(path), used
 
 
 def open_image_encoder(bundle: Bundle, profile: DeviceProfile,

@@ -14,10 +14,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from ..bundle import Bundle, load_bundle, now_iso, update_bundle, verify_files
-from ..errors import BackendError, BundleError, DeviceError, EdgeclipError
+from ..errors import BackendError, BundleError, DeviceError, EdgeclipError, OptionError
+from ..options import Options, option
 from ..runtime.backends.tensorrt import import_tensorrt
 from ..tables import precisions
 from .catalog import DeviceProfile
@@ -181,6 +182,8 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
     engines = bundle.files_with_role("engine")
     usable, rejected = [], []
     for name, entry in engines.items():
+        if entry.get("format", "tensorrt-engine") != "tensorrt-engine":
+            continue  # a file built for another backend
         src = files.get(entry.get("source", ""), {})
         if (src.get("precision", "fp32") == "int8") != (precision == "int8"):
             continue
@@ -435,3 +438,62 @@ def build_serialized_engine(onnx_path: Path, key: EngineKey, options: BuildOptio
         raise DeviceError(f"TensorRT could not build an engine from {onnx_path.name} (see TensorRT's messages above)")
     cache = config.get_timing_cache()
     return bytes(memoryview(serialized)), (bytes(memoryview(cache.serialize())) if cache is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the build step of the TensorRT backend (``edgeclip build`` on a GPU profile)
+# ---------------------------------------------------------------------------------------------------------
+def _batch_range(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise OptionError(f"batch {text!r}: give three integers MIN,OPT,MAX, e.g. 1,4,16") from None
+    if not 1 <= lo <= opt <= hi:
+        raise OptionError(f"batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
+_GROUP = "TensorRT engines (GPU and Jetson profiles)"
+
+
+@dataclass(frozen=True)
+class TensorRTBuildOptions(Options):
+    """What a TensorRT engine build is asked for; None values are the device profile's."""
+
+    WHAT: ClassVar[str] = "TensorRT build option"
+
+    precision: str | None = option(None, "engine precision (default: the profile's; INT8 needs the tensorrt "
+                                         "recipe: quantize with target='tensorrt')", choices=ENGINE_PRECISIONS,
+                                   group=_GROUP)
+    batch: tuple[int, int, int] | None = option(None, "batch range of the optimization profile (default: "
+                                                      "1,<profile opt>,<profile max>)", metavar="MIN,OPT,MAX",
+                                                parse=_batch_range, group=_GROUP)
+    workspace_mb: int | None = option(None, "TensorRT workspace limit (default: the profile's)", group=_GROUP)
+    dla_core: int | None = option(None, "build for this DLA core (Xavier/Orin), GPU fallback on", group=_GROUP)
+    force: bool = option(False, "rebuild even if a valid cached engine exists", group=_GROUP)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, (str, list)):
+            object.__setattr__(self, "batch", _batch_range(",".join(map(str, self.batch)))
+                               if isinstance(self.batch, list) else _batch_range(self.batch))
+
+
+BUILD_OPTIONS = TensorRTBuildOptions
+
+
+def build(bundle_path: str | Path, profile: DeviceProfile, opts: TensorRTBuildOptions,
+          step: Callable[[str], None] | None = None) -> str:
+    """Build (or reuse) this GPU's engine in the bundle; one line saying what was done (notes go to ``step``)."""
+    from ..extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build")
+    if opts.workspace_mb is not None:
+        profile = profile.with_changes(workspace_mb=opts.workspace_mb)
+    result = build_engine(bundle_path, profile, precision=opts.precision, batch=opts.batch, dla_core=opts.dla_core,
+                          force=opts.force)
+    for note in result.notes + [f"removed stale engine {name}" for name in result.pruned]:
+        (step or log.info)(note)
+    how = f"built in {result.seconds:.1f} s" if result.built else "cached, reused"
+    k = result.key
+    return (f"{result.path}: {k.precision} TensorRT {k.tensorrt} engine for SM {k.sm}, batch {k.batch[0]}-{k.batch[2]} "
+            f"(opt {k.batch[1]}) from {k.source} ({how})")

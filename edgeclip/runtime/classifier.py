@@ -167,7 +167,7 @@ class Classifier:
         if encoder is None:
             precision = "fp32" if self.options.precision == "auto" else self.options.precision
             encoder = create_backend(self.bundle.encoder("image", "int8" if precision == "int8" else "fp32",
-                                                         self.options.target), self.options, precision)
+                                                         self.options.target), self.options, precision, self.bundle)
         self.precision = precision or "fp32"
         self.encoder = encoder
         self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)

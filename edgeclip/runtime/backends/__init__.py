@@ -5,9 +5,9 @@ One module per backend (a row of ``edgeclip.tables.BACKENDS``): ``onnxruntime``,
 
 - ``available(variant=None, **probe) -> (bool, why)``: whether it can run on this machine (``variant``: an
   ONNX Runtime execution provider); ``probe`` lets tests state what the machine has;
-- ``open_encoder(path, options, precision, variant=None, key=None) -> Backend``: one model file opened with
-  the load options (``edgeclip.options.LoadOptions``) at ``precision``; ``key`` is the file's sha256 when
-  the caller knows it.
+- ``open_encoder(path, options, precision, variant=None, bundle=None) -> Backend``: one model file opened
+  with the load options (``edgeclip.options.LoadOptions``) at ``precision``; ``bundle``, when the file is
+  one of a bundle's, gives its manifest entry (hash, how it was built) and preprocessing.
 
 None of them is a dependency of the base install: each comes with its pip extra (the ``extra`` column),
 and its module imports it only when used.
@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ...bundle import Bundle
 from ...options import LoadOptions
 from ...tables import BACKENDS, pick
 
@@ -48,10 +49,11 @@ def backend_for_file(path: Path, options: LoadOptions) -> str:
     return next((b.name for b in allowed if b.files is None), allowed[0].name)
 
 
-def create_backend(path: str | Path, options: LoadOptions | None = None, precision: str = "fp32") -> Backend:
+def create_backend(path: str | Path, options: LoadOptions | None = None, precision: str = "fp32",
+                   bundle: Bundle | None = None) -> Backend:
     """Open one model file at ``precision`` with the backend ``options.backend`` names (``auto``: see
-    :func:`backend_for_file`)."""
+    :func:`backend_for_file`); ``bundle``: the bundle it belongs to, if any."""
     path = Path(path)
     options = options or LoadOptions()
     name = options.backend if options.backend != "auto" else backend_for_file(path, options)
-    return pick(BACKENDS, name, "backend").load().open_encoder(path, options, precision)
+    return pick(BACKENDS, name, "backend").load().open_encoder(path, options, precision, bundle=bundle)

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import BackendError, OptionError
+from ...bundle import Bundle
 from ...options import LoadOptions
 from ...tables import PROVIDERS
 from ..process import compute_threads
@@ -57,7 +58,7 @@ def available(variant: str | None = None, providers: Sequence[str] | None = None
 
 
 def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
-                 key: str | None = None) -> OrtBackend:
+                 bundle: Bundle | None = None) -> OrtBackend:
     """One ONNX Runtime session: ``options.providers`` (or ``variant``) in order, ``options.threads``."""
     providers = list(options.providers or ((variant,) if variant else ("cpu",)))
     return OrtBackend(path, providers, options.threads)

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import BackendError, OptionError
+from ...bundle import Bundle
 from ...options import LoadOptions
 from ...tables import BACKENDS, OPENVINO_HINTS
 from ..cache import cache_root, prune, touch
@@ -83,8 +84,10 @@ def available(variant: str | None = None, installed: bool | None = None) -> tupl
 
 
 def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
-                 key: str | None = None) -> OpenVinoBackend:
-    """The file compiled on the CPU with the options' hint, threads and compiled-model cache."""
+                 bundle: Bundle | None = None) -> OpenVinoBackend:
+    """The file compiled on the CPU with the options' hint, threads and compiled-model cache (cached under the
+    file's sha256 from the bundle's manifest when given)."""
+    key = bundle.manifest["files"].get(path.name, {}).get("sha256") if bundle is not None else None
     return OpenVinoBackend(path, "CPU", precision, options.hint or "auto", options.threads, options.cache_dir, key=key)
 
 

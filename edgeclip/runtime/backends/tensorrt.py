@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, EdgeclipError
+from ...bundle import Bundle
 from ...options import LoadOptions
 
 log = logging.getLogger("edgeclip.runtime")
@@ -71,7 +72,7 @@ def available(variant: str | None = None, installed: bool | None = None) -> tupl
 
 
 def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
-                 key: str | None = None) -> TensorRTBackend:
+                 bundle: Bundle | None = None) -> TensorRTBackend:
     """The engine file, deserialized for this GPU."""
     return TensorRTBackend(path)
 
