@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import OptionError
 from .runtime.images import IMAGE_EXTENSIONS
+from .runtime.scoring import probabilities
 
 if TYPE_CHECKING:
     from .runtime.classifier import Classifier
@@ -159,15 +160,15 @@ def write_json(data: dict, path: str | Path) -> None:
 
 
 def evaluate_embeddings(embed_files: Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]],
-                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float) -> tuple[EvalReport, np.ndarray, np.ndarray]:
+                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float, logit_bias: float = 0.0,
+                        scoring: str = "softmax") -> tuple[EvalReport, np.ndarray, np.ndarray]:
     """Run ``embed_files`` (-> embeddings of readable files, failures, mask of readable) and score.
 
+    Scores are the bundle's: ``scoring(logit_scale * cosine + logit_bias)`` (``edgeclip.runtime.scoring``).
     Returns the report, the embeddings and the readable-file mask (to compare runs).
     """
     emb, failed, ok = embed_files(dataset.files)
-    logits = logit_scale * emb @ label_matrix.T
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    probs = probabilities(emb @ label_matrix.T, logit_scale, logit_bias, scoring)
     return score(probs, dataset.targets[ok], dataset.names, failed), emb, ok
 
 

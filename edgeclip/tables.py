@@ -288,6 +288,8 @@ class Scoring:
 
 SCORINGS: dict[str, Scoring] = _rows(
     Scoring("softmax", "softmax over the labels (CLIP): one label wins", "softmax", True),
+    Scoring("sigmoid", "a sigmoid per label (SigLIP): each label's own probability, labels independent",
+            "sigmoid", False),
 )
 
 

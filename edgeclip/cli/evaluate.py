@@ -53,7 +53,7 @@ def _runtime_embedder(args, bundle_path: str, precision: str, names: list[str], 
         with progress_bar(args, len(files), f"eval {clf.precision}") as bar:
             return embed_files_with(clf, files, args.batch_size, args.workers, bar.update)
 
-    return embed, matrix, clf.logit_scale, clf.encoder.name, clf.precision
+    return embed, matrix, (clf.logit_scale, clf.logit_bias, clf.scoring), clf.encoder.name, clf.precision
 
 
 def _torch_embedder(args, bundle_path: str, names: list[str], templates: list[str]):
@@ -61,14 +61,16 @@ def _torch_embedder(args, bundle_path: str, names: list[str], templates: list[st
     from ..export.reference import TorchReference
     from ..runtime.labels import Label
 
-    ref = TorchReference(load_bundle(bundle_path), args.threads)
+    bundle = load_bundle(bundle_path)
+    ref = TorchReference(bundle, args.threads)
     matrix = ref.label_matrix([Label(n) for n in names], templates)
+    model = bundle.info.model
 
     def embed(files: list[Path]):
         with progress_bar(args, len(files), "eval torch") as bar:
             return ref.embed_files(files, args.batch_size, bar.update)
 
-    return embed, matrix, ref.loaded.logit_scale, "torch-eager", "fp32"
+    return embed, matrix, (ref.loaded.logit_scale, model.logit_bias, model.scoring), "torch-eager", "fp32"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         embed, matrix, scale, engine, precision = _runtime_embedder(args, args.bundle, args.precision, ds.names,
                                                                     templates)
-    report, emb, ok = evaluate_embeddings(embed, ds, matrix, scale)
+    report, emb, ok = evaluate_embeddings(embed, ds, matrix, *scale)
     report.extra.update({"bundle": str(args.bundle), "dataset": str(args.dataset), "engine": engine,
                          "precision": precision, "templates": tname, "files_from": args.files_from,
                          "limit": args.limit})
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         prec = args.against_precision or args.precision
         embed2, matrix2, scale2, _, prec2 = _runtime_embedder(args, args.against, prec, ds.names, templates,
                                                                args.target if prec != "fp32" else None)
-        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, scale2)
+        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, *scale2)
         agree = {"against": str(args.against), "against_precision": prec2, "against_top1": other.top1,
                  **agreement(emb, ok, matrix, emb2, ok2, matrix2)}
         report.extra["comparison"] = agree

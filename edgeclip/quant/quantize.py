@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..bundle import load_bundle, now_iso, update_bundle
 from ..errors import OptionError
+from .agreement import LabelScoring
 from .calibration import CalibSource, calibration_set, work_dir, write_contact_sheet
 from .quantizer import quantize_images
 from .recipes import CALIB_METHODS, int8_file_name, ranges_cache_name, recipe_for
@@ -97,7 +98,7 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
     name = int8_file_name(opts.target)
     with tempfile.TemporaryDirectory(prefix="edgeclip-quantize-") as tmp_s:
         made = quantize_images(source_fp32, Path(tmp_s) / "int8.onnx", recipe, calib, method, opts.max_drop,
-                               labels, bundle.logit_scale, ranges, progress, say, started=t0)
+                               labels, LabelScoring.of_bundle(bundle), ranges, progress, say, started=t0)
         r = made.record
         record: dict[str, Any] = {
             "recipe": r["recipe"], "file": name, "calibration": r["calibration"], "seconds": r["seconds"],

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import OptionError, QuantizationError
-from .agreement import compare, drop_points, run_onnx
+from .agreement import Scoring, compare, drop_points, run_onnx
 from .calibration import CalibrationSet, CalibSource, real_images, synthesise_images
 from .recipes import CALIB_METHODS, Recipe, prepare_fp32, quantize_onnx, recipe_for, weighted_nodes
 from .synthetic import SynthesisConfig, noise_images
@@ -139,7 +139,7 @@ def _recipe(recipe: Recipe | str) -> Recipe:
 
 def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe | str,
                     calibration: CalibrationSet, calib_method: str | None = None, max_drop: float | None = None,
-                    labels: np.ndarray | None = None, logit_scale: float = 1.0, ranges_cache: Path | None = None,
+                    labels: np.ndarray | None = None, logit_scale: Scoring = 1.0, ranges_cache: Path | None = None,
                     progress: bool = True, step: Callable[[str], None] | None = None,
                     started: float | None = None) -> QuantRecord:
     """Quantize ``fp32_onnx`` with ``recipe`` on the images of ``calibration``; writes ``out_path``.
@@ -197,7 +197,7 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
                    torch_model: Any = None, preprocess: Any = None, images: int = 64, seed: int = 0,
                    calib_method: str | None = None, max_drop: float | None = None,
                    time_budget: float | None = None, synthesis: SynthesisConfig | None = None,
-                   labels: np.ndarray | None = None, logit_scale: float = 1.0, progress: bool = True,
+                   labels: np.ndarray | None = None, logit_scale: Scoring = 1.0, progress: bool = True,
                    step: Callable[[str], None] | None = None) -> QuantRecord:
     """INT8 QDQ model of any fp32 ONNX image model; returns the file and its record.
 
@@ -233,7 +233,7 @@ def _load(path: Path) -> Any:
 
 
 def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], tmp: Path, images: np.ndarray,
-                     reference: np.ndarray, labels: np.ndarray | None, scale: float, max_drop: float,
+                     reference: np.ndarray, labels: np.ndarray | None, scale: Scoring, max_drop: float,
                      ranges: Path, progress: bool,
                      say: Callable[[str], None]) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
     """Keep the most sensitive layers in fp32 until top-1 agreement is within ``max_drop`` points.
