@@ -84,12 +84,13 @@ def export(out: str | os.PathLike[str], model: str | None = None, labels: Sequen
            labels_file: str | os.PathLike[str] | None = None, templates: str | Sequence[str] | None = None,
            pretrained: str | None = None, config: str | None = None, overwrite: bool = False,
            opset: int | None = None, parity_atol: float | None = None, seed: int = 0,
-           step: Callable[[str], None] | None = None) -> Bundle:
+           step: Callable[[str], None] | None = None, tokenizer: str | os.PathLike[str] | None = None) -> Bundle:
     """Export a CLIP checkpoint to a verified bundle at ``out`` (needs ``edgeclip[export]``).
 
     ``model``: a built-in name (default: the proxy model), an open_clip architecture with ``pretrained``
     (a tag, a file or ``"none"``), a folder, a checkpoint with ``config``, or a Hugging Face id or folder.
     ``templates``: a template set name (``short``, ``imagenet80``, ``photo``, ``none``), a file, or a list.
+    ``tokenizer``: a local Hugging Face tokenizer folder for models whose text tower is not CLIP's (SigLIP).
     """
     from .export.defaults import DEFAULT_MODEL, PROXY_LABELS, PROXY_MODELS
     from .export.models import load_model
@@ -99,7 +100,7 @@ def export(out: str | os.PathLike[str], model: str | None = None, labels: Sequen
     default = PROXY_LABELS if (model or DEFAULT_MODEL) in PROXY_MODELS else None
     items = _labels(labels, labels_file, default)
     tname, chosen = _templates(templates)
-    loaded = load_model(model, pretrained, config, seed)
+    loaded = load_model(model, pretrained, config, seed, str(tokenizer) if tokenizer else None)
     tol = Tolerance() if parity_atol is None else Tolerance(max_abs=parity_atol)
     path = export_bundle(loaded, Path(out), items, tname, chosen, overwrite=overwrite,
                          opset=opset or DEFAULT_OPSET, tol=tol, step=step)

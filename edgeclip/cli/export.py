@@ -14,11 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Export both CLIP towers to ONNX, check them against torch, embed the labels "
                                    "and write a bundle directory.")
     p.add_argument("--model", default=None,
-                   help="built-in name (proxy-vit [default], proxy-rn, edgeclip-tiny-vit, edgeclip-tiny-rn), "
-                        "open_clip architecture (ViT-B-32), Hugging Face id or folder, or checkpoint file")
+                   help="built-in name (proxy-vit [default], proxy-rn, or an edgeclip-tiny-* test model: `edgeclip "
+                        "models`), open_clip architecture (ViT-B-32, MobileCLIP2-S0, ViT-B-16-SigLIP), Hugging Face "
+                        "id or folder, or checkpoint file")
     p.add_argument("--pretrained", default=None,
                    help="open_clip pretrained tag (openai, laion2b_s34b_b79k), weights file, or 'none' for random")
     p.add_argument("--config", default=None, help="open_clip model config JSON for a checkpoint file")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="local Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json) for models "
+                        "whose text tower is not CLIP's (SigLIP, SigLIP2), when the model's folder and the local "
+                        "cache do not hold it")
     p.add_argument("--out", "-o", required=True, help="bundle directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"loading {args.model or DEFAULT_MODEL}")
     b = export(args.out, args.model, labels, templates=args.templates, pretrained=args.pretrained,
                config=args.config, overwrite=args.overwrite, opset=args.opset, parity_atol=args.parity_atol,
-               seed=args.seed, step=say)
+               seed=args.seed, step=say, tokenizer=args.tokenizer)
     par, model = b.manifest["parity"], b.manifest["model"]
     print(f"wrote {b.path}: {model.get('id')} ({model.get('architecture')}), {len(labels)} labels; parity max abs "
           f"diff image {par['image_encoder']['max_abs_diff']:.2e}, text {par['text_encoder']['max_abs_diff']:.2e}")
