@@ -207,6 +207,9 @@ def _from_open_clip(model: nn.Module, model_id: str, source: str, preprocess_cfg
 
 def _open_clip_create(open_clip: Any, name: str, pretrained: str | None, model_id: str, source: str,
                       tokenizer: str | None = None, folder: Path | None = None) -> LoadedModel:
+    config = open_clip.get_model_config(name) or {}
+    ctx = int((config.get("text_cfg") or {}).get("context_length") or 77)
+    spec = resolve_tokenizer(config, model_id, ctx, family_of(config), tokenizer, folder)  # before the weights
     try:
         model = open_clip.create_model(name, pretrained=pretrained, weights_only=True)
     except FileNotFoundError as exc:
@@ -214,14 +217,14 @@ def _open_clip_create(open_clip: Any, name: str, pretrained: str | None, model_i
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{model_id}: open_clip could not load it ({exc})") from exc
     cfg = dict(model.visual.preprocess_cfg) if hasattr(model.visual, "preprocess_cfg") else {}
-    config = open_clip.get_model_config(name) or {}
     found = pretrained_preprocess(open_clip, name) if source in ("open_clip-random", "open_clip-checkpoint") else None
     if found is not None:  # a weights file or random weights: preprocess as open_clip's tags for this architecture
         cfg.update(found[0])
     loaded = _from_open_clip(model, model_id, source, cfg, config=config)
     if found is not None:
         loaded.details["preprocess_from"] = f"open_clip pretrained config {found[1]}"
-    loaded.tokenizer = resolve_tokenizer(config, model_id, loaded.context_length, loaded.family, tokenizer, folder)
+    spec.context_length = loaded.context_length
+    loaded.tokenizer = spec
     return loaded
 
 
