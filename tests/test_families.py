@@ -18,8 +18,6 @@ from edgeclip.tables import FAMILIES, SCORINGS, TOKENIZERS
 pytest.importorskip("open_clip", reason="the export matrix needs the export extra")
 pytest.importorskip("tokenizers", reason="the SigLIP tokenizers need the tokenizers extra")
 
-from local_tokenizers import siglip2_tokenizer, siglip_tokenizer  # noqa: E402
-
 from edgeclip.bundle import load_bundle  # noqa: E402
 from edgeclip.cli import main  # noqa: E402
 
@@ -35,31 +33,6 @@ class _Block(importlib.abc.MetaPathFinder):
             raise ImportError(f'{{name}} is not installed on the device')
 sys.meta_path.insert(0, _Block())
 """
-
-
-@pytest.fixture(scope="session")
-def local_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tokenizer folders of the tiny SigLIP and SigLIP2 models, trained here (the hub is not reachable)."""
-    root = tmp_path_factory.mktemp("tokenizers")
-    return {"siglip": siglip_tokenizer(root / "siglip"), "siglip2": siglip2_tokenizer(root / "siglip2")}
-
-
-@pytest.fixture(scope="session")
-def family_bundles(tmp_path_factory: pytest.TempPathFactory, local_tokenizers: dict[str, Path]):
-    """``get(family) -> Path``: the family's tiny model exported once per session with the CIFAR-10 labels."""
-    made: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in made:
-            out = tmp_path_factory.mktemp("family") / family
-            args = ["-q", "export", "--model", FAMILIES[family].tiny, "--labels", *LABELS, "--out", str(out)]
-            if family in local_tokenizers:
-                args += ["--tokenizer", str(local_tokenizers[family])]
-            assert main(args) == 0
-            made[family] = out
-        return made[family]
-
-    return get
 
 
 def _runtime_only(code: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -106,8 +106,9 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
             "weighted_nodes": r["weighted_nodes"], "max_drop": r["max_drop"], "settings": r["settings"],
             "created": now_iso(),
         }
-        if "sensitivity" in r:
-            record["sensitivity"] = r["sensitivity"]
+        for key in ("sensitivity", "kept_fp32"):
+            if key in r:
+                record[key] = r[key]
         say(f"writing {record['file']} into {bundle.path}")
         sheet = f"reports/calibration-{opts.target}.png"
         with update_bundle(bundle) as draft:

@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import OptionError, QuantizationError
 from .agreement import Scoring, compare, drop_points, run_onnx
 from .calibration import CalibrationSet, CalibSource, real_images, synthesise_images
-from .recipes import CALIB_METHODS, Recipe, prepare_fp32, quantize_onnx, recipe_for, weighted_nodes
+from .recipes import (CALIB_METHODS, Recipe, kept_fp32, prepare_fp32, quantize_onnx, recipe_for,
+                      weighted_nodes)
 from .synthetic import SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
@@ -165,10 +166,12 @@ def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe 
         tmp = Path(tmp_s)
         say(f"preparing {src.name} for quantization")
         fp32 = prepare_fp32(src, tmp / "fp32.onnx")
-        nodes = weighted_nodes(_load(fp32), rec.op_types)
+        prepared = _load(fp32)
+        nodes, kept = weighted_nodes(prepared, rec.op_types), kept_fp32(prepared)
         ranges = ranges_cache or tmp / "ranges.json"
         say(f"quantizing for {rec.target} ({rec.name}, {method} calibration on {len(images)} images)")
         int8 = quantize_onnx(rec, fp32, tmp / "int8.onnx", images, method, nodes=nodes, ranges_cache=ranges)
+        method = _used_method(int8, method)
         say("comparing INT8 with fp32 on the calibration images")
         reference = run_onnx(fp32, images)
         agreement = compare(reference, run_onnx(int8, images), labels, logit_scale)
@@ -187,6 +190,8 @@ def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe 
         "agreement": {k: agreement[k] for k in AGREEMENT_KEYS}, "excluded_nodes": excluded,
         "weighted_nodes": len(nodes), "max_drop": max_drop, "settings": rec.record(),
     }
+    if kept:
+        record["kept_fp32"] = kept
     if sensitivity:
         record["sensitivity"] = sensitivity[:20]
     return QuantRecord(out, record, calibration, record["agreement"], excluded)
@@ -224,6 +229,13 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
                                  synthesis, progress=progress, step=step)
     return quantize_images(fp32_onnx, out_path, recipe, calib, calib_method, max_drop, labels, logit_scale,
                            progress=progress, step=step, started=t0)
+
+
+def _used_method(path: Path, asked: str) -> str:
+    """The calibration method a quantized file records (``quantize_onnx`` falls back to minmax where ONNX
+    Runtime's histograms cannot be built)."""
+    props = {p.key: p.value for p in _load(path).metadata_props}
+    return props.get("edgeclip.calib_method", asked)
 
 
 def _load(path: Path) -> Any:
