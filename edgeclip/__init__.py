@@ -22,6 +22,7 @@ _EXPORTS = {
     "export": "edgeclip.api",
     "quantize": "edgeclip.api",
     "relabel": "edgeclip.api",
+    "pack": "edgeclip.api",
     "resolve_device": "edgeclip.api",
     "classify_ray": "edgeclip.batch",
     "load_bundle": "edgeclip.bundle",
@@ -48,14 +49,14 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "load", "export", "quantize", "relabel", "resolve_device", "classify_ray", "load_bundle", "Bundle", "Classifier", "Prediction", "FileResult",
+    "__version__", "load", "export", "quantize", "relabel", "pack", "resolve_device", "classify_ray", "load_bundle", "Bundle", "Classifier", "Prediction", "FileResult",
     "TextEncoder", "Label", "EdgeclipError", "OptionError", "ModelLoadError", "ExportError", "ParityError",
     "ParityShapeError", "ParityToleranceError", "BundleError", "LabelsError", "ImageReadError", "BackendError",
     "QuantizationError", "SourceError", "DeviceError",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .api import export, load, quantize, relabel, resolve_device
+    from .api import export, load, pack, quantize, relabel, resolve_device
     from .batch import classify_ray
     from .bundle import Bundle, load_bundle
     from .errors import (BackendError, BundleError, DeviceError, EdgeclipError, ExportError, ImageReadError,

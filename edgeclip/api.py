@@ -1,5 +1,5 @@
 """The public entry points: open a bundle for this device (``load``), and make one (``export``, ``quantize``,
-``relabel``).
+``relabel``, ``pack``).
 
 ``load`` is what apps, the CLI, the service and the batch engine call. It detects the device profile
 (or takes the one named), lets the profile pick precision, INT8 recipe and backend order, and lets explicit
@@ -144,3 +144,32 @@ def relabel(bundle: str | os.PathLike[str], labels: Sequence[str | Label] | None
     tname, chosen = _templates(templates)
     relabel_bundle(bundle, items, tname, chosen, providers)
     return load_bundle(bundle)
+
+
+def pack(bundle: str | os.PathLike[str] | Bundle, out: str | os.PathLike[str], options: Any = None, *,
+         step: Callable[[str], None] | None = None, **fields: Any) -> Bundle:
+    """A copy of ``bundle`` at ``out`` with only what one device runs (``edgeclip pack``), verified.
+
+    ``options``: an ``edgeclip.export.pack.PackOptions``, or its fields as keywords: ``device`` (a profile
+    name, default ``"auto"``: this machine), ``text`` (``"int8"``: the text encoder quantized and checked
+    against the fp32 label embeddings, ``"fp32"`` or ``"none"``), ``image`` (``"auto"``: the profile's
+    precision, ``"int8"`` or ``"fp32"``), ``overwrite``, ``text_min_cosine``. Needs onnx and ONNX Runtime for
+    ``text="int8"``. The manifest's ``pack`` section says what was kept, what was left out and why.
+    """
+    import dataclasses
+
+    from .devices.packing import image_choice, runs_on
+    from .export.pack import PackOptions, pack_bundle
+
+    known = {f.name for f in dataclasses.fields(PackOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise OptionError(f"unknown pack option(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    opts = dataclasses.replace(options, **fields) if options is not None else PackOptions(**fields)
+    opts.check()
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    profile = resolve_device(opts.device)
+    choice = image_choice(b, profile, opts.image)
+    packed = load_bundle(pack_bundle(b, Path(out), choice.files, choice.record(), opts, step))
+    runs_on(packed, profile, choice.precision)  # every backend of the profile finds its file there
+    return packed

@@ -269,12 +269,14 @@ def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = 
                     reasons.append("no INT8 engine for this machine: the FP16/FP32 one")
                 encoder, file, used_precision = create_backend(path, "tensorrt"), path, used
             else:
-                file, used_precision = bundle.encoder("image", "fp32"), "fp32"
+                file, used_precision = None, "fp32"
                 if want_int8:
                     found, why = int8_file(bundle, choice.label, target, required=explicit)
                     reasons.append(why + ("" if found else ": FP32"))
                     if found is not None:
                         file, used_precision = found, "int8"
+                if file is None:  # a packed bundle may hold INT8 files only: looked up when needed
+                    file = bundle.encoder("image", "fp32")
                 if choice.label == "openvino":
                     used_precision = "bf16" if precision == "bf16" else used_precision
                     encoder = _open_openvino(bundle, profile, file, used_precision, hint, threads, cache_dir)
