@@ -212,3 +212,33 @@ def test_family_of_reads_open_clip_configs() -> None:
     assert {n: family_of(open_clip.get_model_config(n)) for n in want} == want
     for row in FAMILIES.values():
         assert family_of(open_clip.get_model_config(row.tiny)) == row.name
+
+
+@pytest.mark.slow
+def test_full_size_mobileclip2_s0_exports_reparameterized(tmp_path: Path) -> None:
+    """MobileCLIP2-S0 (random weights): no BatchNormalization node left, the reparameterized image embeddings
+    equal the training form's (cosine >= 0.9999 on 64 inputs)."""
+    import onnx
+
+    out = tmp_path / "s0"
+    assert main(["-q", "export", "--model", "MobileCLIP2-S0", "--pretrained", "none", "--labels", *LABELS,
+                 "--out", str(out)]) == 0
+    bundle = load_bundle(out)
+    rec = bundle.manifest["export"]["reparameterized"]
+    assert rec["inputs"] == 64 and rec["min_cosine"] >= 0.9999
+    ops = [n.op_type for n in onnx.load(str(bundle.encoder("image"))).graph.node]
+    assert "BatchNormalization" not in ops
+    assert bundle.manifest["preprocess"]["std"] == [1.0, 1.0, 1.0]  # MobileCLIP's unnormalised input
+
+
+@pytest.mark.slow
+def test_full_size_siglip_exports_with_a_local_tokenizer(local_tokenizers: dict[str, Path], tmp_path: Path) -> None:
+    """ViT-B-16-SigLIP (random weights): its own tokenizer (here one trained locally), the sigmoid and bias,
+    the preprocessing of its pretrained tag."""
+    out = tmp_path / "siglip"
+    assert main(["-q", "export", "--model", "ViT-B-16-SigLIP", "--pretrained", "none", "--labels", *LABELS,
+                 "--out", str(out), "--tokenizer", str(local_tokenizers["siglip"])]) == 0
+    bundle = load_bundle(out)
+    assert bundle.manifest["tokenizer"]["type"] == "hf-tokenizer" and bundle.info.model.scoring == "sigmoid"
+    assert bundle.manifest["preprocess"]["resize_mode"] == "squash"
+    assert bundle.manifest["parity"]["text_encoder"]["min_cosine"] >= 0.99999
