@@ -46,7 +46,7 @@ class TokenizerSpec:
 
     def reference(self) -> Callable[[list[str]], np.ndarray]:
         """open_clip's own tokenizer for this model (what the torch model was trained and is checked with)."""
-        from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+        from open_clip.tokenizer import SimpleTokenizer
 
         if self.kind == "clip-bpe":
             simple = SimpleTokenizer(context_length=self.context_length, **self.settings)
