@@ -26,7 +26,7 @@ RECIPES = ("cpu", "tensorrt", "openvino")
 @pytest.fixture(scope="module")
 def quantized_families(family_bundles, tmp_path_factory: pytest.TempPathFactory):
     """``get(family, calib) -> Path``: a copy of the family's tiny bundle with the three INT8 files, each
-    calibrated on 16 synthetic images of ``calib`` (10 steps)."""
+    calibrated on 8 synthetic images of ``calib`` (5 steps)."""
     from edgeclip.cli import main
 
     made: dict[tuple[str, str], Path] = {}
@@ -36,8 +36,8 @@ def quantized_families(family_bundles, tmp_path_factory: pytest.TempPathFactory)
             dst = tmp_path_factory.mktemp(f"q-{family}") / family
             shutil.copytree(family_bundles(family), dst)
             for target in RECIPES:
-                args = ["-q", "quantize", str(dst), "--target", target, "--calib", calib, "--images", "16",
-                        "--steps", "10"]
+                args = ["-q", "quantize", str(dst), "--target", target, "--calib", calib, "--images", "8",
+                        "--steps", "5"]
                 assert main(args) == 0
             made[(family, calib)] = dst
         return made[(family, calib)]
