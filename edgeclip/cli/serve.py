@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fps-limit", type=float, default=0.0,
                    help="classify at most this many frames per second (0: as many as the device can)")
     g.add_argument("--half-life", default="0.5s", help="EMA smoothing half-life of the probabilities (0.5s)")
-    g.add_argument("--threshold", type=float, default=0.0, help="'unknown' below this smoothed probability")
+    g.add_argument("--threshold", type=float, default=0.0, help="'unknown' below this smoothed probability (sigmoid bundles: the label's own)")
     add_backend_options(p)
     p.set_defaults(handler=run_serve)
 

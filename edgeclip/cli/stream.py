@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="EMA smoothing half-life of the probabilities: seconds (0.5s, 500ms) or frames (5f); "
                         "0 disables smoothing (default 0.5s)")
     g.add_argument("--threshold", type=float, default=0.0,
-                   help="report 'unknown' when the best smoothed probability is below this (default 0: never)")
+                   help="report 'unknown' when the best smoothed probability is below this (default 0: never); "
+                        "for a sigmoid-scored bundle (SigLIP) it is that label's own probability of matching")
     g.add_argument("--hysteresis", type=float, default=0.05,
                    help="a new label must beat the current one by this much probability (default 0.05)")
     g.add_argument("--min-frames", type=int, default=3,
