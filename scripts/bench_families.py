@@ -75,6 +75,18 @@ def prepare(name: str, work: Path, say: Any) -> dict[str, Any]:
                                           "std": loaded.preprocess["std"]}, images=16, progress=False)
         info.setdefault("agreement", {})[recipe] = made.record["agreement"]
         info.setdefault("kept_fp32", {})[recipe] = made.record.get("kept_fp32", {})
+    if info["family"] == "convnext":  # the channels-last LayerNorm rule: the same recipe as for a transformer
+        from edgeclip.quant import recipes
+
+        saved = recipes.is_convolutional
+        recipes.is_convolutional = lambda model: False
+        try:
+            made = quantize_model(folder / "fp32.onnx", folder / "int8.openvino-as-transformer.onnx", "openvino",
+                                  "noise", preprocess={"size": [h, w], "mean": loaded.preprocess["mean"],
+                                                       "std": loaded.preprocess["std"]}, images=16, progress=False)
+            info["agreement"]["openvino-as-transformer"] = made.record["agreement"]
+        finally:
+            recipes.is_convolutional = saved
     info_file.write_text(json.dumps(info, indent=1))
     return info
 
@@ -89,6 +101,8 @@ def variants(info: dict[str, Any], folder: Path, threads: int, cache: Path) -> l
     files = [("fp32", None, folder / "fp32.onnx")] + [("int8", r, folder / f"int8.{r}.onnx") for r in RECIPES]
     if (folder / "train.onnx").is_file():
         files.append(("fp32", "training-form", folder / "train.onnx"))
+    if (folder / "int8.openvino-as-transformer.onnx").is_file():
+        files.append(("int8", "openvino-as-transformer", folder / "int8.openvino-as-transformer.onnx"))
     out = []
     for precision, target, path in files:
         tag = precision if target is None else f"{precision}/{target}"
