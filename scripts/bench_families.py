@@ -167,6 +167,14 @@ def main() -> int:
                   f"{rep_['inputs']} inputs; ms/img ORT {by[f'{name} | onnxruntime fp32 training form']:.1f} -> "
                   f"{by[f'{name} | onnxruntime fp32']:.1f}, OpenVINO {by[f'{name} | openvino fp32 training form']:.1f}"
                   f" -> {by[f'{name} | openvino fp32']:.1f}")
+    for name, i in info.items():
+        if "openvino-as-transformer" in i.get("agreement", {}):
+            by = {r["variant"]: r["ms_per_image"] for r in rows}
+            a, b = i["agreement"]["openvino"], i["agreement"]["openvino-as-transformer"]
+            print(f"\n{name} openvino file, convolutional (channels-last LayerNorm rule) vs as a transformer: "
+                  f"OpenVINO {by[f'{name} | openvino int8/openvino']:.1f} vs "
+                  f"{by[f'{name} | openvino int8/openvino-as-transformer']:.1f} ms/img; mean cosine to fp32 on the "
+                  f"calibration images {a['mean_cosine']:.5f} vs {b['mean_cosine']:.5f}")
     print(f"\n{rep['machine']}")
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1, default=str))
