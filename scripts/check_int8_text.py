@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tarfile
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("EDGECLIP_DATA", REPO.parent / "shared" / "data"))
 
 
 def datasets(data: Path, tmp: Path, model_dir: Path) -> dict[str, Any]:
