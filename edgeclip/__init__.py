@@ -29,6 +29,9 @@ _EXPORTS = {
     "export": "edgeclip.api",
     "quantize": "edgeclip.api",
     "relabel": "edgeclip.api",
+    "pack": "edgeclip.api",
+    "runs_on": "edgeclip.api",
+    "models": "edgeclip.api",
     "resolve_device": "edgeclip.api",
     "list_devices": "edgeclip.api",
     "build": "edgeclip.api",
@@ -53,6 +56,7 @@ _EXPORTS = {
     "StreamOutputs": "edgeclip.stream.options",
     "BatchOptions": "edgeclip.batch",
     "EvalOptions": "edgeclip.evaluate",
+    "PackOptions": "edgeclip.quant.pack",
     "EdgeclipError": "edgeclip.errors",
     "OptionError": "edgeclip.errors",
     "ModelLoadError": "edgeclip.errors",
@@ -73,8 +77,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from . import stream
-    from .api import (build, cache_info, check_build, clear_cache, export, list_devices, load, quantize, relabel,
-                      resolve_device)
+    from .api import (build, cache_info, check_build, clear_cache, export, list_devices, load, models, pack,
+                      quantize, relabel, resolve_device, runs_on)
     from .batch import BatchOptions, classify_ray
     from .bundle import Bundle, load_bundle
     from .errors import (BackendError, BundleError, DeviceError, EdgeclipError, ExportError, ImageReadError,
@@ -82,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
                          ParityToleranceError, QuantizationError, SourceError)
     from .evaluate import EvalOptions
     from .export.options import ExportOptions
+    from .quant.pack import PackOptions
     from .options import LoadOptions
     from .quant.options import QuantizeOptions
     from .runtime.classifier import Classifier, FileResult, Prediction

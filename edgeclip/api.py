@@ -1,5 +1,5 @@
 """The public entry points: open a bundle for this device (``load``), and make one (``export``, ``quantize``,
-``relabel``).
+``relabel``, ``pack``).
 
 ``load`` is what apps, the CLI, the service and the batch engine call. It detects the device profile
 (or takes the one named), lets the profile pick precision, INT8 recipe and backend order, and lets explicit
@@ -98,7 +98,8 @@ def export(out: str | os.PathLike[str], options: ExportOptions | None = None, /,
     ``options`` (:class:`edgeclip.ExportOptions`), with any of its fields as keywords on top: ``model`` (a
     built-in name (default: the proxy model), an open_clip architecture with ``pretrained`` (a tag, a file or
     ``"none"``), a folder, a checkpoint with ``config``, or a Hugging Face id or folder), ``overwrite``,
-    ``opset``, ``parity_atol``, ``seed``. ``labels`` (names or :class:`Label`) or ``labels_file``; a built-in
+    ``opset``, ``parity_atol``, ``seed``, ``tokenizer`` (a local Hugging Face tokenizer folder for models whose
+    text tower is not CLIP's, SigLIP's). ``labels`` (names or :class:`Label`) or ``labels_file``; a built-in
     proxy model defaults to the classes it was trained on. ``templates``: a template set name (``short``,
     ``imagenet80``, ``photo``, ``none``), a file, or a list.
     """
@@ -116,7 +117,7 @@ def export(out: str | os.PathLike[str], options: ExportOptions | None = None, /,
     tname, chosen = _templates(templates)
     if step is not None:
         step(f"loading {opts.model or DEFAULT_MODEL}")
-    loaded = load_model(opts.model, opts.pretrained, opts.config, opts.seed)
+    loaded = load_model(opts.model, opts.pretrained, opts.config, opts.seed, opts.tokenizer)
     path = export_bundle(loaded, Path(out), items, tname, chosen, overwrite=opts.overwrite, opset=opts.opset,
                          tol=Tolerance(max_abs=opts.parity_atol), step=step)
     return load_bundle(path)
@@ -296,3 +297,61 @@ def clear_cache(max_bytes: int = 0) -> int:
     root = cache_root()
     return sum(e.bytes for part in (sorted(root.iterdir()) if root.is_dir() else []) if part.is_dir()
                for e in prune(part, max_bytes))
+def pack(bundle: str | os.PathLike[str] | Bundle, out: str | os.PathLike[str], options: Any = None, /, *,
+         step: Callable[[str], None] | None = None, **fields: Any) -> Bundle:
+    """A copy of ``bundle`` at ``out`` with only what one device runs (``edgeclip pack``), verified.
+
+    ``options``: an ``edgeclip.PackOptions``, with any of its fields as keywords on top: ``device`` (a profile
+    name, default ``"auto"``: this machine), ``text`` (``"int8"``: the text encoder quantized and checked
+    against the fp32 label embeddings, ``"fp32"`` or ``"none"``), ``image`` (``"auto"``: the profile's
+    precision, ``"int8"`` or ``"fp32"``), ``overwrite``, ``text_min_cosine``. Needs onnx and ONNX Runtime for
+    ``text="int8"``. The manifest's ``pack`` section says what was kept, what was left out and why.
+    """
+    from .devices.packing import image_choice, runs_on
+    from .quant.pack import PackOptions, pack_bundle
+
+    opts = PackOptions.build(options, **fields)
+    problem = check_output(out, "out", "folder")
+    if problem:
+        raise OptionError(problem)
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    profile = resolve_device(opts.device)
+    choice = image_choice(b, profile, opts.image)
+    packed = load_bundle(pack_bundle(b, Path(out), choice.files, choice.record(), opts, step))
+    runs_on(packed, profile, choice.precision)  # every backend of the profile finds its file there
+    return packed
+
+
+def runs_on(bundle: str | os.PathLike[str] | Bundle, device: str | DeviceProfile = "auto",
+            precision: str = "auto") -> dict[str, str]:
+    """What each backend of a device's profile runs from ``bundle`` (a packed one too): backend entry -> file
+    name; BundleError naming what is missing."""
+    from .devices.packing import runs_on as files_run
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    profile = resolve_device(device)
+    return files_run(b, profile, profile.precision if precision == "auto" else precision)
+
+
+def models(names: Sequence[str] = (), measure: bool = False, seconds: float = 2.0, threads: int = 0,
+           tokenizer: str | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The model families and built-in names (``edgeclip models``): ``families`` (rows of
+    ``edgeclip.tables.FAMILIES``), ``cards`` (name -> what was measured on this machine, or None), ``cpu``,
+    ``cache`` (where measurements are kept). ``measure`` measures ``names`` (default: one per family and size
+    class) first; needs the export extra."""
+    from .export.catalog import DEFAULT_MEASURE, builtin_names, cache_file, load_cards, save_cards, this_cpu
+    from .tables import FAMILIES
+
+    if measure:
+        from .export.catalog import measure as measure_one
+        from .extras import require, require_onnxruntime
+
+        require("export", what="measuring models")
+        require_onnxruntime("measuring models")
+        for name in names or DEFAULT_MEASURE:
+            save_cards([measure_one(name, seconds, threads, tokenizer, step or log.info)])
+    cards = load_cards()
+    listed = [(fam, n) for fam, n in builtin_names() if not names or n in names]
+    listed += [(cards[n].family, n) for n in names if n in cards and n not in {m for _, m in listed}]
+    return {"families": list(FAMILIES.values()), "names": listed, "cards": {n: cards.get(n) for _, n in listed},
+            "cpu": this_cpu(), "cache": str(cache_file())}

@@ -24,6 +24,7 @@ from .options import LoadOptions, Options, option
 from .runtime.images import IMAGE_EXTENSIONS
 from .runtime.labels import Label, resolve_templates
 from .tables import precisions
+from .runtime.scoring import probabilities
 
 if TYPE_CHECKING:
     from .runtime.classifier import Classifier
@@ -176,15 +177,15 @@ def write_json(data: dict, path: str | Path) -> None:
 
 
 def evaluate_embeddings(embed_files: Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]],
-                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float) -> tuple[EvalReport, np.ndarray, np.ndarray]:
+                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float, logit_bias: float = 0.0,
+                        scoring: str = "softmax") -> tuple[EvalReport, np.ndarray, np.ndarray]:
     """Run ``embed_files`` (-> embeddings of readable files, failures, mask of readable) and score.
 
+    Scores are the bundle's: ``scoring(logit_scale * cosine + logit_bias)`` (``edgeclip.runtime.scoring``).
     Returns the report, the embeddings and the readable-file mask (to compare runs).
     """
     emb, failed, ok = embed_files(dataset.files)
-    logits = logit_scale * emb @ label_matrix.T
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    probs = probabilities(emb @ label_matrix.T, logit_scale, logit_bias, scoring)
     return score(probs, dataset.targets[ok], dataset.names, failed), emb, ok
 
 
@@ -267,7 +268,7 @@ Progress = Callable[[str, int], Callable[[int], None]]
 
 def _runtime_embedder(bundle: str | os.PathLike[str], options: EvalOptions, load_options: LoadOptions,
                       names: list[str], templates: list[str],
-                      progress: Progress | None) -> tuple[Embedder, np.ndarray, float, str, str]:
+                      progress: Progress | None) -> tuple[Embedder, np.ndarray, tuple, str, str]:
     clf = load(bundle, load_options)
     if options.exact_decode:
         clf.decode_ratio = 0
@@ -277,21 +278,23 @@ def _runtime_embedder(bundle: str | os.PathLike[str], options: EvalOptions, load
         tick = progress(f"eval {clf.precision}", len(files)) if progress else None
         return embed_files_with(clf, files, options.batch_size, options.workers, tick)
 
-    return embed, matrix, clf.logit_scale, clf.encoder.name, clf.precision
+    return embed, matrix, (clf.logit_scale, clf.logit_bias, clf.scoring), clf.encoder.name, clf.precision
 
 
 def _torch_embedder(bundle: str | os.PathLike[str], options: EvalOptions, threads: int, names: list[str],
-                    templates: list[str], progress: Progress | None) -> tuple[Embedder, np.ndarray, float, str, str]:
+                    templates: list[str], progress: Progress | None) -> tuple[Embedder, np.ndarray, tuple, str, str]:
     from .export.reference import TorchReference
 
-    ref = TorchReference(load_bundle(bundle), threads)
+    b = load_bundle(bundle)
+    ref = TorchReference(b, threads)
     matrix = ref.label_matrix([Label(n) for n in names], templates)
 
     def embed(files: list[Path]) -> tuple[np.ndarray, list[dict], np.ndarray]:
         tick = progress("eval torch", len(files)) if progress else None
         return ref.embed_files(files, options.batch_size, tick)
 
-    return embed, matrix, ref.loaded.logit_scale, "torch-eager", "fp32"
+    model = b.info.model
+    return embed, matrix, (ref.loaded.logit_scale, model.logit_bias, model.scoring), "torch-eager", "fp32"
 
 
 def evaluate(bundle: str | os.PathLike[str], dataset: str | os.PathLike[str], options: EvalOptions | None = None,
@@ -314,7 +317,7 @@ def evaluate(bundle: str | os.PathLike[str], dataset: str | os.PathLike[str], op
     else:
         made = _runtime_embedder(bundle, opts, lopts, ds.names, templates, progress)
     embed, matrix, scale, engine, precision = made
-    report, emb, ok = evaluate_embeddings(embed, ds, matrix, scale)
+    report, emb, ok = evaluate_embeddings(embed, ds, matrix, *scale)
     report.extra.update({"bundle": str(bundle), "dataset": str(dataset), "engine": engine, "precision": precision,
                          "templates": tname, "files_from": opts.files_from, "limit": opts.limit})
     if opts.against:
@@ -323,7 +326,7 @@ def evaluate(bundle: str | os.PathLike[str], dataset: str | os.PathLike[str], op
                                             target=lopts.target if precision2 != "fp32" else None)
         embed2, matrix2, scale2, _, used2 = _runtime_embedder(opts.against, opts, other_options, ds.names, templates,
                                                              progress)
-        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, scale2)
+        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, *scale2)
         report.extra[_COMPARE] = {"against": str(opts.against), "against_precision": used2,
                                   "against_top1": other.top1, **agreement(emb, ok, matrix, emb2, ok2, matrix2)}
     return report

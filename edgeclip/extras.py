@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "export": (("torch", "torchvision", "open_clip", "onnx", "onnxscript", "safetensors", "transformers"),
                "torch, open_clip, onnx"),
     "openvino": (("openvino",), "OpenVINO for Intel CPUs and GPUs"),
+    "tokenizers": (("tokenizers",), "Hugging Face tokenizers: the tokenizer.json of SigLIP and other non-CLIP text towers"),
     "report": (("matplotlib",), "matplotlib"),
     "tensorrt": (("onnx",), "onnx; TensorRT itself comes from JetPack or NVIDIA"),
     "serve": (("starlette", "uvicorn", "multipart"), "Starlette, uvicorn, python-multipart"),

@@ -1,6 +1,8 @@
 """The vocabularies of edgeclip, each defined once as data: precisions, INT8 recipes, backends (and ONNX
 Runtime's execution providers), frame-source kinds, tokenizer kinds and scoring kinds.
 
+Also the model families ``edgeclip export`` verifies (:data:`FAMILIES`).
+
 Everything else derives from these rows: the CLI's choices and help, option validation, the device's
 backend choice, ``edgeclip bench`` variants, ``edgeclip devices`` output, the extras checks and the docs'
 tables (``python -m edgeclip.tables`` prints them as Markdown). Adding a backend is its module under
@@ -286,6 +288,9 @@ class TokenizerKind:
 
 TOKENIZERS: dict[str, TokenizerKind] = _rows(
     TokenizerKind("clip-bpe", "CLIP's byte-level BPE (49,408 ids), torch-free", "edgeclip.runtime.tokenizer"),
+    TokenizerKind("hf-tokenizer", "the checkpoint's own Hugging Face tokenizer.json (SigLIP's SentencePiece, "
+                  "SigLIP2's Gemma), with open_clip's cleaning, truncation and padding", "edgeclip.runtime.hf_tokenizer",
+                  "tokenizers"),
 )
 
 
@@ -305,6 +310,68 @@ class Scoring:
 
 SCORINGS: dict[str, Scoring] = _rows(
     Scoring("softmax", "softmax over the labels (CLIP): one label wins", "softmax", True),
+    Scoring("sigmoid", "a sigmoid per label (SigLIP): each label's own probability, labels independent",
+            "sigmoid", False),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model families
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelFamily:
+    """One family of CLIP-style models that ``edgeclip export`` exports and verifies.
+
+    - ``names``: open_clip architectures (and Hugging Face ids) of the family, for the docs and
+      ``edgeclip models``; ``timm_prefixes``: the timm image towers (``vision_cfg.timm_model_name``) that
+      mark it in an open_clip config (``edgeclip.export.families.family_of``).
+    - ``tokenizer`` and ``scoring``: rows of :data:`TOKENIZERS` and :data:`SCORINGS`.
+    - ``tiny``: its random-weight test config (``edgeclip/export/configs/``); ``reparameterize``: exported in
+      its inference form (MobileOne/FastViT branches merged, BatchNorm folded); ``batchnorm``: the image tower
+      has BatchNorm before folding, so ``bn-stats`` calibration applies (``text-guided`` applies to all).
+    """
+
+    name: str
+    title: str
+    names: tuple[str, ...]
+    tokenizer: str
+    scoring: str
+    tiny: str | None = None
+    timm_prefixes: tuple[str, ...] = ()
+    reparameterize: bool = False
+    batchnorm: bool = False
+    notes: str = ""
+
+    @property
+    def calibrations(self) -> tuple[str, ...]:
+        """The synthetic calibration sources that apply to the family's image tower."""
+        return ("text-guided", "bn-stats") if self.batchnorm else ("text-guided",)
+
+
+FAMILIES: dict[str, ModelFamily] = _rows(
+    ModelFamily("vit", "CLIP ViT (OpenAI, LAION, DataComp, MetaCLIP)",
+                ("ViT-B-32", "ViT-B-16", "ViT-L-14", "openai/clip-vit-base-patch32"), "clip-bpe", "softmax",
+                "edgeclip-tiny-vit"),
+    ModelFamily("modified-resnet", "CLIP ResNet (OpenAI's ModifiedResNet, attention pool)",
+                ("RN50", "RN101", "RN50x4"), "clip-bpe", "softmax", "edgeclip-tiny-rn", batchnorm=True),
+    ModelFamily("convnext", "ConvNeXt CLIP (LAION; channels-last LayerNorm)",
+                ("convnext_base", "convnext_base_w", "convnext_large_d"), "clip-bpe", "softmax",
+                "edgeclip-tiny-convnext", ("convnext", "edgeclip_tiny_convnext")),
+    ModelFamily("mobileclip", "MobileCLIP and MobileCLIP2 (Apple; FastViT MCi / MobileOne, reparameterized)",
+                ("MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP-B"), "clip-bpe",
+                "softmax", "edgeclip-tiny-mobileclip", ("fastvit_mci", "vit_base_mci", "edgeclip_tiny_fastvit"),
+                reparameterize=True,
+                batchnorm=True, notes="MobileCLIP-B and MobileCLIP2-B are ViT-B towers with a MobileOne stem"),
+    ModelFamily("siglip", "SigLIP (Google; SentencePiece tokenizer, sigmoid scores, attention-pool head)",
+                ("ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-SO400M-14-SigLIP"), "hf-tokenizer", "sigmoid",
+                "edgeclip-tiny-siglip", ("vit_base_patch16_siglip", "vit_base_patch32_siglip",
+                                         "vit_large_patch16_siglip", "vit_so400m_patch", "vit_giantopt_patch16_siglip",
+                                         "edgeclip_tiny_siglip")),
+    ModelFamily("siglip2", "SigLIP2 (Google; Gemma tokenizer, sigmoid scores, attention-pool head)",
+                ("ViT-B-16-SigLIP2", "ViT-B-32-SigLIP2-256", "ViT-SO400M-16-SigLIP2-256"), "hf-tokenizer",
+                "sigmoid", "edgeclip-tiny-siglip2"),
+    ModelFamily("eva02", "EVA02-CLIP (BAAI; rotary embeddings, SwiGLU)", ("EVA02-B-16", "EVA02-L-14"),
+                "clip-bpe", "softmax", "edgeclip-tiny-eva02", ("eva02", "edgeclip_tiny_eva02")),
 )
 
 
@@ -320,16 +387,21 @@ def markdown() -> str:
     out += ["", "| backend | extra | precisions | INT8 files, best first | its own options |",
             "| --- | --- | --- | --- | --- |"]
     for b in BACKENDS.values():
-        recipes = b.int8_recipes or tuple(f"{p.name}: {'/'.join(p.int8_recipes)}" for p in PROVIDERS.values())
+        recipes = (tuple(f"{p.name}: {'/'.join(p.int8_recipes)}" for p in PROVIDERS.values())
+                   if "providers" in b.options else b.int8_recipes or ("its own, built by `edgeclip build`",))
         out.append(f"| `{b.name}` | `{b.extra}` | {', '.join(b.precisions)} | {'; '.join(recipes)} | "
                    f"{', '.join(b.options) or '-'} |")
     out += ["", "| source kind | examples | live | options | needs |", "| --- | --- | --- | --- | --- |"]
     out += [f"| `{k.name}` | {', '.join(f'`{e}`' for e in k.examples)} | {'yes' if k.live else 'no'} | "
             f"{', '.join(k.options) or '-'} | {k.extra or 'Pillow'} |" for k in SOURCE_KINDS.values()]
-    out += ["", "| tokenizer | what |", "| --- | --- |"]
-    out += [f"| `{t.name}` | {t.title} |" for t in TOKENIZERS.values()]
+    out += ["", "| tokenizer | what | needs |", "| --- | --- | --- |"]
+    out += [f"| `{t.name}` | {t.title} | {f'the `{t.extra}` extra' if t.extra else '-'} |" for t in TOKENIZERS.values()]
     out += ["", "| scoring | what |", "| --- | --- |"]
     out += [f"| `{s.name}` | {s.title} |" for s in SCORINGS.values()]
+    out += ["", "| family | what | tokenizer | scoring | synthetic calibration | tiny test model |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| `{f.name}` | {f.title} | `{f.tokenizer}` | `{f.scoring}` | {', '.join(f.calibrations)} | "
+            f"`{f.tiny}` |" for f in FAMILIES.values()]
     return "\n".join(out) + "\n"
 
 

@@ -45,7 +45,7 @@ class BatchOptions(Options):
     format: str | None = option(None, "output format (default: table on a terminal, else by `output` suffix, else "
                                       "csv)", choices=FORMATS)
     output: str | None = option(None, "write results to this file instead of stdout (.csv, .jsonl or .txt: the "
-                                      "format by its suffix unless `format` says)", short="-o", output="file")
+                                      "format by its suffix unless `format` says)", alias="o", output="file")
     resume: bool = option(False, "keep the rows already in `output` (csv or jsonl), classify only the inputs without "
                                  "a row and append them (a partial last row is cut off first)")
     exact_decode: bool = option(False, "decode every JPEG at full size (default: a photo at least twice the model "

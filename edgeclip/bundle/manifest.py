@@ -430,7 +430,7 @@ class Manifest:
         for key in ("created", "updated"):
             if key in data and not isinstance(data[key], str):
                 p.add(key, f"must be an ISO-8601 time string, got {_show(data[key])}")
-        for key in ("parity", "versions", "export"):
+        for key in ("parity", "versions", "export", "pack"):
             if key in data and not isinstance(data[key], dict):
                 p.add(key, f"must be a JSON object, got {type(data[key]).__name__}")
         manifest = cls(model, pre, files, tok, labels, quant, data.get("created"), data.get("updated"),
@@ -472,8 +472,10 @@ class Manifest:
                     p.add(f"files[{name!r}]", f"is a second {kind[1]} {entry.role}"
                           + (f" for target {kind[2]}" if kind[2] else "") + f" beside {seen[kind]!r}")
                 seen[kind] = name
-        if not any(r == "image_encoder" and prec == "fp32" for r, prec, _ in seen):
-            p.add("files", "record no fp32 image encoder (role image_encoder, precision fp32); every bundle has one")
+        packed = isinstance(self.extra.get("pack"), dict)  # `edgeclip pack` keeps only what one device runs
+        if not any(r == "image_encoder" and (prec == "fp32" or packed) for r, prec, _ in seen):
+            p.add("files", "record no fp32 image encoder (role image_encoder, precision fp32); every bundle has one"
+                  + ("" if not packed else " (a packed bundle: at least one image encoder)"))
         for name, entry in self.files.items():
             if entry.role in ("image_encoder", "text_encoder") and entry.precision == "int8" and not entry.target:
                 p.add(f"files[{name!r}].target", "is missing: an INT8 encoder names its recipe target (cpu or tensorrt)")

@@ -84,6 +84,11 @@ class Bundle:
             have = [(e.precision or "fp32") + (f"/{e.target}" if e.target else "") for e in entries.values()]
             hint = ("quantize it first (`edgeclip quantize`" + (f", target='{target}'" if target else "") + ")"
                     if precision == "int8" else "re-export the bundle")
+            pack = self.manifest.get("pack")
+            if isinstance(pack, dict):  # `edgeclip pack` left it out on purpose
+                hint = (f"the bundle was packed for device profile {pack.get('profile')} without it "
+                        f"(`edgeclip inspect` lists what was left out); use the full bundle "
+                        f"{(pack.get('source') or {}).get('path', '')}, or pack it again")
             raise BundleError(f"{self.path}: no {tower} encoder at precision {precision}"
                               + (f" for target {target}" if target else "")
                               + f" (have: {', '.join(have) or 'none'}); {hint}")

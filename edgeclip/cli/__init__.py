@@ -20,7 +20,8 @@ from ..errors import EdgeclipError
 from .options import flag_wording
 
 #: Modules under ``edgeclip.cli`` that each define ``register(subparsers)``.
-COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "devices", "serve", "cache")
+COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "pack", "models", "bench", "stream", "devices",
+                   "serve", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

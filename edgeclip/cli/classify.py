@@ -116,6 +116,46 @@ def _obj(v: object) -> dict:
     return v if isinstance(v, dict) else {}
 
 
+def _print_pack(b) -> None:
+    """A packed bundle: for which device, what it kept, what it left out, and what it can still do."""
+    pack = _obj(b.manifest.get("pack"))
+    if not pack:
+        return
+    src = _obj(pack.get("source"))
+    print(f"packed      for {pack.get('profile')}: {', '.join(pack.get('image') or [])} ({pack.get('precision')}), "
+          f"text encoder {pack.get('text')}; {_fmt_bytes(int(pack.get('bytes') or 0))} of "
+          f"{_fmt_bytes(int(src.get('bytes') or 0))} (from {src.get('path')})")
+    for why in pack.get("reasons") or []:
+        print(f"            {why}")
+    text = _obj(pack.get("text_int8"))
+    if text:
+        lab = _obj(text.get("labels"))
+        print(f"            INT8 text encoder vs fp32 on the labels: min cosine {_num(lab.get('min_cosine'), '.5f')}, "
+              f"own label nearest {_num(lab.get('own_label_nearest'), '.3f')}")
+    left = _obj(pack.get("left_out"))
+    for name, e in sorted(left.items()):
+        e = _obj(e)
+        extra = " ".join(f"{k}={e[k]}" for k in ("precision", "target") if e.get(k))
+        print(f"  left out  {name:<40} {e.get('role', ''):<17} {_fmt_bytes(int(e.get('bytes') or 0)):>9}  {extra}")
+    from ..errors import EdgeclipError
+
+    try:
+        from .. import runs_on
+
+        runs = runs_on(b, str(pack.get("profile")), str(pack.get("precision")))
+        print("runs        " + "; ".join(f"{entry}: {name}" for entry, name in runs.items()))
+    except EdgeclipError as exc:
+        print(f"runs        (cannot tell: {exc})")
+    can = ["classify with the labels it holds"]
+    can.append("relabel on the device (edgeclip labels, set_labels)" if pack.get("text") != "none"
+               else "no relabelling (packed without a text encoder)")
+    roles = {e.role for e in b.info.files.values()}
+    cannot = [] if "image_encoder" in roles and any((e.precision or "fp32") == "fp32" for e in b.info.files.values()
+                                                     if e.role == "image_encoder") else ["fp32 image encoding"]
+    cannot += ["edgeclip quantize (needs the fp32 image encoder and the source model)"] if cannot else []
+    print(f"can         {'; '.join(can)}" + (f"; not: {'; '.join(cannot)}" if cannot else ""))
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from .. import load_bundle
 
@@ -126,8 +166,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     model, pre = info.model, info.preprocess
     print(f"bundle      {b.path}  (schema {info.schema_version}, {'verified' if b.verified else 'NOT verified'})")
-    print(f"model       {model.id}  [{model.source}, {model.architecture}]  "
+    family = model.extra.get("family")
+    print(f"model       {model.id}  [{model.source}, {model.architecture}{f', family {family}' if family else ''}]  "
           f"embed_dim {model.embed_dim}  logit_scale {model.logit_scale:.2f}")
+    print(f"scoring     {model.scoring}" + (f" (logit_scale * cos + logit_bias {model.logit_bias:g}, each label on "
+                                             f"its own)" if model.scoring == "sigmoid" else " over the labels")
+          + (f"; tokenizer {info.tokenizer.type}, context {info.tokenizer.context_length}" if info.tokenizer else ""))
     print(f"preprocess  {list(pre.size)} {pre.resize_mode} {pre.interpolation}  mean {list(pre.mean)}  "
           f"std {list(pre.std)}")
     if info.labels is not None:
@@ -136,8 +180,15 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"labels      {len(names)}: {', '.join(names[:8])}{more}  [templates: {info.labels.template_set}]")
     for tower, p in _obj(m.get("parity")).items():
         p = _obj(p)
+        if tower == "tokenizer":
+            print(f"parity      tokenizer: {p.get('kind')} ids equal open_clip's on {p.get('texts')} texts")
+            continue
         print(f"parity      {tower}: max abs diff {_num(p.get('max_abs_diff'), '.2e')}, "
               f"min cosine {_num(p.get('min_cosine'), '.6f')}")
+    rep = _obj(_obj(m.get("export")).get("reparameterized"))
+    if rep:
+        print(f"export      reparameterized: {rep.get('batchnorm_before')} BatchNorm layers folded; min cosine "
+              f"{_num(rep.get('min_cosine'), '.7f')} to the training form on {rep.get('inputs')} inputs")
     for key, q in info.quantization.items():
         calib, agree = _obj(q.extra.get("calibration")), _obj(q.extra.get("agreement"))
         print(f"int8        {key}: recipe {q.recipe}, calib {calib.get('source')} "
@@ -145,6 +196,7 @@ def run_inspect(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {_num(v, '.4f') if isinstance(v, float) else v}" for k, v in agree.items()))
         if calib.get("summary"):  # synthetic calibration: steps per batch, resolution schedule, plan cut or not
             print(f"            synthesis {calib['summary']}")
+    _print_pack(b)
     print("files")
     for name, e in sorted(info.files.items()):
         extra = " ".join(f"{k}={getattr(e, k)}" for k in ("precision", "target") if getattr(e, k))

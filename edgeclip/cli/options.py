@@ -91,7 +91,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Options], fields: Ite
         convert = parser_type(meta["parse"]) if meta["parse"] else kind
         shown = _shown(default) if meta["parse"] is None or isinstance(default, (str, int, float, tuple)) \
             else str(default)
-        names = (flag(name), meta["short"]) if meta["short"] else (flag(name),)
+        alias = meta["alias"]
+        names = (flag(name), ("-" if len(alias) == 1 else "--") + alias) if alias else (flag(name),)
         target.add_argument(*names, dest=name, type=convert, default=default, choices=meta["choices"],
                             metavar=meta["metavar"], help=_help(f, shown), **({"nargs": "+"} if many else {}))
 

@@ -191,12 +191,14 @@ def _open(choice: BackendChoice, bundle: Bundle, options: LoadOptions, explicit:
                                    f"precision='int8' (`edgeclip build`)")
             reasons.append(f"no INT8 {backend.name} file for this machine: the {used} one")
     else:
-        path, used = bundle.encoder("image", "fp32"), "fp32"
+        path, used = None, "fp32"
         if want_int8:
             found, why = int8_file(bundle, choice.label, explicit.target, required=explicit.precision_given())
             reasons.append(why + ("" if found else ": FP32"))
             if found is not None:
                 path, used = found, "int8"
+        if path is None:  # a packed bundle may hold INT8 files only: the fp32 one is looked up when needed
+            path = bundle.encoder("image", "fp32")
         if explicit.precision in backend.precisions and explicit.precision not in precisions("file"):
             used = explicit.precision  # bf16: the fp32 file with bf16 arithmetic
     run_options = dataclasses.replace(options, providers=choice.providers) if choice.providers else options

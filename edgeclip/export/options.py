@@ -17,9 +17,10 @@ class ExportOptions(Options):
 
     WHAT: ClassVar[str] = "export option"
 
-    model: str | None = option(None, f"built-in name ({', '.join(PROXY_MODELS)} [default {DEFAULT_MODEL}], "
-                                     f"edgeclip-tiny-vit, edgeclip-tiny-rn), open_clip architecture (ViT-B-32), "
-                                     f"Hugging Face id or folder, or checkpoint file")
+    model: str | None = option(None, f"built-in name ({', '.join(PROXY_MODELS)} [default {DEFAULT_MODEL}], or an "
+                                     f"edgeclip-tiny-* test model: `edgeclip models`), open_clip architecture "
+                                     f"(ViT-B-32, MobileCLIP2-S0, ViT-B-16-SigLIP), Hugging Face id or folder, or "
+                                     f"checkpoint file")
     pretrained: str | None = option(None, "open_clip pretrained tag (openai, laion2b_s34b_b79k), weights file, or "
                                           "'none' for random")
     config: str | None = option(None, "open_clip model config JSON for a checkpoint file")
@@ -28,6 +29,10 @@ class ExportOptions(Options):
     parity_atol: float = option(1e-4, "max abs (or relative, for large models) difference allowed between ONNX "
                                       "and torch")
     seed: int = option(0, "seed for random-weight models")
+    tokenizer: str | None = option(None, "local Hugging Face tokenizer folder (tokenizer.json + "
+                                         "tokenizer_config.json) for models whose text tower is not CLIP's (SigLIP, "
+                                         "SigLIP2), when the model's folder and the local cache do not hold it",
+                                   metavar="DIR")
 
     def problems(self) -> list[str]:
         """Values out of range, each naming the option."""

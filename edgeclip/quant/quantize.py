@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bundle import load_bundle, now_iso, update_bundle
+from ..errors import OptionError
+from .agreement import LabelScoring
 from .calibration import CalibSource, calibration_set, work_dir, write_contact_sheet
 from .quantizer import quantize_images
 from .options import QuantizeOptions
@@ -61,7 +63,7 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
     name = int8_file_name(opts.target)
     with tempfile.TemporaryDirectory(prefix="edgeclip-quantize-") as tmp_s:
         made = quantize_images(source_fp32, Path(tmp_s) / "int8.onnx", recipe, calib, method, opts.max_drop,
-                               labels, bundle.logit_scale, ranges, progress, say, started=t0)
+                               labels, LabelScoring.of_bundle(bundle), ranges, progress, say, started=t0)
         r = made.record
         record: dict[str, Any] = {
             "recipe": r["recipe"], "file": name, "calibration": r["calibration"], "seconds": r["seconds"],
@@ -69,8 +71,9 @@ def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = Tr
             "weighted_nodes": r["weighted_nodes"], "max_drop": r["max_drop"], "settings": r["settings"],
             "created": now_iso(),
         }
-        if "sensitivity" in r:
-            record["sensitivity"] = r["sensitivity"]
+        for key in ("sensitivity", "kept_fp32"):
+            if key in r:
+                record[key] = r[key]
         say(f"writing {record['file']} into {bundle.path}")
         sheet = f"reports/calibration-{opts.target}.png"
         with update_bundle(bundle) as draft:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,16 +27,29 @@ class TextEncoder:
     @classmethod
     def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0) -> TextEncoder:
         """The bundle's tokenizer and fp32 ``text_encoder.onnx``."""
+        pack = bundle.manifest.get("pack")
+        if isinstance(pack, dict) and pack.get("text") == "none":
+            raise BundleError(f"{bundle.path}: the bundle was packed for device profile {pack.get('profile')} "
+                              f"without its text encoder, so labels cannot be embedded on the device; pack it with "
+                              f"a text encoder (`edgeclip pack` with text='int8'), or relabel the full bundle")
         if bundle.info.tokenizer is None:
             raise BundleError(f"{bundle.path}: the manifest has no tokenizer section, so labels cannot be embedded "
                               f"on the device; re-export the bundle")
         kind = pick(TOKENIZERS, bundle.info.tokenizer.type, "tokenizer type")
-        return cls(kind.load().from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
+        return cls(kind.load().from_manifest(bundle.path, bundle.manifest["tokenizer"]), text_encoder_file(bundle),
                    providers, threads)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Raw text embeddings [n, D] for ``texts``."""
         return self.backend.run(self.tokenizer(texts))
+
+
+def text_encoder_file(bundle: Bundle) -> Path:
+    """The bundle's text encoder: the fp32 one, else the INT8 one a packed bundle carries."""
+    entries = bundle.info.with_role("text_encoder")
+    if not any((e.precision or "fp32") == "fp32" for e in entries.values()) and entries:
+        return bundle.encoder("text", "int8")
+    return bundle.encoder("text")
 
 
 def bundle_templates(bundle: Bundle) -> tuple[str, list[str]]:

@@ -28,7 +28,8 @@ class StreamOptions(Options):
                                                      "500ms) or frames (5f); 0 disables smoothing",
                                  parse=HalfLife.parse, group="decisions")
     threshold: float = option(0.0, "report 'unknown' when the best smoothed probability is below this "
-                                   "(0: never)", group="decisions")
+                                   "(0: never); for a sigmoid-scored bundle (SigLIP) it is that label's own "
+                                   "probability of matching", group="decisions")
     hysteresis: float = option(0.05, "a new label must beat the current one by this much probability",
                                group="decisions")
     min_frames: int = option(3, "... for this many consecutive classified frames", group="decisions")
