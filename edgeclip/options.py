@@ -32,10 +32,10 @@ def option(default: Any, help: str, *, choices: Sequence[str] | None = None, met
            parse: Callable[[str], Any] | None = None, group: str | None = None, alias: str | None = None,
            output: str | None = None, cli: bool = True) -> Any:
     """A dataclass field with its CLI description: ``help`` (the default is added), ``choices``, ``metavar``,
-    ``parse`` (text -> value, for the CLI), ``group`` (the help section it belongs to), ``alias`` (a second name
-    for the flag: one letter is a short flag, ``o`` for ``-o``; a word a long one), ``output`` (``"file"`` or ``"folder"``: a path the job writes, checked with
-    :func:`check_output` before any work), ``cli=False`` (no flag). The CLI's flag is the field name with
-    dashes."""
+    ``parse`` (text -> value, for the CLI), ``group`` (the help section it belongs to), ``alias`` (a second
+    name for the flag: one letter is a short flag, ``o`` for ``-o``; a word a long one), ``output``
+    (``"file"`` or ``"folder"``: a path the job writes, checked with :func:`check_output` before any work),
+    ``cli=False`` (no flag). The CLI's flag is the field name with dashes."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "parse": parse, "group": group, "alias": alias, "output": output, "cli": cli}
     if isinstance(default, (list, dict, set)):
