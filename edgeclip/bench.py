@@ -19,13 +19,16 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, EdgeclipError, OptionError
+from .options import LoadOptions, Options, option
 from .runtime.cpu import BF16_FLAGS, VNNI_FLAGS, read_cpuinfo
-from .bundle import Bundle
-from .errors import EdgeclipError, OptionError
+from .tables import BACKENDS, INT8_RECIPES, Backend as TableBackend, load_module, precisions
 
 #: CPU flags that decide INT8 and fp32 speed, reported with the numbers.
 CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "asimddp", "i8mm", "sve", *VNNI_FLAGS, *BF16_FLAGS})
@@ -70,46 +73,61 @@ def int8_files(bundle: Bundle) -> list[tuple[str, Path, str | None]]:
             if entry.get("precision") == "int8"]
 
 
-def onnxruntime_variants(bundle: Bundle, providers: Sequence[str], threads: int = 0) -> list[Variant]:
-    """ONNX Runtime fp32 (named ``onnxruntime fp32``, the usual reference) and every INT8 file of the bundle."""
-    from .runtime.backends.onnxruntime import OrtBackend
-
-    fp32 = OrtBackend(bundle.encoder("image", "fp32"), list(providers), threads)
-    out = [Variant("onnxruntime fp32", "onnxruntime", "fp32", fp32.run)]
-    for _, path, target in int8_files(bundle):
-        backend = OrtBackend(path, list(providers), threads)
-        note = "TensorRT's Q/DQ recipe on ONNX Runtime (not what it is made for)" if target == "tensorrt" else ""
-        out.append(Variant(f"onnxruntime int8/{target}", "onnxruntime", "int8", backend.run, target, note))
-    return out
-
-
-def openvino_variants(bundle: Bundle, threads: int = 0, hint: str = "auto", cache_dir: str | None = None,
-                      cpu_flags: frozenset[str] | None = None) -> tuple[list[Variant], list[str]]:
-    """OpenVINO on the CPU: fp32, bf16 (where the CPU has it) and every INT8 file; and what was skipped, why."""
-    from .runtime.backends.openvino import OpenVinoBackend, check_bf16, have_openvino
-
-    ok, why = have_openvino()
-    if not ok:
-        return [], [f"openvino: {why}"]
-    files = bundle.manifest["files"]
+def _files(backend: TableBackend, bundle: Bundle) -> list[tuple[str, Path, str | None]]:
+    """(precision, file, INT8 recipe) of every file ``backend`` can run from the bundle: its built files,
+    or the fp32 ONNX at each float precision it runs and every INT8 ONNX."""
+    if backend.files is not None:
+        out = []
+        for precision in (p for p in precisions("load") if p in backend.precisions):
+            try:
+                path = load_module(backend.files).find_file(bundle, precision)
+            except EdgeclipError:
+                continue
+            out.append((precision, path, backend.int8_recipes[0] if precision == "int8" else None))
+        return out
     fp32 = bundle.encoder("image", "fp32")
-    todo = [("openvino fp32", fp32, "fp32", None), ("openvino bf16", fp32, "bf16", None)]
-    todo += [(f"openvino int8/{target}", path, "int8", target) for _, path, target in int8_files(bundle)]
-    variants, skipped = [], []
-    for name, path, precision, target in todo:
-        try:
-            if precision == "bf16":
-                check_bf16("CPU", cpu_flags)
-            enc = OpenVinoBackend(path, "CPU", precision, hint, threads, cache_dir,
-                                  key=files.get(path.name, {}).get("sha256"))
-        except EdgeclipError as exc:
-            skipped.append(f"{name}: {exc}")
+    return ([(p, fp32, None) for p in backend.precisions if p != "int8"]
+            + [("int8", path, target) for _, path, target in int8_files(bundle)])
+
+
+def backend_variants(bundle: Bundle, options: LoadOptions, skip: Sequence[str] = ()) -> tuple[list[Variant], list[str]]:
+    """Every backend of ``edgeclip.tables.BACKENDS`` that runs here (but ``skip``), at every precision it
+    runs the bundle's files at: ``"<backend> <precision>"`` / ``"<backend> int8/<recipe>"``; and what was
+    skipped, why. ``options``: threads, ONNX Runtime providers, OpenVINO hint and cache for every variant."""
+    variants: list[Variant] = []
+    skipped: list[str] = []
+    for backend in BACKENDS.values():
+        if backend.name in skip:
             continue
-        note = f"{hint} hint, compiled in {enc.start_seconds:.1f} s" + (" (cached)" if enc.from_cache else "")
-        if precision == "int8":
-            note += f", other layers {enc.rest_precision}"
-        variants.append(Variant(name, "openvino", precision, enc.run, target, note))
+        module = backend.load()
+        ok, why = module.available((options.providers or (None,))[0] if "providers" in backend.options else None)
+        files = _files(backend, bundle) if ok else []
+        if not files:
+            skipped.append(f"{backend.name}: {why if not ok else 'no file it runs in the bundle'}")
+        for precision, path, target in files:
+            name = f"{backend.name} {precision}" + (f"/{target}" if target else "")
+            try:
+                enc = module.open_encoder(path, options, precision, bundle=bundle)
+            except (EdgeclipError, ImportError, OSError) as exc:
+                skipped.append(f"{name}: {exc}")
+                continue
+            variants.append(Variant(name, backend.name, precision, enc.run, target, _note(backend, target, enc)))
     return variants, skipped
+
+
+def _note(backend: TableBackend, target: str | None, encoder: Any) -> str:
+    """What a variant's row should say: compile time and cache (where the backend tells), a recipe made for
+    another backend."""
+    parts = []
+    if getattr(encoder, "start_seconds", None) is not None:
+        parts.append(f"{getattr(encoder, 'hint', '')} hint, compiled in {encoder.start_seconds:.1f} s"
+                     + (" (cached)" if getattr(encoder, "from_cache", False) else ""))
+    if getattr(encoder, "rest_precision", None) and target:
+        parts.append(f"other layers {encoder.rest_precision}")
+    made_for = INT8_RECIPES[target].made_for if target in INT8_RECIPES else backend.name
+    if made_for.split(":")[0] != backend.name:
+        parts.append(f"the {target} recipe is made for {made_for}")
+    return ", ".join(parts)
 
 
 def paired_ratio(variant: Measurement, reference: Measurement) -> float:
@@ -154,7 +172,7 @@ def measure(variants: Sequence[Variant], inputs: dict[int, np.ndarray], rounds: 
     round of one pair takes about ``min_round_seconds`` (at least 1 run).
     """
     if rounds < 1 or warmup < 0:
-        raise OptionError("--rounds must be >= 1 and --warmup >= 0")
+        raise OptionError(f"`rounds` must be >= 1 and `warmup` >= 0, got {rounds} and {warmup}")
     if not variants:
         raise OptionError("nothing to benchmark")
     pairs = [(v, b) for b in inputs for v in variants]
@@ -219,7 +237,6 @@ def format_table(rep: dict[str, Any]) -> str:
 def write_json(rep: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Save the report as indented JSON."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(rep, indent=2, default=float) + "\n", encoding="utf-8")
     return p
 
@@ -232,7 +249,9 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise OptionError("--png needs matplotlib: pip install matplotlib (or 'edgeclip[report]')") from exc
+        from .extras import install_command
+
+        raise OptionError(f"a PNG chart needs matplotlib: {install_command('report')}") from exc
     rows = rep["results"]
     batches = sorted({r["batch"] for r in rows})
     names = list(dict.fromkeys(r["variant"] for r in rows))
@@ -258,7 +277,102 @@ def write_png(rep: dict[str, Any], path: str | os.PathLike[str], title: str = ""
     fig.suptitle(title or f"image encoder throughput (x = vs {rep.get('reference')})")
     fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bench job (``edgeclip bench``)
+# ---------------------------------------------------------------------------------------------------------
+#: the reference variant: the first backend of the table (it runs everywhere) on the fp32 file
+REFERENCE = f"{next(iter(BACKENDS))} fp32"
+PEER = "torch eager fp32"
+
+
+@dataclass(frozen=True)
+class BenchOptions(Options):
+    """What ``edgeclip bench`` times and how."""
+
+    WHAT: ClassVar[str] = "bench option"
+
+    batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes", metavar="B")
+    rounds: int = option(10, "interleaved rounds")
+    warmup: int = option(2, "untimed runs per variant and batch first")
+    round_seconds: float = option(0.3, "aim for about this long per variant and batch in each round")
+    torch: bool = option(True, "time the PyTorch eager reference peer (when torch is installed)")
+    seed: int = option(0, "seed of the random input batch")
+    json: str | None = option(None, "save the report as JSON", metavar="FILE", output="file")
+    png: str | None = option(None, "save a throughput chart as PNG", metavar="FILE", output="file")
+
+    def problems(self) -> list[str]:
+        """Values out of range, each naming the option."""
+        out = [f"`{name}` must be >= {low}, got {getattr(self, name)}"
+               for name, low in (("rounds", 1), ("warmup", 0)) if getattr(self, name) < low]
+        if any(b < 1 for b in self.batch_sizes):
+            out.append(f"`batch_sizes` must be >= 1, got {list(self.batch_sizes)}")
+        return out
+
+
+def torch_variant(bundle: Bundle, threads: int) -> tuple[Variant | None, str | None]:
+    """The PyTorch eager peer, or (None, why not).
+
+    OpenMP threads that spin collapse when another process holds the cores (measured on the shared 2-core
+    machine: ViT-B/32 at batch 1 took 1.85 s with 2 spinning threads, 0.30 s passive, 0.21 s on 1 thread),
+    so unless the caller set it, torch runs with ``OMP_WAIT_POLICY=PASSIVE``: generous to the peer.
+    """
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed"
+    try:
+        from .export.models import load_source_model
+
+        loaded = load_source_model(bundle)
+    except BundleError:
+        return None, "the manifest does not say how to reload the torch model (model.load)"
+    except (EdgeclipError, ImportError) as exc:
+        return None, f"cannot reload the torch model: {exc}"
+    tower = loaded.image_tower.eval()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+    def run(x: Any) -> Any:
+        with torch.inference_mode():
+            return tower(torch.from_numpy(x))
+
+    note = f"torch {torch.__version__}, eager, {torch.get_num_threads()} threads" + (
+        ", OMP_WAIT_POLICY=PASSIVE" if os.environ.get("OMP_WAIT_POLICY") == "PASSIVE" else "")
+    return Variant(PEER, "torch", "fp32", run, note=note), None
+
+
+def bench(bundle: str | os.PathLike[str], options: BenchOptions | None = None,
+          load_options: LoadOptions | None = None, skip: Sequence[str] = (),
+          progress: Callable[[int], None] | None = None,
+          on_plan: Callable[[list[Variant], list[str]], None] | None = None) -> dict[str, Any]:
+    """Time every backend that runs here (but those in ``skip``) on the bundle's files, side by side, and the
+    torch peer; returns the report (``format_table`` prints it). ``load_options``: threads, ONNX Runtime
+    providers, OpenVINO hint and cache for every variant; ``on_plan(variants, skipped)`` is called before the
+    timing starts; ``progress`` after every round."""
+    opts, lopts = options or BenchOptions(), load_options or LoadOptions(providers=("cpu",))
+    b = load_bundle(bundle)
+    variants: list[Variant] = []
+    skipped: list[str] = []
+    if opts.torch:
+        peer, why = torch_variant(b, lopts.threads)
+        variants += [peer] if peer is not None else []
+        skipped += [] if peer is not None else [f"torch: {why}"]
+    found, why_not = backend_variants(b, lopts, skip)
+    variants += found
+    skipped += why_not
+    if on_plan is not None:
+        on_plan(variants, skipped)
+    h, w = b.preprocess["size"]
+    rng = np.random.default_rng(opts.seed)
+    inputs = {n: rng.standard_normal((n, 3, h, w), dtype=np.float32) for n in sorted(set(opts.batch_sizes))}
+    results = measure(variants, inputs, opts.rounds, opts.warmup, opts.round_seconds, progress)
+    names = {v.name for v in variants}
+    return report(variants, results, REFERENCE, PEER if PEER in names else None,
+                  {"bundle": str(b.path), "model": b.model.get("id"), "rounds": opts.rounds, "warmup": opts.warmup,
+                   "threads": lopts.threads, "skipped": skipped})

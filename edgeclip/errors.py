@@ -91,8 +91,10 @@ class ConfigError(OptionError):
 
 
 class RequestError(EdgeclipError):
-    """A request to ``edgeclip serve`` cannot be served; ``status`` is the HTTP status code to answer."""
+    """A request to ``edgeclip serve`` cannot be served; ``status`` is the HTTP status code to answer and
+    ``retry_after`` the seconds a client should wait before trying again (429 and 503; None: not said)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = int(status)
+        self.retry_after = retry_after

@@ -1,16 +1,30 @@
-"""Zero-shot evaluation on an image-folder dataset (``<root>/<class>/<image>``), torch-free."""
+"""Zero-shot evaluation on an image-folder dataset (``<root>/<class>/<image>``), torch-free (``edgeclip eval``).
+
+    from edgeclip.evaluate import EvalOptions, evaluate
+    report = evaluate("bundle", "dataset/", EvalOptions(classes="classes.tsv"))
+    print(report.top1, report.top5, report.per_class)
+"""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from .api import load
+from .bundle import load_bundle
 from .errors import OptionError
+from .options import LoadOptions, Options, option
 from .runtime.images import IMAGE_EXTENSIONS
+from .runtime.labels import Label, resolve_templates
+from .tables import precisions
+from .runtime.scoring import probabilities
 
 if TYPE_CHECKING:
     from .runtime.classifier import Classifier
@@ -61,6 +75,10 @@ def load_dataset(root: str | Path, class_map: dict[str, str] | None = None, file
             raise OptionError(f"the class map has no name for folder(s) {', '.join(missing[:5])}"
                               + (f"; it names folder(s) that do not exist: {', '.join(unused[:5])} (a typo in "
                                  f"the map?)" if unused else "") + "; add a line 'folder<TAB>name' for each")
+    if class_map is None and all(re.fullmatch(r"n\d{8}", f) for f in folders):
+        raise OptionError(f"{root}: the class folders are WordNet ids ({', '.join(folders[:3])}, ...), which the text "
+                          f"encoder would read as words; pass `classes`: a map of folder<TAB>class name (e.g. "
+                          f"imagenette-classes.tsv)")
     names = [class_map[f] if class_map else f.replace("_", " ") for f in folders]
     allowed = None
     if files_from:  # listed paths may be relative to root or to a parent of it: match on path suffixes
@@ -159,15 +177,15 @@ def write_json(data: dict, path: str | Path) -> None:
 
 
 def evaluate_embeddings(embed_files: Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]],
-                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float) -> tuple[EvalReport, np.ndarray, np.ndarray]:
+                        dataset: Dataset, label_matrix: np.ndarray, logit_scale: float, logit_bias: float = 0.0,
+                        scoring: str = "softmax") -> tuple[EvalReport, np.ndarray, np.ndarray]:
     """Run ``embed_files`` (-> embeddings of readable files, failures, mask of readable) and score.
 
+    Scores are the bundle's: ``scoring(logit_scale * cosine + logit_bias)`` (``edgeclip.runtime.scoring``).
     Returns the report, the embeddings and the readable-file mask (to compare runs).
     """
     emb, failed, ok = embed_files(dataset.files)
-    logits = logit_scale * emb @ label_matrix.T
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    probs = probabilities(emb @ label_matrix.T, logit_scale, logit_bias, scoring)
     return score(probs, dataset.targets[ok], dataset.names, failed), emb, ok
 
 
@@ -200,3 +218,115 @@ def agreement(emb_a: np.ndarray, ok_a: np.ndarray, matrix_a: np.ndarray, emb_b: 
     pa, pb = (a @ matrix_a.T).argmax(1), (b @ matrix_b.T).argmax(1)
     cosine = float((a * b).sum(1).mean()) if a.shape == b.shape else float("nan")
     return {"top1_agreement": float((pa == pb).mean() * 100), "mean_cosine": cosine, "compared": int(len(a))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the eval job (``edgeclip eval``)
+# ---------------------------------------------------------------------------------------------------------
+_COMPARE = "comparison"
+
+
+@dataclass(frozen=True)
+class EvalOptions(Options):
+    """What ``edgeclip eval`` measures, on which images, with which engine."""
+
+    WHAT: ClassVar[str] = "eval option"
+
+    classes: str | None = option(None, "TSV/CSV mapping folder names to class names (e.g. imagenette-classes.tsv)")
+    templates: str = option("imagenet80", "prompt templates: imagenet80, short, photo, none or a file")
+    files_from: str | None = option(None, "only evaluate the files listed (paths relative to DATASET), e.g. a "
+                                          "held-out split")
+    limit: int = option(0, "evaluate a class-stratified random subset of N images")
+    seed: int = option(0, "seed for `limit` sampling")
+    batch_size: int = option(64, "images per inference batch")
+    workers: int = option(0, "decoding threads (0 = number of CPUs)")
+    exact_decode: bool = option(False, "decode every JPEG at full size (default: photos at least twice the model "
+                                       "input decode at a reduced DCT scale, as edgeclip classify does)")
+    engine: str = option("runtime", "runtime: the bundle's ONNX files; torch: the source PyTorch model with "
+                                    "open_clip's own preprocessing (needs the export extra), as a reference",
+                         choices=("runtime", "torch"))
+    against: str | None = option(None, "also run this bundle (may be the same one) and report top-1 agreement and "
+                                       "mean image-embedding cosine", metavar="BUNDLE", group=_COMPARE)
+    against_precision: str | None = option(None, "precision for `against` (default: same as `precision`)",
+                                           choices=("auto", *precisions("load")), group=_COMPARE)
+    json: str | None = option(None, "write the report as JSON", metavar="FILE", group=_COMPARE, output="file")
+    confusion: str | None = option(None, "write the confusion matrix as a PNG image", metavar="PNG", group=_COMPARE,
+                                   output="file")
+
+    def problems(self) -> list[str]:
+        """Contradictions and values out of range, each naming the option."""
+        out = [f"`{name}` must be >= {low}, got {getattr(self, name)}"
+               for name, low in (("limit", 0), ("batch_size", 1), ("workers", 0)) if getattr(self, name) < low]
+        if self.against_precision and not self.against:
+            out.append("`against_precision` needs `against` (a bundle)")
+        return out
+
+
+Embedder = Callable[[list[Path]], tuple[np.ndarray, list[dict], np.ndarray]]
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def _runtime_embedder(bundle: str | os.PathLike[str], options: EvalOptions, load_options: LoadOptions,
+                      names: list[str], templates: list[str],
+                      progress: Progress | None) -> tuple[Embedder, np.ndarray, tuple, str, str]:
+    clf = load(bundle, load_options)
+    if options.exact_decode:
+        clf.decode_ratio = 0
+    matrix = clf.embed_labels(names, templates)
+
+    def embed(files: list[Path]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        tick = progress(f"eval {clf.precision}", len(files)) if progress else None
+        return embed_files_with(clf, files, options.batch_size, options.workers, tick)
+
+    return embed, matrix, (clf.logit_scale, clf.logit_bias, clf.scoring), clf.encoder.name, clf.precision
+
+
+def _torch_embedder(bundle: str | os.PathLike[str], options: EvalOptions, threads: int, names: list[str],
+                    templates: list[str], progress: Progress | None) -> tuple[Embedder, np.ndarray, tuple, str, str]:
+    from .export.reference import TorchReference
+
+    b = load_bundle(bundle)
+    ref = TorchReference(b, threads)
+    matrix = ref.label_matrix([Label(n) for n in names], templates)
+
+    def embed(files: list[Path]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        tick = progress("eval torch", len(files)) if progress else None
+        return ref.embed_files(files, options.batch_size, tick)
+
+    model = b.info.model
+    return embed, matrix, (ref.loaded.logit_scale, model.logit_bias, model.scoring), "torch-eager", "fp32"
+
+
+def evaluate(bundle: str | os.PathLike[str], dataset: str | os.PathLike[str], options: EvalOptions | None = None,
+             load_options: LoadOptions | None = None, progress: Progress | None = None) -> EvalReport:
+    """Zero-shot top-1/top-5 of ``bundle`` on an image-folder dataset (``<root>/<class>/<image>``).
+
+    Class names (folder names, or the ``classes`` map) are embedded with the bundle's text encoder and
+    prompt templates. With ``against``, a second bundle runs on the same images and the report's
+    ``extra["comparison"]`` holds top-1 agreement and mean embedding cosine. ``progress(what, total)``
+    returns a callable given the images done after each batch.
+    """
+    opts, lopts = options or EvalOptions(), load_options or LoadOptions()
+    if opts.engine == "torch" and lopts.precision not in ("auto", "fp32"):
+        raise OptionError("engine='torch' evaluates the fp32 source model; drop `precision` or use engine='runtime'")
+    cmap = read_class_map(opts.classes) if opts.classes else None
+    ds = load_dataset(dataset, cmap, opts.files_from, opts.limit, opts.seed)
+    tname, templates = resolve_templates(opts.templates)
+    if opts.engine == "torch":
+        made = _torch_embedder(bundle, opts, lopts.threads, ds.names, templates, progress)
+    else:
+        made = _runtime_embedder(bundle, opts, lopts, ds.names, templates, progress)
+    embed, matrix, scale, engine, precision = made
+    report, emb, ok = evaluate_embeddings(embed, ds, matrix, *scale)
+    report.extra.update({"bundle": str(bundle), "dataset": str(dataset), "engine": engine, "precision": precision,
+                         "templates": tname, "files_from": opts.files_from, "limit": opts.limit})
+    if opts.against:
+        precision2 = opts.against_precision or lopts.precision
+        other_options = dataclasses.replace(lopts, precision=precision2,
+                                            target=lopts.target if precision2 != "fp32" else None)
+        embed2, matrix2, scale2, _, used2 = _runtime_embedder(opts.against, opts, other_options, ds.names, templates,
+                                                             progress)
+        other, emb2, ok2 = evaluate_embeddings(embed2, ds, matrix2, *scale2)
+        report.extra[_COMPARE] = {"against": str(opts.against), "against_precision": used2,
+                                  "against_top1": other.top1, **agreement(emb, ok, matrix, emb2, ok2, matrix2)}
+    return report

@@ -26,10 +26,12 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "export": (("torch", "torchvision", "open_clip", "onnx", "onnxscript", "safetensors", "transformers"),
                "torch, open_clip, onnx"),
     "openvino": (("openvino",), "OpenVINO for Intel CPUs and GPUs"),
+    "tokenizers": (("tokenizers",), "Hugging Face tokenizers: the tokenizer.json of SigLIP and other non-CLIP text towers"),
     "report": (("matplotlib",), "matplotlib"),
     "tensorrt": (("onnx",), "onnx; TensorRT itself comes from JetPack or NVIDIA"),
     "serve": (("starlette", "uvicorn", "multipart"), "Starlette, uvicorn, python-multipart"),
     "ray": (("ray", "pyarrow"), "Ray Data for batch runs on many workers or machines"),
+    "rknn": (("rknnlite",), "RKNN Toolkit Lite 2 for Rockchip NPUs (aarch64 boards)"),
     "watch": (("yaml", "paho"), "PyYAML and paho-mqtt for edgeclip watch (configuration, MQTT events)"),
     "test": (("pytest",), "pytest"),
 }
@@ -112,14 +114,16 @@ def require_onnxruntime(what: str | None = None, minimum: tuple[int, int] | None
                 break
             except metadata.PackageNotFoundError:
                 continue
-        if version is not None and _release(version) < minimum:
+        if version is not None and release(version) < minimum:
             need = ".".join(map(str, minimum))
             raise MissingExtraError(f"{what or 'this'} needs onnxruntime >= {need} (this one is {version}); "
                                     f"upgrade it with: {shlex.quote(sys.executable)} -m pip install "
                                     f"'onnxruntime>={need}' (or 'onnxruntime-gpu>={need}')")
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
+    """``"2.5.0"`` -> ``(2, 5, 0)``: the leading numbers of a version (at most three; stops at the first part
+    that is not one)."""
     parts = []
     for p in version.split(".")[:3]:
         digits = "".join(c for c in p if c.isdigit()) if p[:1].isdigit() else ""

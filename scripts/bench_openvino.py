@@ -34,7 +34,7 @@ def nncf_model(bundle: Any, work: Path, images: int) -> Path:
     """NNCF's INT8 of the bundle's fp32 image encoder as OpenVINO IR (made once, then reused from ``work``)."""
     import openvino as ov
 
-    from edgeclip.quant.synthetic import noise_images
+    from edgeclip.quant.synthesis import noise_images
 
     sha = bundle.manifest["files"][bundle.encoder("image", "fp32").name]["sha256"][:16]
     xml = work / f"nncf-{sha}-{images}.xml"
@@ -65,7 +65,7 @@ def bench_bundle(path: str, args: argparse.Namespace) -> dict[str, Any]:
     from edgeclip.runtime.backends.openvino import OpenVinoBackend
     from edgeclip.bench import (Variant, format_table, measure, onnxruntime_variants, openvino_variants,
                                             report)
-    from edgeclip.quant.synthetic import noise_images
+    from edgeclip.quant.synthesis import noise_images
 
     bundle = load_bundle(path)
     variants = onnxruntime_variants(bundle, ["cpu"], args.threads)

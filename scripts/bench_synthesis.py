@@ -55,7 +55,7 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
     from edgeclip.quant.calibration import text_targets
     from edgeclip.quant.priors import BatchNormStats, PatchDiversity, l2_prior, total_variation, vit_blocks
     from edgeclip.quant.resolution import COARSER, at_resolution, ladder
-    from edgeclip.quant.synthetic import SynthesisConfig, load_torch_tower, text_guided_objective
+    from edgeclip.quant.synthesis import SynthesisConfig, load_torch_tower, text_guided_objective
 
     torch.set_num_threads(threads)
     rows = []
@@ -132,7 +132,7 @@ def steps_of(bundles: list[str], rounds: int, threads: int) -> list[dict]:
 def full_run(bundles: list[str], budget: float, resolution: str = "auto") -> list[dict]:
     from edgeclip.bundle import load_bundle
     from edgeclip.quant.calibration import calibration_set
-    from edgeclip.quant.synthetic import SynthesisConfig
+    from edgeclip.quant.synthesis import SynthesisConfig
 
     rows = []
     for path in bundles:
@@ -194,7 +194,7 @@ def quality(bundles: list[str], threads: int, work: Path, limit: int | None,
     from edgeclip.quant.calibration import calibration_set
     from edgeclip.quant.quantizer import quantize_images
     from edgeclip.quant.recipes import recipe_for
-    from edgeclip.quant.synthetic import SynthesisConfig
+    from edgeclip.quant.synthesis import SynthesisConfig
     from edgeclip.evaluate import load_dataset, read_class_map
     from edgeclip.runtime.labels import resolve_templates
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# CI: the device runtime on its own. Installs '.[cpu]' into a fresh venv (no torch, no onnx, no OpenCV), runs
-# classify, labels, inspect, eval and stream there on a bundle made by the full install (.venv, from
-# scripts/install.sh), checks that export, quantize and a video source exit 2 with the pip line, prints the
-# venv's size, and dry-runs the README's Jetson install (tests/test_install.py, needs PyPI).
+# CI: the device runtime on its own. Installs '.[cpu,tokenizers]' into a fresh venv (no torch, no onnx, no
+# OpenCV), runs classify, labels, inspect, eval and stream there on a bundle made by the full install (.venv,
+# from scripts/install.sh), then classify and relabel on the tiny model of every family (SigLIP's with a
+# tokenizer trained here) and on a packed bundle, checks that export, quantize and a video source exit 2 with
+# the pip line, prints the venv's size, and dry-runs the README's Jetson install and every install line of the
+# docs (tests/test_install.py, needs PyPI).
 # Usage: bash scripts/check_runtime_install.sh   (after scripts/install.sh; RT_VENV=DIR to keep the venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ fail() { echo "[runtime-install] FAILED: $*" >&2; exit 1; }
 PY=$(.venv/bin/python -c "import sys; print(sys.base_prefix)")/bin/python3
 rm -rf "$RT"
 "$PY" -m venv "$RT"
-"$RT/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[cpu]"
+"$RT/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[cpu,tokenizers]"
 "$RT/bin/python" - <<'EOF' || fail "the runtime install pulled in an export-side or optional package"
 import importlib.util
 heavy = [m for m in ("torch", "torchvision", "open_clip", "onnx", "cv2", "matplotlib", "transformers", "edgeclip_models")
@@ -57,6 +59,34 @@ EC="$RT/bin/edgeclip"
 [ -s events.jsonl ] || fail "stream wrote no events"
 say "classify, labels, inspect, eval, stream: ok without torch, onnx and OpenCV"
 
+# every model family: the tiny random-weight model of each, exported by the full install, then classified and
+# relabelled here; and a bundle packed for this machine's profile with an INT8 text encoder
+cd "$ROOT"
+PYTHONPATH="$ROOT/tests" .venv/bin/python -c "
+from pathlib import Path
+from local_tokenizers import siglip_tokenizer, siglip2_tokenizer
+siglip_tokenizer(Path('$WORK/tok/siglip')); siglip2_tokenizer(Path('$WORK/tok/siglip2'))"
+FAMILIES=$(.venv/bin/python -c "from edgeclip.tables import FAMILIES; print(' '.join(f'{f.name}:{f.tiny}' for f in FAMILIES.values()))")
+for entry in $FAMILIES; do
+    fam=${entry%%:*}; model=${entry#*:}
+    tok=(); [ -d "$WORK/tok/$fam" ] && tok=(--tokenizer "$WORK/tok/$fam")
+    .venv/bin/edgeclip -q export --model "$model" --labels cat dog ship truck --out "$WORK/fam-$fam" "${tok[@]}"
+done
+.venv/bin/edgeclip -q pack "$WORK/bundle" --out "$WORK/packed"
+cd "$WORK"
+for entry in $FAMILIES; do
+    fam=${entry%%:*}
+    "$EC" -q classify "fam-$fam" photos/cat --top-k 2 -o "fam-$fam.csv"
+    [ "$(wc -l < "fam-$fam.csv")" -eq 21 ] || fail "$fam: classify wrote $(wc -l < "fam-$fam.csv") lines, expected 21"
+    "$EC" -q labels "fam-$fam" --labels cat dog ship truck airplane
+done
+"$EC" -q classify packed photos/ship -o packed.csv
+"$EC" -q labels packed --labels cat dog ship truck airplane
+"$EC" inspect packed | grep -q "^packed " || fail "inspect does not show the packed bundle's pack section"
+"$RT/bin/python" -c "import importlib.util, sys; sys.exit(bool(importlib.util.find_spec('torch')))" \
+    || fail "torch appeared in the runtime venv"
+say "every family ($(echo $FAMILIES | wc -w)) and a packed bundle: classify and relabel ok without torch"
+
 expect_2() {  # expect_2 EXTRA ARGS...: exit 2, one line naming the extra and the pip command
     local extra=$1; shift
     set +e; "$EC" "$@" > out.txt 2> err.txt; local rc=$?; set -e
@@ -74,6 +104,6 @@ expect_2 opencv eval bundle photos --confusion c.png
 expect_2 report bench bundle --png b.png
 
 cd "$ROOT"
-say "the README's Jetson install, dry-run"
-.venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_install.py -k jetson
+say "the README's Jetson install and every install line of the docs, dry-run"
+.venv/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_install.py -k "jetson or install_lines"
 say "ok"

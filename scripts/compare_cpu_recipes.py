@@ -28,7 +28,7 @@ def build(bundle_path: str, work: Path, n: int) -> tuple[dict[str, Path], np.nda
     from edgeclip.bundle import load_bundle
     from edgeclip.quant.recipes import CPU_CANDIDATES, prepare_fp32, quantize_onnx, quiet_onnxruntime, weighted_nodes
     from edgeclip.quant.recipes import _data_reader
-    from edgeclip.quant.synthetic import noise_images
+    from edgeclip.quant.synthesis import noise_images
 
     b = load_bundle(bundle_path)
     pre = b.preprocess

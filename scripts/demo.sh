@@ -9,7 +9,7 @@ DATA=${EDGECLIP_DATA:-../shared/data}
 mkdir -p out/photos
 tar -xf "$DATA/cifar10-test.tar" -C out/photos
 $EC export --out out/bundle --overwrite
-$EC quantize out/bundle --calib text-guided --target cpu
+$EC quantize out/bundle --calib text-guided          # --target auto: the recipe this machine runs best
 $EC inspect out/bundle
 $EC classify out/bundle out/photos/cifar10/test/ship out/photos/cifar10/test/cat --precision int8 --top-k 3 \
     --output out/predictions.csv

@@ -30,7 +30,9 @@ from edgeclip.export.defaults import PROXY_LABELS  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
 from edgeclip.stream.decisions import HalfLife  # noqa: E402
 from edgeclip.sources import parse_source  # noqa: E402
-from edgeclip.stream.loop import FrameResult, StreamOptions, StreamPipeline  # noqa: E402
+from edgeclip.options import LoadOptions  # noqa: E402
+from edgeclip.stream.loop import FrameResult, StreamPipeline  # noqa: E402
+from edgeclip.stream.options import StreamOptions  # noqa: E402
 from edgeclip.stream.outputs import JsonLinesSink, rss_bytes  # noqa: E402
 
 
@@ -57,7 +59,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgeclip-soak-") as tmp:
         bundle = Path(args.bundle) if args.bundle else export_tiny(Path(tmp) / "tiny")
-        clf = Classifier(bundle, threads=args.threads)
+        clf = Classifier(bundle, LoadOptions(threads=args.threads))
         samples: list[tuple[int, int]] = []
 
         def sample(r: FrameResult) -> None:
@@ -66,11 +68,12 @@ def main() -> int:
                 samples.append((n, rss_bytes() or 0))
 
         opts = StreamOptions(max_frames=args.frames, batch=args.batch, every_frame=True, summary_every=1.0,
-                             half_life=HalfLife(0.5), loop=args.loop)
+                             half_life=HalfLife(0.5))
         sink = JsonLinesSink(args.events)
         t0 = time.monotonic()
         try:
-            end = StreamPipeline(clf, parse_source(args.source), opts, sink=sink, observers=[sample]).run()
+            end = StreamPipeline(clf, parse_source(args.source, loop=args.loop), opts, sink=sink,
+                                 observers=[sample]).run()
         finally:
             sink.close()
         seconds = time.monotonic() - t0

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeclip.quant.agreement import run_onnx
     from edgeclip.quant.calibration import real_images, write_contact_sheet
     from edgeclip.quant.quantizer import make_calibration
-    from edgeclip.quant.synthetic import SynthesisConfig
+    from edgeclip.quant.synthesis import SynthesisConfig
     from edgeclip.runtime.preprocess import PreprocessConfig
 
     t_start = time.monotonic()

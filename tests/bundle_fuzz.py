@@ -235,6 +235,16 @@ def _text_manifest(transform: Callable[[str], str]) -> Callable[[Path], None]:
     return apply
 
 
+def _flatten_encoder(size: list[int], width: object) -> bytes:
+    """An "image encoder" that flattens the pixels (3 x H x W values per image) and declares [batch, width]."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, *size])
+    y = helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", width])
+    graph = helper.make_graph([helper.make_node("Flatten", ["pixels"], ["emb"], axis=1)], "wide", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def _onnx_with_location(src: Path, location: str) -> bytes:
     """The ONNX model at ``src`` with its weights moved to external data named ``location`` (no checks)."""
     import onnx
@@ -300,6 +310,9 @@ def _content_damages(b: Path, outside: Path) -> list[Damage]:
         onnxes.append((int8, "text-tower", text))
     for name, label, data in onnxes:
         out.append(Damage(f"{name}:{label}", "content", _replace_content(name, data), name.startswith("text")))
+    def wide(d: Path) -> None:  # 3 x H x W values per image under a named width (needs onnx: made when applied)
+        _replace_content("image_encoder.onnx", _flatten_encoder(m["preprocess"]["size"], "width"))(d)
+    out.append(Damage("image_encoder.onnx:wide-named-width", "content", wide))
     for label, loc in [("external-parent", "../w.bin"), ("external-absolute", "/etc/hostname"),
                        ("external-unrecorded", "w.bin"), ("external-backslash", "..\\w.bin")]:
         def ext(d: Path, loc: str = loc) -> None:

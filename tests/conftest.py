@@ -120,3 +120,35 @@ def quantized_copy(tmp_path_factory: pytest.TempPathFactory):
 def both_int8(quantized_copy, tiny_vit_bundle: Path) -> Path:
     """The tiny ViT bundle with both INT8 recipes (cpu and tensorrt; noise calibration: seconds). Read-only."""
     return quantized_copy(tiny_vit_bundle, "both", ("cpu", "tensorrt"))
+
+
+@pytest.fixture(scope="session")
+def local_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tokenizer folders of the tiny SigLIP and SigLIP2 models, trained here (the hub is not reachable)."""
+    pytest.importorskip("tokenizers", reason="the SigLIP tokenizers need the tokenizers extra")
+    from local_tokenizers import siglip2_tokenizer, siglip_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {"siglip": siglip_tokenizer(root / "siglip"), "siglip2": siglip2_tokenizer(root / "siglip2")}
+
+
+@pytest.fixture(scope="session")
+def family_bundles(tmp_path_factory: pytest.TempPathFactory, local_tokenizers: dict[str, Path]):
+    """``get(family) -> Path``: the family's tiny model exported once per session with the CIFAR-10 labels."""
+    pytest.importorskip("open_clip", reason="exporting a bundle needs the export extra (open_clip, torch)")
+    from edgeclip.cli import main
+    from edgeclip.tables import FAMILIES
+
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            out = tmp_path_factory.mktemp("family") / family
+            args = ["-q", "export", "--model", FAMILIES[family].tiny, "--labels", *CIFAR_CLASSES, "--out", str(out)]
+            if family in local_tokenizers:
+                args += ["--tokenizer", str(local_tokenizers[family])]
+            assert main(args) == 0
+            made[family] = out
+        return made[family]
+
+    return get

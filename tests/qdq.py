@@ -94,8 +94,10 @@ def assert_tensorrt_qdq(path: Path | str, expected: Iterable[str]) -> Graph:
     for dq in g.of("DequantizeLinear"):
         for c in g.consumers.get(dq.output[0], []):
             assert c.op_type in WEIGHTED, f"{c.op_type} {c.name} reads the quantized copy {dq.output[0]}"
-    for q in g.of("QuantizeLinear"):
-        assert not any(g.made_by(q.input[0], op) for op in WEIGHTED), f"{q.name} quantizes a GEMM output"
+    for q in g.of("QuantizeLinear"):  # a GEMM output is quantized only as the next GEMM's input (ConvNeXt:
+        if any(g.made_by(q.input[0], op) for op in WEIGHTED):  # a downsampling conv feeds a depthwise one)
+            readers = [c for dq in g.consumers.get(q.output[0], []) for c in g.consumers.get(dq.output[0], [])]
+            assert readers and all(c.op_type in WEIGHTED for c in readers), f"{q.name} quantizes a GEMM output"
     return g
 
 
@@ -122,12 +124,13 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
 
 
 def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: Iterable[str],
-                        attention: Iterable[str] = (), convolutional: bool = False) -> Graph:
+                        attention: Iterable[str] = (), convolutional: bool = False, unsigned: bool = True) -> Graph:
     """The ``openvino`` recipe: the weighted layers ``expected``, the residual adds / pools ``activation`` and
     the attention-head nodes ``attention`` (a CNN's) read dequantized inputs; symmetric per-channel int8
     weights; float biases; no other node reads a quantized copy. Activations: in a transformer, asymmetric
-    uint8; in a CNN (``convolutional``), symmetric (zero point 0), int8 where they have negatives (the tested
-    CNNs have both kinds), except the model input, which stays asymmetric uint8."""
+    uint8; in a CNN (``convolutional``), symmetric (zero point 0), int8 where they have negatives, uint8 where
+    they have none (a ReLU network has both; ``unsigned=False`` for one without ReLUs, ConvNeXt's GELUs),
+    except the model input, which stays asymmetric uint8."""
     g = Graph(path)
     assert_quantized_exactly(g, expected)
     activation, attention = set(activation), set(attention)
@@ -145,7 +148,8 @@ def assert_openvino_qdq(path: Path | str, expected: Iterable[str], activation: I
         else:
             assert zp.dtype in (np.uint8, np.int8) and not zp.any(), f"{q.name}: symmetric ({zp}, {zp.dtype})"
             signs.add(zp.dtype.name)
-    assert not convolutional or signs == {"int8", "uint8"}, f"a CNN has signed and unsigned activations: {signs}"
+    want = {"int8", "uint8"} if unsigned else {"int8"}
+    assert not convolutional or signs == want, f"a CNN's activations: {want} expected, got {signs}"
     for q in g.of("QuantizeLinear"):  # a reshape of a dequantized tensor is read as it is, never requantized
         moved = g.producer.get(q.input[0]) is not None and g.producer[q.input[0]].op_type in ("Reshape", "Transpose")
         assert not (moved and g.dequantized(q.input[0])), f"{q.name} requantizes a reshaped quantized tensor"

@@ -13,15 +13,21 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port, on a thread); yields the base URL."""
+def running_server(app: Any, plain: bool = False) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port, on a thread) with the server ``edgeclip serve`` runs (its
+    connection limits); ``plain``: uvicorn as it comes (an app mounted inside another). Yields the base URL."""
     import uvicorn
+
+    from edgeclip.serve.server import build_server
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY (asyncio)
     sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    if plain:
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    else:
+        server = build_server(app, log_level="warning", timeout_graceful_shutdown=1)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -145,4 +145,4 @@ def test_the_readme_python_example_runs(tiny_vit_bundle: Path, photos: list[Path
     code = code.replace('"out/bundle"', repr(str(tiny_vit_bundle)))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("Prediction(") == 3
+    assert done.stdout.count("Prediction(") == 4 and "<Classifier " in done.stdout

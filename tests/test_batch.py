@@ -196,7 +196,8 @@ def test_resume_after_sigint_gives_the_rows_of_an_uninterrupted_run(tiny_vit_bun
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 130, proc.stderr.read().decode()
+    assert proc.wait(60) == 130
+    assert f"interrupted; the rows so far are in {part}; the same command with --resume" in proc.stderr.read().decode()
     written = part.read_bytes().count(b"\n") - (fmt == "csv")
     assert 300 <= written < 2000  # interrupted in the middle; whole batches were flushed
     assert main(["-q", "classify", str(tiny_vit_bundle), *inputs, "-o", str(part), "--resume"]) == 0

@@ -86,7 +86,7 @@ def test_failed_write_never_replaces_a_good_bundle(bundle_copy: Path) -> None:
 
 
 def test_create_refuses_to_overwrite_without_flag(bundle_copy: Path) -> None:
-    with pytest.raises(BundleError, match="--overwrite"):
+    with pytest.raises(BundleError, match="overwrite=True"):
         with create_bundle(bundle_copy):
             pass
 

@@ -98,6 +98,70 @@ def test_symlinks_out_of_the_bundle_are_refused(bundle_copy: Path, tmp_path: Pat
         load_bundle(bundle_copy)
 
 
+def test_a_manifest_linked_out_of_the_bundle_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "manifest-elsewhere.json"
+    shutil.copyfile(bundle_copy / "manifest.json", outside)
+    (bundle_copy / "manifest.json").unlink()
+    (bundle_copy / "manifest.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="manifest.json: resolves to .* outside the bundle"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "manifest.json").unlink()
+    shutil.copyfile(outside, bundle_copy / "manifest.copy.json")
+    (bundle_copy / "manifest.json").symlink_to("manifest.copy.json")  # a link inside the bundle is a file of it
+    assert load_bundle(bundle_copy).verified
+
+
+def _forge_manifest_entry(bundle: Path, name: str) -> None:
+    import hashlib
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / name).read_bytes()
+    m["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_an_image_encoder_wider_than_embed_dim_is_refused_at_load(bundle_copy: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    import edgeclip
+
+    def flatten(width: object) -> None:  # pixels flattened: [batch, 3072], declared [batch, width]
+        x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 32])
+        y = helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", width])
+        graph = helper.make_graph([helper.make_node("Flatten", ["pixels"], ["emb"], axis=1)], "wide", [x], [y])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  bundle_copy / "image_encoder.onnx")
+        _forge_manifest_entry(bundle_copy, "image_encoder.onnx")
+
+    photo = tmp_path / "photo.png"
+    import cv2
+
+    cv2.imwrite(str(photo), np.full((40, 40, 3), 128, np.uint8))
+    flatten("width")  # a named width is not embed_dim: inspect and classify both refuse it (before: exit 1)
+    with pytest.raises(BundleError, match=r"output 'emb' has shape \['batch', 'width'\]; expected \[batch, 16\]"):
+        load_bundle(bundle_copy)
+    assert main(["-q", "inspect", str(bundle_copy)]) == 2
+    assert main(["-q", "classify", str(bundle_copy), str(photo)]) == 2
+    flatten(16)  # a declared width that is not what the graph computes: the files verify...
+    assert load_bundle(bundle_copy).verified
+    backends = ["onnxruntime"] + (["openvino"] if _has("openvino") else [])
+    for backend in backends:  # ...but loading the encoder finds out
+        with pytest.raises(BundleError, match=r"gives \[3072\] values per image where the manifest's "
+                                              r"model.embed_dim is 16"):
+            edgeclip.load(bundle_copy, backend=backend)
+    capsys.readouterr()
+    assert main(["-q", "classify", str(bundle_copy), str(photo), "--backend", "onnxruntime"]) == 2
+    assert "embed_dim is 16" in capsys.readouterr().err
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def test_external_data_must_stay_inside_and_be_recorded(bundle_copy: Path) -> None:
     pytest.importorskip("onnx")
     escaping = bf._onnx_with_location(bundle_copy / "image_encoder.onnx", "../w.bin")
@@ -213,6 +277,37 @@ def test_an_interrupted_swap_is_rolled_back_by_the_next_load(bundle_copy: Path) 
     b = load_bundle(bundle_copy)
     assert b.verified and b.label_names()[0] == "airplane"
     assert sorted(p.name for p in bundle_copy.parent.iterdir()) == [".bundle.lock", "bundle"]
+
+
+_SWAP_WRITER = """
+import os, sys, time
+os.environ["EDGECLIP_BUNDLE_SWAP"] = "rename"
+from edgeclip.bundle import update_bundle
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    with update_bundle(sys.argv[1], verify=False) as draft:
+        draft.manifest["note"] = str(n)
+    n += 1
+print(n)
+"""
+
+
+@pytest.mark.slow
+def test_readers_never_fail_while_a_writer_swaps_with_two_renames(bundle_copy: Path) -> None:
+    """A reader that arrives between the two renames waits for the writer (before: ~1 failed load in 3,000)."""
+    writer = subprocess.Popen([sys.executable, "-c", _SWAP_WRITER, str(bundle_copy), "15"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    loads, failures = 0, []
+    while writer.poll() is None:
+        try:
+            load_bundle(bundle_copy, verify=False)
+            loads += 1
+        except BundleError as exc:
+            failures.append(str(exc))
+    swaps = int(writer.stdout.read() or 0)
+    assert swaps > 100 and loads > 1000, (swaps, loads)
+    assert failures == []
 
 
 def test_stale_temporaries_are_removed_by_a_load_or_a_write(bundle_copy: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgeclip.cli import main
+from edgeclip.errors import ImageReadError
 from edgeclip.runtime.classifier import Classifier
 from edgeclip.runtime.images import read_image
 
@@ -80,8 +81,10 @@ def test_table_output_and_contradictions(tiny_vit_bundle: Path, photo_folder: Pa
     assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "ship_*"), "--format", "table"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("path") and len(lines) == 5
-    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu"]) == 2
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu", "--precision", "fp32"]) == 2
     assert "--precision int8" in capsys.readouterr().err
+    assert main(["classify", str(tiny_vit_bundle), str(photo_folder), "--target", "cpu"]) == 2  # precision auto
+    assert "no INT8 image encoder for recipe 'cpu'" in capsys.readouterr().err
     assert main(["classify", str(tiny_vit_bundle), str(photo_folder / "nothing-*.png")]) == 2
     assert "matches no file" in capsys.readouterr().err
 
@@ -140,3 +143,33 @@ def test_a_broken_pipe_leaves_stderr_usable(tiny_vit_bundle: Path, photo_folder:
     assert main(["-q", "classify", str(tiny_vit_bundle), str(photo_folder / "cat_*.jpg")]) == 0
     print("still usable", file=sys.stderr)
     assert "still usable" in capsys.readouterr().err
+
+
+def test_every_command_runs_the_best_file_the_bundle_has_by_default(both_int8: Path, cifar_test: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """One default for the CLI and the API (precision auto): after `quantize`, INT8, said in one line."""
+    ship = cifar_test / "ship" / "000[0-4].jpg"
+    args = ["--device", "x86-avx512-vnni", "--backend", "onnxruntime"]
+    assert main(["classify", str(both_int8), str(ship), "--format", "csv", *args]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "image encoder: " in line]
+    assert len(lines) == 1 and "image_encoder.int8.cpu.onnx on onnxruntime:cpu (int8)" in lines[0]
+    import edgeclip
+
+    assert edgeclip.load(both_int8, device="x86-avx512-vnni", backend="onnxruntime").precision == "int8"
+
+
+def test_rgb_arrays_and_pil_images_are_classified_as_the_photo(tiny_vit_bundle: Path, cifar_test: Path) -> None:
+    from PIL import Image
+
+    clf = Classifier(tiny_vit_bundle)
+    files = sorted((cifar_test / "ship").glob("00[0-9][0-9].jpg"))[:40]
+    bgr = [read_image(f) for f in files]
+    expected = clf.embed(bgr)
+    rgb = [np.ascontiguousarray(b[:, :, ::-1]) for b in bgr]
+    assert np.allclose(clf.embed(rgb, color="rgb"), expected, atol=1e-6)
+    assert np.allclose(clf.embed([Image.fromarray(a) for a in rgb]), expected, atol=1e-6)
+    assert clf.classify(Image.fromarray(rgb[0])).label == clf.classify(bgr[0]).label
+    wrong = clf.embed(rgb)  # an RGB array read as BGR: another image to the model
+    assert not np.allclose(wrong, expected, atol=1e-3)
+    with pytest.raises(ImageReadError, match="unknown color 'hsv'"):
+        clf.classify(bgr[0], color="hsv")

@@ -12,6 +12,7 @@ import pytest
 from edgeclip.cli import main
 from edgeclip.bundle import load_bundle
 from edgeclip.devices.choice import backend_order, open_image_encoder
+from edgeclip.options import LoadOptions
 from edgeclip.devices.catalog import get_profile, load_profiles, profile_from_dict
 from edgeclip.devices.detect import detect, l4t_software, parse_tegra_release, run_command
 from edgeclip.errors import DeviceError
@@ -32,6 +33,10 @@ EXPECTED = {
     "x86-alder-lake": ("x86-avx512-vnni", True, "avx_vnni"),
     "arm64-cpu": ("arm64-cpu", True, "asimddp"),
     "raspberry-pi-4": ("arm64-cpu", True, "aarch64"),
+    "rk3588-orangepi-5": ("rk3588", True, "'rockchip,rk3588': profile rk3588"),
+    "rk3588-rock-5b-mainline": ("rk3588", True, "'radxa,rock-5b', 'rockchip,rk3588'"),
+    "rk3566-radxa-zero3": ("rk3566", True, "'rockchip,rk3566': profile rk3566"),
+    "rk3568-rock-3a": ("rk3568", True, "'rockchip,rk3568': profile rk3568"),
 }
 
 
@@ -59,7 +64,7 @@ def test_fixture_tree_detects_its_profile(tree: str) -> None:
 
 def test_every_profile_is_covered_by_a_fixture_tree() -> None:
     assert set(load_profiles()) == {p for p, _, _ in EXPECTED.values()}
-    assert {p.kind for p in load_profiles().values()} == {"jetson", "gpu", "cpu"}
+    assert {p.kind for p in load_profiles().values()} == {"jetson", "gpu", "npu", "cpu"}
 
 
 def test_jetson_facts_name_the_release_and_its_tensorrt() -> None:
@@ -138,7 +143,7 @@ def test_run_command_returns_none_for_missing_or_failing_commands() -> None:
 def test_backend_order_explains_each_fallback(caplog: pytest.LogCaptureFixture) -> None:
     profile = get_profile("jetson-orin-nano")
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        order = backend_order(profile, available_providers=["CPUExecutionProvider"])
+        order = backend_order(profile, probes={"onnxruntime": {"providers": ["CPUExecutionProvider"]}})
     assert [c.label for c in order] == list(profile.backends)
     chosen = next(c for c in order if c.available)
     assert chosen.label == "onnxruntime:cpu" and chosen.providers == ("cpu",)
@@ -148,8 +153,8 @@ def test_backend_order_explains_each_fallback(caplog: pytest.LogCaptureFixture) 
     assert "TensorrtExecutionProvider is not in this onnxruntime build" in text
     assert "CUDAExecutionProvider is not in this onnxruntime build" in text
 
-    order = backend_order(profile, available_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                          have_tensorrt=False)
+    order = backend_order(profile, probes={"onnxruntime": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+                                           "tensorrt": {"installed": False}})
     chosen = next(c for c in order if c.available)
     assert chosen.label == "onnxruntime:cuda" and chosen.providers == ("cuda", "cpu")
 
@@ -170,7 +175,7 @@ def test_open_image_encoder_on_a_cpu_profile_opens_onnx_runtime_cpu(tiny_vit_bun
     bundle = load_bundle(tiny_vit_bundle)
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
         # the profile prefers INT8; the bundle has only FP32 (OpenVINO, first where installed: tests/test_openvino.py)
-        encoder, choice = open_image_encoder(bundle, get_profile("x86-avx512-vnni"), backend="onnxruntime")
+        encoder, choice = open_image_encoder(bundle, get_profile("x86-avx512-vnni"), LoadOptions(backend="onnxruntime"))
     assert encoder.name == "onnxruntime:cpu" and encoder.path == bundle.encoder("image", "fp32")
     assert choice.precision == "fp32" and "no INT8 file" in choice.describe()
     assert "no INT8 file that onnxruntime:cpu runs" in caplog.text

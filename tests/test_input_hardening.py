@@ -22,7 +22,7 @@ import pytest
 
 from image_fuzz import base_images, cases, jpeg_bomb, png_bomb
 from edgeclip.cli import main
-from edgeclip.cli.classify import RowWriter, json_line
+from edgeclip.batch import RowWriter, json_line
 from edgeclip.errors import ImageReadError, OptionError
 from edgeclip.runtime import images
 from edgeclip.runtime.classifier import FileResult, Prediction
@@ -163,6 +163,19 @@ def test_special_files_on_the_command_line_are_error_rows(tiny_vit_bundle: Path,
 def test_only_missing_inputs_is_a_usage_error(tiny_vit_bundle: Path, tmp_path: Path, capsys) -> None:
     assert main(["-q", "classify", str(tiny_vit_bundle), str(tmp_path / "missing.jpg")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_only_folders_without_images_is_a_usage_error(tiny_vit_bundle: Path, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty_dir.png"  # a folder named like an image
+    empty.mkdir()
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(empty)]) == 2
+    assert f"{empty}: the folder holds no image file" in capsys.readouterr().err  # before: exit 0, no row
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("x")
+    assert main(["-q", "classify", str(tiny_vit_bundle), str(empty), str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "none of these folders holds an image file" in err and "1 other entries" in err
 
 
 # -- outputs ------------------------------------------------------------------------------------------------

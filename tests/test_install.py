@@ -248,3 +248,23 @@ def test_jetson_install_plans_no_second_opencv_and_no_cpu_onnxruntime(tmp_path: 
     assert "pillow" not in got, got  # JetPack's Pillow 9.0 is kept
     # why the line carries no extra: pip cannot see apt's cv2, so [opencv] would install a second OpenCV
     assert any(n.startswith("opencv") for n in plan(f"{wheel}[opencv]", "numpy<2")), "stand-in cv2 seen by pip?"
+
+
+@pytest.mark.slow
+def test_install_lines_of_the_docs_resolve_as_written(tmp_path: Path) -> None:
+    """Every ``pip install`` of the docs, dry-run from the source tree (the built wheel for the wheel line)
+    against the package index: each resolves. Needs PyPI."""
+    from test_docs_install import install_lines
+
+    wheels = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    failed = []
+    for where, args in install_lines():
+        args = [str(wheels / a[len("dist/"):]) if a.startswith("dist/") else a for a in args if a not in ("-e", "-q")]
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                               *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            failed.append(f"{where}: pip install {' '.join(args)}: {proc.stderr.strip()[-400:]}")
+    assert failed == []

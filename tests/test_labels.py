@@ -91,3 +91,19 @@ def test_relabel_on_device_matches_torch_without_importing_torch(bundle_copy: Pa
     assert b.manifest["labels"]["template_set"] == "imagenet80"
     ref = TorchReference(b).label_matrix(read_labels_file(labels), IMAGENET_TEMPLATES)
     assert (ref * matrix).sum(1).min() > 0.9999
+
+
+def test_a_class_map_tsv_is_a_labels_file(imagenette_classes: Path) -> None:
+    from edgeclip.runtime.labels import read_labels_file
+
+    names = [lab.name for lab in read_labels_file(imagenette_classes)]
+    assert len(names) == 10 and names[0] == "tench" and "parachute" in names
+
+
+def test_eval_refuses_wordnet_folders_without_a_class_map(tiny_vit_bundle: Path, imagenette_train: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from edgeclip.cli import main
+
+    assert main(["eval", str(tiny_vit_bundle), str(imagenette_train), "--limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "WordNet ids (n01440764" in err and "--classes" in err

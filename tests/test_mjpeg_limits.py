@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from edgeclip.options import LoadOptions
+
 from mjpeg_servers import BadMjpegServer
 from image_fuzz import jpeg_bomb, png_bomb
 from edgeclip.runtime.classifier import Classifier
 from edgeclip.stream.decisions import HalfLife
 from edgeclip.stream.outputs import JsonLinesSink
-from edgeclip.stream.loop import ReconnectPolicy, StreamOptions, StreamPipeline
+from edgeclip.stream.loop import StreamPipeline
+from edgeclip.stream.options import StreamOptions
 from edgeclip.sources import MjpegHttpReader, parse_source
 
 LIMIT = 2**20  # the part size limit in these tests (1 MiB)
@@ -28,7 +31,7 @@ LIMIT = 2**20  # the part size limit in these tests (1 MiB)
 
 @pytest.fixture(scope="module")
 def clf(tiny_vit_bundle: Path) -> Classifier:
-    return Classifier(tiny_vit_bundle, threads=1)
+    return Classifier(tiny_vit_bundle, LoadOptions(threads=1))
 
 
 def read_events(path: Path) -> list[dict]:
@@ -38,11 +41,13 @@ def read_events(path: Path) -> list[dict]:
 def stream(clf: Classifier, source: str, events: Path, max_frames: int = 12, timeout: float = 0.6,
            max_part: int = LIMIT) -> dict:
     sink = JsonLinesSink(events)
-    opts = StreamOptions(half_life=HalfLife(0.0), margin=0.0, min_frames=1, summary_every=0, max_frames=max_frames,
-                         duration=30, reconnect=ReconnectPolicy(initial=0.1, maximum=0.5))
+    opts = StreamOptions(half_life=HalfLife(0.0), hysteresis=0.0, min_frames=1, summary_every=0,
+                         max_frames=max_frames, duration=30)
     try:
-        return StreamPipeline(clf, parse_source(source, timeout=timeout, max_part_bytes=max_part), opts,
-                              sink=sink).run()
+        network = source.startswith(("mjpeg+", "http"))  # the limits and reconnection of network sources
+        spec = parse_source(source, **(dict(read_timeout=timeout, max_part_size=max_part, reconnect_min=0.1,
+                                            reconnect_max=0.5) if network else {}))
+        return StreamPipeline(clf, spec, opts, sink=sink).run()
     finally:
         sink.close()
 

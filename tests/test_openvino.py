@@ -41,8 +41,8 @@ def cache(tmp_path: Path) -> Path:
                                                         ("int8", "cpu", 0.02)])
 def test_classify_equals_onnxruntime(both_int8: Path, photos: list[Path], cache: Path, precision: str,
                                      target: str | None, tolerance: float) -> None:
-    ov = edgeclip.load(both_int8, X86, precision, "openvino", target=target, cache_dir=cache)
-    ort = edgeclip.load(both_int8, X86, precision, "onnxruntime", target=target)
+    ov = edgeclip.load(both_int8, device=X86, precision=precision, backend="openvino", target=target, cache_dir=cache)
+    ort = edgeclip.load(both_int8, device=X86, precision=precision, backend="onnxruntime", target=target)
     assert ov.encoder.name == "openvino:cpu" and ort.encoder.name == "onnxruntime:cpu"
     assert ov.choice.file == ort.choice.file and ov.choice.precision == precision
     assert ov.encoder.rest_precision == ("bf16" if precision == "int8" and CPU_HAS_BF16 else "f32")
@@ -73,10 +73,10 @@ def test_compiled_model_cache_lives_outside_the_bundle_and_makes_the_second_star
     monkeypatch.delenv("EDGECLIP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "edgeclip" / "openvino"
-    first = edgeclip.load(both_int8, X86, "int8", "openvino")  # default folder: the user's cache
+    first = edgeclip.load(both_int8, device=X86, precision="int8", backend="openvino")  # default folder: the user's cache
     assert first.encoder.cache_dir.parent == default_cache_dir() and not first.encoder.from_cache
     assert list(first.encoder.cache_dir.glob("*.blob"))
-    second = edgeclip.load(both_int8, X86, "int8", "openvino")
+    second = edgeclip.load(both_int8, device=X86, precision="int8", backend="openvino")
     assert second.encoder.from_cache and second.encoder.cache_dir == first.encoder.cache_dir
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     assert np.allclose(first.encoder.run(x), second.encoder.run(x), atol=1e-6)
@@ -97,10 +97,10 @@ def test_bf16_needs_avx512_bf16_or_amx(tiny_vit_bundle: Path) -> None:
     check_bf16("CPU", {"avx2", "avx512_bf16"})
     check_bf16("CPU", {"amx_bf16"})
     check_bf16("GPU.0", set())  # not a CPU question
-    with pytest.raises(edgeclip.OptionError, match="OpenVINO only.*backend='openvino'"):
-        edgeclip.load(tiny_vit_bundle, X86, "bf16", "onnxruntime")
+    with pytest.raises(edgeclip.OptionError, match="openvino only.*backend='openvino'"):
+        edgeclip.load(tiny_vit_bundle, device=X86, precision="bf16", backend="onnxruntime")
     with pytest.raises(edgeclip.OptionError, match="drop `target`"):
-        edgeclip.load(tiny_vit_bundle, X86, "bf16", target="tensorrt")
+        edgeclip.load(tiny_vit_bundle, device=X86, precision="bf16", target="tensorrt")
 
 
 @needs_openvino
@@ -113,10 +113,10 @@ def test_bf16_error_on_a_cpu_without_it_and_agreement_where_it_has_it(both_int8:
     assert not list(cache.rglob("*.blob"))  # refused before compiling anything
     if not CPU_HAS_BF16:
         with pytest.raises(edgeclip.OptionError, match="AVX512_BF16 or AMX"):
-            edgeclip.load(both_int8, X86, "bf16", cache_dir=cache)
+            edgeclip.load(both_int8, device=X86, precision="bf16", cache_dir=cache)
         return
-    bf16 = edgeclip.load(both_int8, X86, "bf16", cache_dir=cache)  # auto: bf16 means OpenVINO
-    fp32 = edgeclip.load(both_int8, X86, "fp32", "openvino", cache_dir=cache)
+    bf16 = edgeclip.load(both_int8, device=X86, precision="bf16", cache_dir=cache)  # auto: bf16 means OpenVINO
+    fp32 = edgeclip.load(both_int8, device=X86, precision="fp32", backend="openvino", cache_dir=cache)
     assert bf16.choice.precision == "bf16" and bf16.encoder.name == "openvino:cpu"
     assert bf16.choice.file.name == "image_encoder.onnx"
     a, b = bf16.embed(photos), fp32.embed(photos)
@@ -128,11 +128,13 @@ def test_auto_picks_openvino_when_installed_and_onnxruntime_when_told_not(caplog
     profile = get_profile(X86)
     assert profile.backends == ("openvino", "onnxruntime:cpu") == get_profile("x86-avx2").backends
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        order = backend_order(profile, available_providers=["CPUExecutionProvider"], have_openvino=True)
+        order = backend_order(profile, probes={"onnxruntime": {"providers": ["CPUExecutionProvider"]},
+                                               "openvino": {"installed": True}})
     assert [c.label for c in order if c.available][0] == "openvino"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        order = backend_order(profile, available_providers=["CPUExecutionProvider"], have_openvino=False)
+        order = backend_order(profile, probes={"onnxruntime": {"providers": ["CPUExecutionProvider"]},
+                                               "openvino": {"installed": False}})
     assert [c.label for c in order if c.available][0] == "onnxruntime:cpu"
     assert "falling back to onnxruntime:cpu; openvino skipped: OpenVINO is not installed" in caplog.text
 
@@ -141,17 +143,17 @@ def test_auto_picks_openvino_when_installed_and_onnxruntime_when_told_not(caplog
 def test_auto_runs_openvino_on_x86_and_onnxruntime_without_it(both_int8: Path, cache: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    auto = edgeclip.load(both_int8, X86, cache_dir=cache)  # the profile: int8, OpenVINO first
+    auto = edgeclip.load(both_int8, device=X86, cache_dir=cache)  # the profile: int8, OpenVINO first
     assert auto.encoder.name == "openvino:cpu" and auto.choice.precision == "int8"
     assert auto.choice.file.name == "image_encoder.int8.tensorrt.onnx"
     assert "the tensorrt recipe" in auto.choice.describe()
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed: import fails
     with caplog.at_level(logging.INFO, logger="edgeclip.devices"):
-        fallback = edgeclip.load(both_int8, X86, cache_dir=cache)
+        fallback = edgeclip.load(both_int8, device=X86, cache_dir=cache)
     assert fallback.encoder.name == "onnxruntime:cpu" and fallback.choice.file.name == "image_encoder.int8.cpu.onnx"
     assert "falling back to onnxruntime:cpu; openvino skipped: OpenVINO is not installed" in caplog.text
     with pytest.raises(edgeclip.BackendError, match="openvino.*pip install"):
-        edgeclip.load(both_int8, X86, backend="openvino")
+        edgeclip.load(both_int8, device=X86, backend="openvino")
 
 
 @needs_openvino
@@ -160,9 +162,9 @@ def test_cli_classify_and_stream_run_on_openvino(both_int8: Path, cifar_test: Pa
     folder = cifar_test / "ship"
     runs = {}
     for backend in ("openvino", "onnxruntime"):
+        own = ["--cache-dir", str(tmp_path / "c"), "--hint", "throughput"] if backend == "openvino" else []
         assert main(["classify", str(both_int8), str(folder), "--backend", backend, "--precision", "int8",
-                     "--target", "tensorrt", "--format", "csv", "--device", X86, "--cache-dir", str(tmp_path / "c"),
-                     "--hint", "throughput"]) == 0
+                     "--target", "tensorrt", "--format", "csv", "--device", X86, *own]) == 0
         captured = capsys.readouterr()
         assert f"image_encoder.int8.tensorrt.onnx on {backend}:cpu (int8)" in captured.err
         runs[backend] = captured.out.splitlines()
@@ -175,6 +177,9 @@ def test_cli_classify_and_stream_run_on_openvino(both_int8: Path, cifar_test: Pa
                  "--device", X86, "--cache-dir", str(tmp_path / "c")]) == 0
     ev = [json.loads(line) for line in events.read_text().splitlines()]
     assert ev[-1]["event"] == "end" and ev[-1]["frame"] == 11 and ev[1]["event"] == "label"
+    # an option of one backend given to another is refused before any work, naming it
+    assert main(["classify", str(both_int8), str(folder), "--backend", "onnxruntime", "--hint", "throughput"]) == 2
+    assert "--hint is read by the openvino backend only" in capsys.readouterr().err
 
 
 @needs_openvino
@@ -197,4 +202,31 @@ def test_bench_compares_backends_in_one_run(both_int8: Path, tmp_path: Path, cap
 def test_devices_lists_openvino_devices(capsys: pytest.CaptureFixture) -> None:
     assert main(["devices", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["openvino"]["installed"] and "CPU" in [d["device"] for d in data["openvino"]["devices"]]
+    openvino = data["backends"]["openvino"]
+    assert openvino["available"] and "CPU" in [d["device"] for d in openvino["devices"]]
+
+
+@needs_openvino
+def test_the_compiled_model_cache_is_pruned_and_cleared(both_int8: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from edgeclip.runtime.backends.openvino import OpenVinoBackend
+
+    monkeypatch.setenv("EDGECLIP_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "openvino"
+    first = OpenVinoBackend(both_int8 / "image_encoder.onnx")
+    assert [p.name for p in folder.iterdir()] == [first.cache_dir.name]
+    monkeypatch.setenv("EDGECLIP_CACHE_MAX", "1k")  # smaller than one entry: only the one in use stays
+    second = OpenVinoBackend(both_int8 / "image_encoder.int8.cpu.onnx")
+    assert [p.name for p in folder.iterdir()] == [second.cache_dir.name]
+    assert main(["cache"]) == 0 and "openvino: 1 entries" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0 and "freed" in capsys.readouterr().out
+    assert list(folder.iterdir()) == [] and sorted(both_int8.iterdir())  # the bundle is never touched
+
+
+def test_inspect_names_what_a_device_does_not_need(both_int8: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(both_int8), "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "not needed on a device" in out and "reports/calibration-" in out
+    if (both_int8 / ".work").exists():
+        assert ".work/" in out and "calibration cache of quantize" in out

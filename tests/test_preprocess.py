@@ -369,3 +369,21 @@ def test_an_extremely_elongated_image_costs_memory_for_the_crop_only(shape: tupl
         tracemalloc.stop()
     assert out.shape == (3, 224, 224) and np.isfinite(out).all()
     assert peak < 64 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MB"
+
+
+def test_resampling_memory_does_not_grow_with_the_image() -> None:
+    """Beside the decoded image, a resize needs one strip of float32 and a uint8 intermediate as tall as the
+    image and as wide as the crop, not a float32 copy of the image (which for 6000x6000 would be 412 MB)."""
+    import tracemalloc
+
+    pp = Preprocessor(PreprocessConfig(size=(224, 224)))
+    peaks = {}
+    for side in (1500, 6000):
+        image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        pp(image)  # the plan is cached: measure the resize alone
+        tracemalloc.start()
+        pp(image)
+        peaks[side] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[6000] < 32 * 2**20, peaks  # before: 40 MB
+    assert peaks[6000] - peaks[1500] < 4 * 2**20, peaks  # 16x the pixels, ~1 MB more (before: +13 MB)

@@ -15,7 +15,7 @@ from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_p
                                    summary)
 from edgeclip.quant.calibration import text_targets
 from edgeclip.quant.resolution import COARSER, at_resolution, ladder
-from edgeclip.quant.synthetic import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
+from edgeclip.quant.synthesis import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
                                       synthesis_threads, synthesise, text_cosine, text_guided_objective,
                                       tower_from_module, usable_cores)
 
@@ -144,7 +144,8 @@ def test_cut_plan_shows_in_final_line_manifest_and_inspect(tmp_path: Path, tiny_
                                                            capsys: pytest.CaptureFixture) -> None:
     vit = tmp_path / "vit"
     shutil.copytree(tiny_vit_bundle, vit)
-    assert main(["quantize", str(vit), "--images", "8", "--steps", "50000", "--time-budget", "1"]) == 0
+    assert main(["quantize", str(vit), "--target", "cpu", "--images", "8", "--steps", "50000", "--time-budget",
+                 "1"]) == 0
     final = capsys.readouterr().out.strip().splitlines()[-1]
     assert final.startswith("wrote ") and "PLAN CUT from 50000 steps" in final, final
     calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
@@ -240,13 +241,15 @@ def test_summary_names_the_ladder_of_every_batch_when_they_differ() -> None:
 
 
 def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Path) -> None:
-    from edgeclip.cli.quantize import PRECISIONS as CLI_PRECISIONS
-    from edgeclip.cli.quantize import RESOLUTIONS
+    from edgeclip.cli import build_parser
 
-    assert RESOLUTIONS == MODES and CLI_PRECISIONS == PRECISIONS
+    flags = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions}
+    assert tuple(flags["synthesis_resolution"].choices) == MODES
+    assert tuple(flags["synthesis_precision"].choices) == PRECISIONS
     vit = tmp_path / "vit"
     shutil.copytree(tiny_vit_bundle, vit)
-    assert main(["-q", "quantize", str(vit), "--images", "4", "--steps", "4", "--no-cache", "--synthesis-resolution",
+    assert main(["-q", "quantize", str(vit), "--target", "cpu", "--images", "4", "--steps", "4", "--no-cache",
+                 "--synthesis-resolution",
                  "coarse-to-fine", "--synthesis-precision", "bf16", "--synthesis-threads", "1"]) == 0
     calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
     assert calib["plan"]["resolution"] == "coarse-to-fine" and calib["plan"]["precision"] == "bf16"
@@ -257,8 +260,7 @@ def test_quantize_flags_reach_the_synthesis(tmp_path: Path, tiny_vit_bundle: Pat
         edgeclip.quantize(vit, synthesis_resolution="fast")
     with pytest.raises(OptionError, match="`synthesis_threads`"):
         edgeclip.quantize(vit, synthesis_threads=-1)
-    with pytest.raises(SystemExit):
-        main(["quantize", str(vit), "--synthesis-resolution", "fast"])
+    assert main(["quantize", str(vit), "--synthesis-resolution", "fast"]) == 2
 
 
 def test_threads_follow_usable_cores_and_what_others_use_now(vit_tower) -> None:

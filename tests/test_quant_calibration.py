@@ -10,7 +10,7 @@ import pytest
 from edgeclip.bundle import load_bundle
 from edgeclip.errors import OptionError
 from edgeclip.quant.calibration import CalibSource, calibration_set, contact_sheet, text_targets, write_contact_sheet
-from edgeclip.quant.synthetic import (SynthesisConfig, bn_statistics_loss, bn_stats_objective, load_torch_tower,
+from edgeclip.quant.synthesis import (SynthesisConfig, bn_statistics_loss, bn_stats_objective, load_torch_tower,
                                       noise_images, pixel_bounds, synthesise, text_cosine, text_guided_objective)
 
 FAST = SynthesisConfig(batch_size=4, steps=25)

@@ -119,7 +119,7 @@ def test_max_drop_keeps_the_most_sensitive_layers_in_fp32(vit: Path, tmp_path: P
     from edgeclip.quant.agreement import run_onnx
     from edgeclip.quant.quantize import QuantizeOptions, quantize_bundle
     from edgeclip.quant.recipes import RECIPES, prepare_fp32, quantize_onnx
-    from edgeclip.quant.synthetic import noise_images
+    from edgeclip.quant.synthesis import noise_images
     from edgeclip.runtime.labels import Label
     from edgeclip.runtime.text import write_labels
 
@@ -141,3 +141,21 @@ def test_max_drop_keeps_the_most_sensitive_layers_in_fp32(vit: Path, tmp_path: P
     assert rec["excluded_nodes"][0] == rec["sensitivity"][0]["node"], "the most sensitive layer goes first"
     manifest = load_bundle(vit).manifest
     assert manifest["quantization"]["tensorrt"]["excluded_nodes"] == rec["excluded_nodes"]
+
+
+def test_target_auto_makes_the_recipe_this_machines_backend_runs_best(vit: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import edgeclip
+    from edgeclip.api import best_int8_recipe
+    from edgeclip.devices.catalog import get_profile
+
+    target, why = best_int8_recipe()
+    assert main(["quantize", str(vit), "--images", "4", "--steps", "4", "--calib", "noise"]) == 0
+    assert f"[quantize] target {target}: {why}" in capsys.readouterr().err
+    assert list(load_bundle(vit).manifest["quantization"]) == [target]
+    clf = edgeclip.load(vit)  # and the device's backend runs that file by default, as made for it
+    assert clf.precision == "int8" and f"the {target} recipe is the one made for" in clf.choice.describe()
+    import importlib.util
+
+    on_x86 = "openvino" if importlib.util.find_spec("openvino") else "cpu"
+    assert best_int8_recipe(get_profile("x86-avx2"))[0] == on_x86  # OpenVINO first where it is installed

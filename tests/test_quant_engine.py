@@ -17,7 +17,7 @@ from edgeclip.errors import OptionError, QuantizationError
 from edgeclip.quant import CalibrationSet, quantize_model
 from edgeclip.quant.agreement import run_onnx
 from edgeclip.quant.recipes import RECIPES, activation_nodes, attention_nodes, prepare_fp32, weighted_nodes
-from edgeclip.quant.synthetic import SynthesisConfig
+from edgeclip.quant.synthesis import SynthesisConfig
 
 PRE = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 FAST = SynthesisConfig(batch_size=8, steps=4, threads=1)

@@ -73,11 +73,11 @@ def test_record_names_the_activation_ops(rn_openvino: Path) -> None:
 def test_openvino_runs_its_own_recipe_and_agrees_with_onnxruntime(rn_openvino: Path, cifar_test: Path,
                                                                   tmp_path: Path) -> None:
     photos = [p for c in ("ship", "cat", "truck") for p in sorted((cifar_test / c).glob("*.jpg"))[:4]]
-    ov = edgeclip.load(rn_openvino, X86, "int8", "openvino", cache_dir=tmp_path / "cache")
+    ov = edgeclip.load(rn_openvino, device=X86, precision="int8", backend="openvino", cache_dir=tmp_path / "cache")
     assert ov.choice.file.name == "image_encoder.int8.openvino.onnx"
     assert "the openvino recipe is the one made for openvino" in ov.choice.describe()
-    ort = edgeclip.load(rn_openvino, X86, "int8", "onnxruntime", target="openvino")
+    ort = edgeclip.load(rn_openvino, device=X86, precision="int8", backend="onnxruntime", target="openvino")
     a, b = ov.embed(photos), ort.embed(photos)
     assert float((a * b).sum(1).min()) > 0.99  # the same Q/DQ model on two runtimes
-    fp32 = edgeclip.load(rn_openvino, X86, "fp32", "onnxruntime").embed(photos)
+    fp32 = edgeclip.load(rn_openvino, device=X86, precision="fp32", backend="onnxruntime").embed(photos)
     assert float((a * fp32).sum(1).min()) > 0.98

@@ -21,7 +21,7 @@ from edgeclip.bundle import load_bundle
 from edgeclip.errors import OptionError
 from edgeclip.quant.agreement import compare, run_onnx
 from edgeclip.quant.recipes import RECIPES, Recipe, prepare_fp32, quantize_onnx, ranges_cache_name, weighted_nodes
-from edgeclip.quant.synthetic import noise_images
+from edgeclip.quant.synthesis import noise_images
 
 
 def _images(bundle_path: Path, n: int = 16) -> np.ndarray:

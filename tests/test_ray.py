@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import re
 import subprocess
 from pathlib import Path
 
@@ -80,3 +82,19 @@ def test_classify_ray_in_python_with_parquet_shards(local_ray, tiny_vit_bundle: 
     assert [Path(t["path"]).name for t in table] == [f.name for f in files]
     assert [t["label"] for t in table[:-1]] == [r.prediction.label for r in rows[:-1]]
     assert table[0]["top_labels"] == rows[0].prediction.labels and len(table[0]["top_scores"]) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="the 'openvino' extra is not installed")
+def test_cli_load_options_reach_the_ray_actors(local_ray, tiny_vit_bundle: Path, cifar_test: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    cache = tmp_path / "ov-cache"
+    out = tmp_path / "rows.csv"
+    assert main(["classify", str(tiny_vit_bundle), str(cifar_test / "ship" / "000[0-9].jpg"), "-o", str(out),
+                 "--ray", "--workers", "2", "--backend", "openvino", "--hint", "throughput",
+                 "--cache-dir", str(cache), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    ran = re.findall(r"image encoder: (.*)", err)
+    assert ran and all("on openvino:cpu" in line and f"throughput hint, 1 threads, cache {cache}" in line
+                       for line in ran), err
+    assert list(cache.rglob("*.blob"))  # the actors compiled into the folder asked for
+    assert len(_csv(out)) == 10

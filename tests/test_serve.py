@@ -342,7 +342,7 @@ def test_without_a_source_the_stream_endpoints_say_so_and_foreign_hosts_are_refu
     with running_server(app) as base:
         for path in ("/v1/stream", "/v1/preview.mjpg", "/v1/preview.jpg"):
             r = call("GET", base + path)
-            assert r.status == 404 and "--source" in r.json()["error"], path
+            assert r.status == 404 and "no live source" in r.json()["error"], path
         assert call("GET", f"{base}/v1/status").json()["stream"] is None
         port = base.rsplit(":", 1)[1]
         rebound = call("GET", f"{base}/v1/labels", headers={"Host": f"attacker.example:{port}"})
@@ -358,7 +358,7 @@ def test_the_app_mounts_inside_another_app(served_bundle, photos) -> None:
     from starlette.routing import Mount
 
     outer = Starlette(routes=[Mount("/clip", app=create_app(edgeclip.load(served_bundle), token=TOKEN))])
-    with running_server(outer) as base:
+    with running_server(outer, plain=True) as base:
         r = call("POST", f"{base}/clip/v1/classify?top_k=1", photos[0], AUTH)
         assert r.status == 200 and len(r.json()["predictions"]) == 1
         assert call("GET", f"{base}/clip/?token={TOKEN}").status == 200

@@ -20,13 +20,16 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeclip.options import LoadOptions
+
 from edgeclip.cli import main
 from edgeclip.errors import SourceError
 from edgeclip.runtime.backends import create_backend
 from edgeclip.runtime.classifier import Classifier
 from edgeclip.stream.decisions import EmaSmoother, HalfLife, LabelDecider, Roi
 from edgeclip.sources import opencv_has, parse_source
-from edgeclip.stream.loop import FrameMailbox, ReconnectPolicy, StreamOptions, StreamPipeline
+from edgeclip.stream.loop import FrameMailbox, StreamPipeline
+from edgeclip.stream.options import StreamOptions
 from edgeclip.stream.outputs import JsonLinesSink, LatencyStats
 
 SEGMENTS = 10
@@ -52,12 +55,12 @@ def read_events(path: Path) -> list[dict]:
 
 
 def no_smoothing(**kw) -> StreamOptions:
-    return StreamOptions(half_life=HalfLife(0.0), margin=0.0, min_frames=1, summary_every=0, **kw)
+    return StreamOptions(half_life=HalfLife(0.0), hysteresis=0.0, min_frames=1, summary_every=0, **kw)
 
 
 @pytest.fixture(scope="module")
 def clf(tiny_vit_bundle: Path) -> Classifier:
-    return Classifier(tiny_vit_bundle, threads=1)
+    return Classifier(tiny_vit_bundle, LoadOptions(threads=1))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def test_video_file_every_frame_matches_classify(clf: Classifier, segment_video:
 def test_loop_restarts_a_file_and_media_time_goes_on(clf: Classifier, segment_video: dict) -> None:
     got: list = []
     n = SEGMENTS * HOLD
-    end = StreamPipeline(clf, parse_source(str(segment_video["path"])), no_smoothing(loop=True, max_frames=n + 5),
+    end = StreamPipeline(clf, parse_source(str(segment_video["path"]), loop=True), no_smoothing(max_frames=n + 5),
                          observers=[got.append]).run()
     assert end["reason"] == "max_frames" and end["inferred"] == n + 5
     assert [r.raw_label for r in got[n:]] == segment_video["labels"][:5]
@@ -128,7 +131,7 @@ def test_smoothing_and_hysteresis_follow_segments(clf: Classifier, segment_video
     """Label events equal an offline run of the same decision rules on classify's probabilities, and every
     segment settles on its own label."""
     half_life, min_frames = HalfLife.parse("0.1s"), 2  # 0.1 s = one frame of the 10 fps file
-    opts = StreamOptions(half_life=half_life, margin=0.0, min_frames=min_frames, summary_every=0, batch=3)
+    opts = StreamOptions(half_life=half_life, hysteresis=0.0, min_frames=min_frames, summary_every=0, batch=3)
     got: list = []
     StreamPipeline(clf, parse_source(str(segment_video["path"])), opts, observers=[got.append]).run()
     ema, decider = EmaSmoother(half_life), LabelDecider(clf.label_names, margin=0.0, min_frames=min_frames)
@@ -205,7 +208,7 @@ def test_gstreamer_sources_explain_the_system_opencv(source: str) -> None:
 
 
 def test_gstreamer_preset_pipelines() -> None:
-    from edgeclip.sources import csi_pipeline, usb_pipeline
+    from edgeclip.sources.gstreamer import csi_pipeline, usb_pipeline
 
     csi = csi_pipeline(1, 1920, 1080, 30)
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ") and "width=1920,height=1080,framerate=30/1" in csi
@@ -247,7 +250,7 @@ class SlowEncoder:
 def test_slow_model_drops_frames_and_latency_stays_bounded(tiny_vit_bundle: Path, clf: Classifier,
                                                             batch: int) -> None:
     delay, fps, seconds = 0.05, 100.0, 1.5
-    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(create_backend(clf.bundle.encoder("image"), threads=1), delay))
+    slow = Classifier(tiny_vit_bundle, encoder=SlowEncoder(create_backend(clf.bundle.encoder("image"), LoadOptions(threads=1)), delay))
     source = parse_source("synthetic://64x48", fps=fps)
     assert source.paced
     end = StreamPipeline(slow, source, StreamOptions(duration=seconds, summary_every=0, batch=batch)).run()
@@ -331,8 +334,9 @@ def test_mjpeg_http_stream_reconnects_after_a_drop(clf: Classifier, segment_vide
     got: list = []
     try:
         url = server.url if scheme == "http" else "mjpeg+" + server.url
-        opts = no_smoothing(max_frames=40, reconnect=ReconnectPolicy(initial=0.2, maximum=1.0))
-        end = StreamPipeline(clf, parse_source(url, timeout=5), opts, sink=sink, observers=[got.append]).run()
+        opts = no_smoothing(max_frames=40)
+        source = parse_source(url, read_timeout=5, reconnect_min=0.2, reconnect_max=1.0)
+        end = StreamPipeline(clf, source, opts, sink=sink, observers=[got.append]).run()
     finally:
         sink.close()
         server.close()
@@ -355,8 +359,9 @@ def test_lost_stream_gives_up_when_asked(clf: Classifier, segment_video: dict, t
     sink = JsonLinesSink(tmp_path / "events.jsonl")
     t0 = time.monotonic()
     try:
-        opts = no_smoothing(reconnect=ReconnectPolicy(initial=0.1, maximum=0.4, give_up=1.0))
-        end = StreamPipeline(clf, parse_source("mjpeg+" + server.url, timeout=2), opts, sink=sink).run()
+        source = parse_source("mjpeg+" + server.url, read_timeout=2, reconnect_min=0.1, reconnect_max=0.4,
+                              give_up_after=1.0)
+        end = StreamPipeline(clf, source, no_smoothing(), sink=sink).run()
     finally:
         sink.close()
         server.close()
@@ -460,3 +465,29 @@ def test_stream_runtime_never_imports_torch(tiny_vit_bundle: Path) -> None:
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- the public streaming API ------------------------------------------------------------------------------
+def test_the_public_stream_api_iterates_decisions_and_stops_when_left(clf: Classifier, segment_video: dict) -> None:
+    import edgeclip
+
+    live = edgeclip.stream(clf, str(segment_video["path"]), half_life="0", hysteresis=0.0, min_frames=1)
+    got = [(r.frame.index, r.decision.label) for r in live]  # to the end of the file
+    assert got == list(enumerate(segment_video["labels"])) and live.end["reason"] == "eof"
+    with edgeclip.stream(clf, str(segment_video["path"]), loop=True) as endless:  # a looped file never ends
+        first = [r.frame.index for _, r in zip(range(5), endless)]
+    assert first == [0, 1, 2, 3, 4] and endless.end["reason"] == "stopped"
+    assert not endless._thread.is_alive()
+
+
+def test_everything_that_can_be_refused_is_refused_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    import edgeclip
+
+    nowhere = tmp_path / "no-bundle"  # never opened: the source options are refused first
+    with pytest.raises(SourceError, match="`fps` does not apply to a url source.*`fps_limit`"):
+        edgeclip.stream(nowhere, "rtsp://camera/stream", fps=10)
+    with pytest.raises(edgeclip.OptionError, match="did you mean 'threshold'"):
+        edgeclip.stream(nowhere, "synthetic://64x48", treshold=0.3)
+    for command in ("stream", "serve"):  # one rule for every application that reads a source
+        assert main([command, str(nowhere), "--source", "rtsp://camera/stream", "--fps", "10"]) == 2
+        assert "--fps does not apply to a url source" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_foreign_engines_are_kept_but_never_loaded(tmp_path: Path) -> None:
     orin = build(bundle, fake, profile=ORIN, sm="8.7")  # built on a Jetson, bundle copied to a desktop
     with pytest.raises(BackendError) as err:
         find_engine(load_bundle(bundle), tensorrt="10.3.0", sm="8.9")
-    assert "built for SM 8.7, this GPU is SM 8.9" in str(err.value) and "run `edgeclip build" in str(err.value)
+    assert "built for SM 8.7, this GPU is SM 8.9" in str(err.value) and "`edgeclip build`" in str(err.value)
     with pytest.raises(BackendError, match="built with TensorRT 10.3.0, this machine has 10.7.0"):
         find_engine(load_bundle(bundle), tensorrt="10.7.0", sm="8.7")
     desk = build(bundle, fake)

@@ -12,59 +12,10 @@ image paths. See the README's batch section for running on a cluster.
 """
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any, Callable, Iterator, Sequence
-
-from ..api import load
-from ..errors import OptionError
-from . import ray as ray_batch
+from .job import BatchOptions, BatchPlan, plan, run
+from .ray import classify_ray
 from .resume import ResumeState, resume_output
-from ..runtime.classifier import FileResult
+from .rows import FORMATS, RowWriter, json_line, write_results
 
-
-def classify_ray(bundle: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *, workers: int = 2,
-                 address: str | None = None, batch_size: int = 32, top_k: int = 1, exact_decode: bool = False,
-                 parquet: str | os.PathLike[str] | None = None, device: str = "auto", precision: str = "auto",
-                 backend: str = "auto", target: str | None = None, providers: Sequence[str] | None = None,
-                 threads: int = 0, max_pixels: int | None = None, max_bytes: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> Iterator[FileResult]:
-    """Classify ``paths`` with ``workers`` Ray Data actors, one Classifier each; FileResults in input order.
-
-    - ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``); None starts a
-      local Ray bound to 127.0.0.1 (no dashboard) unless this process already started one.
-    - ``threads``: ONNX Runtime threads per actor (0: this machine's cores / ``workers`` for a local Ray; the
-      backend's default on a cluster). Each actor reserves ``max(1, threads)`` Ray CPUs.
-    - ``parquet``: also write the result rows as Parquet shards into this folder (columns
-      ``edgeclip.batch.ray.COLUMNS``; ``path`` is UTF-8 text, ``path_bytes`` the name's exact bytes).
-    - The other options are :func:`edgeclip.load`'s and :meth:`Classifier.classify_files`'s; ``max_pixels`` /
-      ``max_bytes`` are the image limits applied on the workers.
-
-    Unreadable files are FileResults with ``error``, as in a local run. The rows are computed when the
-    iterator is consumed (with ``parquet``, once, before the first row is returned).
-    """
-    if workers < 1:
-        raise OptionError(f"`workers` must be >= 1, got {workers}")
-    local = address is None
-    if local and not threads:
-        threads = max(1, (os.cpu_count() or 2) // workers)
-    factory = functools.partial(load, os.path.abspath(os.fspath(bundle)), device, precision, backend, target=target,
-                                providers=list(providers) if providers else None, threads=threads, top_k=top_k)
-    ray_batch.init_ray(address, num_cpus=max(os.cpu_count() or 1, workers * max(1, threads)) if local else None)
-    ds = ray_batch.classify_dataset([os.path.abspath(os.fspath(p)) for p in paths],
-                                    factory, workers=workers, batch_size=batch_size, top_k=top_k,
-                                    exact_decode=exact_decode, cpus_per_worker=max(1, threads),
-                                    max_pixels=max_pixels, max_bytes=max_bytes)
-    return _results(ds, paths, parquet, progress)
-
-
-def _results(ds: Any, paths: Sequence[str | os.PathLike[str]], parquet: str | os.PathLike[str] | None,
-             progress: Callable[[int], None] | None) -> Iterator[FileResult]:
-    if not paths:
-        return
-    if parquet is not None:
-        ds = ds.materialize()  # computed once, for both the shards and the rows
-        ray_batch.write_parquet(ds, parquet)
-    for i, r in enumerate(ray_batch.iter_results(ds, progress)):
-        r.path = type(r.path)(paths[i])  # the path as the caller wrote it (the workers saw it absolute)
-        yield r
+__all__ = ["BatchOptions", "BatchPlan", "FORMATS", "ResumeState", "RowWriter", "classify_ray", "json_line", "plan",
+           "resume_output", "run", "write_results"]

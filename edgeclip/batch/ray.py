@@ -11,20 +11,24 @@ nothing is written for users to load).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..api import load
 from ..errors import BackendError, EdgeclipError, OptionError
+from ..options import LoadOptions
 from ..runtime.classifier import FileResult, Prediction
 
 log = logging.getLogger("edgeclip.batch")
 
 #: columns of the result dataset (and of the Parquet shards)
-COLUMNS = ("path", "path_bytes", "label", "score", "top_labels", "top_scores", "error")
+COLUMNS = ("path", "path_bytes", "label", "score", "top_labels", "top_scores", "error", "engine")
 
 
 def require_ray(loopback: bool = False) -> Any:
@@ -37,7 +41,7 @@ def require_ray(loopback: bool = False) -> Any:
     """
     from ..extras import require
 
-    require("ray", what="a --ray run (Ray Data)")
+    require("ray", what="a Ray Data run")
     if loopback:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
@@ -53,6 +57,10 @@ def require_ray(loopback: bool = False) -> Any:
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Connect to Ray: the cluster at ``address``, else a Ray already started in this process, else a new
     local Ray bound to 127.0.0.1 without a dashboard."""
+    if not address and "ray" not in sys.modules:
+        # token authentication on, as Ray's default is, but asked for (read when ray is imported): Ray then
+        # prints no banner about it
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = require_ray()
     if ray.is_initialized():
         return ray
@@ -84,7 +92,7 @@ class ClassifyActor:
         paths = [Path(os.fsdecode(bytes(b))) for b in batch["path_bytes"]]
         results = list(self.clf.classify_files(paths, batch_size=max(1, len(paths)), workers=self.threads,
                                                top_k=self.top_k, exact_decode=self.exact))
-        return result_columns(results)
+        return result_columns(results, self.clf.choice.describe() if self.clf.choice else self.clf.encoder.name)
 
 
 def _display(raw: bytes) -> str:
@@ -92,8 +100,9 @@ def _display(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def result_columns(results: Sequence[FileResult]) -> dict[str, np.ndarray]:
-    """FileResults -> the columns of :data:`COLUMNS` (error rows: empty label, NaN score)."""
+def result_columns(results: Sequence[FileResult], engine: str = "") -> dict[str, np.ndarray]:
+    """FileResults -> the columns of :data:`COLUMNS` (error rows: empty label, NaN score); ``engine``: which
+    image encoder the actor ran, where, and why (``EncoderChoice.describe``)."""
     raws = [os.fsencode(r.path) for r in results]
 
     def obj(values: list) -> np.ndarray:
@@ -106,7 +115,7 @@ def result_columns(results: Sequence[FileResult]) -> dict[str, np.ndarray]:
             "score": np.array([r.prediction.score if r.prediction else np.nan for r in results], np.float64),
             "top_labels": obj([list(r.prediction.labels) if r.prediction else [] for r in results]),
             "top_scores": obj([[float(s) for s in r.prediction.scores] if r.prediction else [] for r in results]),
-            "error": obj([r.error or "" for r in results])}
+            "error": obj([r.error or "" for r in results]), "engine": obj([engine] * len(results))}
 
 
 def row_result(row: dict[str, Any]) -> FileResult:
@@ -141,12 +150,18 @@ def classify_dataset(paths: Sequence[str | os.PathLike[str]], factory: Callable[
                                                max(1, int(cpus_per_worker)), max_pixels, max_bytes))
 
 
-def iter_results(ds: Any, progress: Callable[[int], None] | None = None) -> Iterator[FileResult]:
-    """The rows of a result dataset as FileResults, in order; a failure inside Ray is a BackendError."""
+def iter_results(ds: Any, progress: Callable[[int], None] | None = None,
+                 on_open: Callable[[str], None] | None = None) -> Iterator[FileResult]:
+    """The rows of a result dataset as FileResults, in order; a failure inside Ray is a BackendError.
+    ``on_open`` hears each distinct image encoder the actors ran (what ran where, and why)."""
     ray = require_ray()
+    seen: set[str] = set()
     try:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             n = len(batch["path_bytes"])
+            for engine in set(batch["engine"]) - seen if on_open else ():
+                seen.add(engine)
+                on_open(str(engine))
             for i in range(n):
                 yield row_result({k: batch[k][i] for k in ("path_bytes", "error", "top_labels", "top_scores")})
             if progress:
@@ -161,3 +176,54 @@ def iter_results(ds: Any, progress: Callable[[int], None] | None = None) -> Iter
 def write_parquet(ds: Any, folder: str | os.PathLike[str]) -> None:
     """Write the result rows as Parquet shards into ``folder`` (created; Ray names the files)."""
     ds.write_parquet(os.fspath(folder))
+
+
+def classify_ray(bundle: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]],
+                 options: LoadOptions | None = None, /, *, workers: int = 2, address: str | None = None,
+                 batch_size: int = 32, top_k: int = 1, exact_decode: bool = False,
+                 parquet: str | os.PathLike[str] | None = None, max_pixels: int | None = None,
+                 max_bytes: int | None = None, progress: Callable[[int], None] | None = None,
+                 on_open: Callable[[str], None] | None = None, **load_values: Any) -> Iterator[FileResult]:
+    """Classify ``paths`` with ``workers`` Ray Data actors, one Classifier each; FileResults in input order.
+
+    - ``options`` (:class:`edgeclip.LoadOptions`, its fields also as keywords): how each actor runs
+      ``edgeclip.load``, unchanged (device, precision, backend, target, providers, hint, cache_dir...).
+      ``threads``: ONNX Runtime threads per actor (0: this machine's cores / ``workers`` for a local Ray;
+      the backend's default on a cluster). Each actor reserves ``max(1, threads)`` Ray CPUs.
+    - ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``); None starts a
+      local Ray bound to 127.0.0.1 (no dashboard) unless this process already started one.
+    - ``parquet``: also write the result rows as Parquet shards into this folder (columns
+      ``edgeclip.batch.ray.COLUMNS``; ``path`` is UTF-8 text, ``path_bytes`` the name's exact bytes).
+    - The others are :meth:`Classifier.classify_files`'s; ``max_pixels`` / ``max_bytes`` are the image limits
+      applied on the workers; ``on_open`` hears each distinct line saying which image encoder the actors run,
+      where and why (as ``edgeclip.load`` logs it).
+
+    Unreadable files are FileResults with ``error``, as in a local run. The rows are computed when the
+    iterator is consumed (with ``parquet``, once, before the first row is returned).
+    """
+    if workers < 1:
+        raise OptionError(f"`workers` must be >= 1, got {workers}")
+    opts = LoadOptions.build(options, top_k=top_k, **load_values)
+    local = address is None
+    if local and not opts.threads:
+        opts = opts.replace(threads=max(1, (os.cpu_count() or 2) // workers))
+    factory = functools.partial(load, os.path.abspath(os.fspath(bundle)), opts)
+    threads = opts.threads
+    init_ray(address, num_cpus=max(os.cpu_count() or 1, workers * max(1, threads)) if local else None)
+    ds = classify_dataset([os.path.abspath(os.fspath(p)) for p in paths],
+                                    factory, workers=workers, batch_size=batch_size, top_k=top_k,
+                                    exact_decode=exact_decode, cpus_per_worker=max(1, threads),
+                                    max_pixels=max_pixels, max_bytes=max_bytes)
+    return _results(ds, paths, parquet, progress, on_open)
+
+
+def _results(ds: Any, paths: Sequence[str | os.PathLike[str]], parquet: str | os.PathLike[str] | None,
+             progress: Callable[[int], None] | None, on_open: Callable[[str], None] | None) -> Iterator[FileResult]:
+    if not paths:
+        return
+    if parquet is not None:
+        ds = ds.materialize()  # computed once, for both the shards and the rows
+        write_parquet(ds, parquet)
+    for i, r in enumerate(iter_results(ds, progress, on_open)):
+        r.path = type(r.path)(paths[i])  # the path as the caller wrote it (the workers saw it absolute)
+        yield r

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import BundleError
+from ..tables import SCORINGS, TOKENIZERS, precisions
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -25,7 +26,7 @@ LABELS_NPY = "labels.npy"
 ROLES = ("image_encoder", "text_encoder", "external_data", "tokenizer", "labels", "label_embeddings", "engine",
          "report", "calibration")
 #: Precisions of encoder files and engines.
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = precisions("file")
 #: How an image is resized to the model input, and with which kernel.
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -145,9 +146,12 @@ class ModelInfo:
     architecture: str | None = None
     image_size: tuple[int, int] | None = None
     context_length: int | None = None
+    scoring: str = "softmax"
+    logit_bias: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    KNOWN = ("id", "source", "architecture", "embed_dim", "logit_scale", "image_size", "context_length")
+    KNOWN = ("id", "source", "architecture", "embed_dim", "logit_scale", "image_size", "context_length", "scoring",
+             "logit_bias")
 
     @classmethod
     def parse(cls, d: Any, p: Problems) -> ModelInfo:
@@ -160,9 +164,15 @@ class ModelInfo:
         size = _pair(p, "model.image_size", d["image_size"], MAX_IMAGE_SIDE) if "image_size" in d else None
         ctx = (_int(p, "model.context_length", d["context_length"], 1, MAX_CONTEXT_LENGTH)
                if "context_length" in d else None)
+        scoring = _str(p, "model.scoring", d.get("scoring", "softmax"), tuple(SCORINGS))
+        bias = d.get("logit_bias", 0.0)
+        if not is_number(bias) or abs(bias) > MAX_LOGIT_SCALE:
+            p.add("model.logit_bias", f"must be a finite number in [-{MAX_LOGIT_SCALE:g}, {MAX_LOGIT_SCALE:g}], "
+                                      f"got {_show(bias)}")
+            bias = 0.0
         return cls(embed_dim or 1, float(scale or 1.0), _opt_str(p, "model", d, "id"),
                    _opt_str(p, "model", d, "source"), _opt_str(p, "model", d, "architecture"), size, ctx,
-                   _extra(d, cls.KNOWN))
+                   scoring or "softmax", float(bias), _extra(d, cls.KNOWN))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in ("id", "source", "architecture") if getattr(self, k)}
@@ -171,6 +181,8 @@ class ModelInfo:
             out["image_size"] = list(self.image_size)
         if self.context_length is not None:
             out["context_length"] = self.context_length
+        if self.scoring != "softmax" or self.logit_bias:  # CLIP's bundles stay as they were
+            out.update(scoring=self.scoring, logit_bias=self.logit_bias)
         return {**out, **self.extra}
 
 
@@ -230,7 +242,7 @@ class TokenizerInfo:
     @classmethod
     def parse(cls, d: Any, p: Problems) -> TokenizerInfo:
         d = _section(p, "tokenizer", d)
-        kind = _str(p, "tokenizer.type", d.get("type"))
+        kind = _str(p, "tokenizer.type", d.get("type"), tuple(TOKENIZERS))
         vocab = d.get("vocab")
         why = bundle_relpath(vocab)
         if why:
@@ -277,8 +289,11 @@ class FileEntry:
         precision = _str(p, f"{where}.precision", d["precision"], PRECISIONS) if "precision" in d else None
         target = _opt_str(p, where, d, "target")
         fmt = _opt_str(p, where, d, "format")
-        if role == "engine":
+        if role == "engine" and d.get("format", "tensorrt-engine") == "tensorrt-engine":
             _check_engine(p, where, d)
+        elif role == "engine":  # a file built for another backend (format rknn): its chip and fixed batch
+            _str(p, f"{where}.target_platform", d.get("target_platform"))
+            _int(p, f"{where}.batch", d.get("batch"), 1, 1 << 16)
         if role == "external_data" and "of" in d and not isinstance(d["of"], str):
             p.add(f"{where}.of", f"must be the name of the ONNX file it belongs to, got {_show(d['of'])}")
         return cls(name, role or "report", sha, size, precision, target, fmt, _extra(d, cls.KNOWN))
@@ -415,7 +430,7 @@ class Manifest:
         for key in ("created", "updated"):
             if key in data and not isinstance(data[key], str):
                 p.add(key, f"must be an ISO-8601 time string, got {_show(data[key])}")
-        for key in ("parity", "versions", "export"):
+        for key in ("parity", "versions", "export", "pack"):
             if key in data and not isinstance(data[key], dict):
                 p.add(key, f"must be a JSON object, got {type(data[key]).__name__}")
         manifest = cls(model, pre, files, tok, labels, quant, data.get("created"), data.get("updated"),
@@ -457,8 +472,10 @@ class Manifest:
                     p.add(f"files[{name!r}]", f"is a second {kind[1]} {entry.role}"
                           + (f" for target {kind[2]}" if kind[2] else "") + f" beside {seen[kind]!r}")
                 seen[kind] = name
-        if not any(r == "image_encoder" and prec == "fp32" for r, prec, _ in seen):
-            p.add("files", "record no fp32 image encoder (role image_encoder, precision fp32); every bundle has one")
+        packed = isinstance(self.extra.get("pack"), dict)  # `edgeclip pack` keeps only what one device runs
+        if not any(r == "image_encoder" and (prec == "fp32" or packed) for r, prec, _ in seen):
+            p.add("files", "record no fp32 image encoder (role image_encoder, precision fp32); every bundle has one"
+                  + ("" if not packed else " (a packed bundle: at least one image encoder)"))
         for name, entry in self.files.items():
             if entry.role in ("image_encoder", "text_encoder") and entry.precision == "int8" and not entry.target:
                 p.add(f"files[{name!r}].target", "is missing: an INT8 encoder names its recipe target (cpu or tensorrt)")

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BundleError
-from .jsonfile import loads_strict, read_json
-from .lock import recover_for_read
+from .jsonfile import dumps_strict, loads_strict, read_json
+from .lock import recover_for_read, temporaries
 from .manifest import LABELS_JSON, LABELS_NPY, MANIFEST, FileEntry, Manifest, Problems, bundle_relpath, is_int
 from .onnxinfo import TensorSpec, read_onnx_info
 
@@ -82,8 +82,13 @@ class Bundle:
                  if (e.precision or "fp32") == precision and (target is None or e.target == target)}
         if not found:
             have = [(e.precision or "fp32") + (f"/{e.target}" if e.target else "") for e in entries.values()]
-            hint = (f"make it with `edgeclip quantize {self.path}" + (f" --target {target}" if target else "") + "`"
+            hint = ("quantize it first (`edgeclip quantize`" + (f", target='{target}'" if target else "") + ")"
                     if precision == "int8" else "re-export the bundle")
+            pack = self.manifest.get("pack")
+            if isinstance(pack, dict):  # `edgeclip pack` left it out on purpose
+                hint = (f"the bundle was packed for device profile {pack.get('profile')} without it "
+                        f"(`edgeclip inspect` lists what was left out); use the full bundle "
+                        f"{(pack.get('source') or {}).get('path', '')}, or pack it again")
             raise BundleError(f"{self.path}: no {tower} encoder at precision {precision}"
                               + (f" for target {target}" if target else "")
                               + f" (have: {', '.join(have) or 'none'}); {hint}")
@@ -108,6 +113,10 @@ class Bundle:
     @property
     def embed_dim(self) -> int:
         return self.info.model.embed_dim
+
+    def to_json(self) -> str:
+        """The manifest as strict, indented JSON (what ``edgeclip inspect`` prints as JSON)."""
+        return dumps_strict(self.manifest)
 
     def label_names(self) -> list[str]:
         """Label names from ``labels.json``, validated (and checked against the manifest's hash)."""
@@ -159,6 +168,11 @@ def read_manifest(root: Path) -> Manifest:
 
 def _manifest_json(root: Path) -> Any:
     mpath = root / MANIFEST
+    if mpath.is_symlink():  # like every file of a bundle: a link is followed only inside the bundle
+        real, top = os.path.realpath(mpath), os.path.realpath(root)
+        if os.path.commonpath([top, real]) != top:
+            raise BundleError(f"{mpath}: resolves to {real}, outside the bundle (a symlink leads out of it); a "
+                              f"bundle's files must be inside its folder: replace the link by the file")
     if not mpath.is_file():
         if mpath.exists() or mpath.is_symlink():
             raise BundleError(f"{mpath}: not a regular file; {root} is not a valid edgeclip bundle (re-export it)")
@@ -174,20 +188,36 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     one, never a mix.
     """
     root = Path(path)
-    recover_for_read(real_path(root))
+    real = real_path(root)
+    recover_for_read(real)
     for attempt in range(_READ_ATTEMPTS):
         stamp = _stamp(root)
         try:
             return _load_once(root, verify)
         except BundleError:
-            if attempt == _READ_ATTEMPTS - 1 or stamp is None or _stamp(root) == stamp:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            if _in_swap(real):
+                # between the two renames of a swap (EDGECLIP_BUNDLE_SWAP=rename): wait for the writer, or
+                # put the old version back if it was killed there, then read again
+                recover_for_read(real)
+                continue
+            if _stamp(root) == stamp:  # nothing changed under the read (a missing path stayed missing)
                 raise
     raise AssertionError("unreachable")
 
 
+def _in_swap(real: Path) -> bool:
+    """Whether ``real`` is missing with an old version beside it: a two-rename swap in progress or killed."""
+    if os.path.lexists(real / MANIFEST):
+        return False
+    _, olds = temporaries(real)
+    return bool(olds)
+
+
 def _load_once(root: Path, verify: bool) -> Bundle:
     if not root.exists():
-        raise BundleError(f"{root}: no such bundle directory; create one with `edgeclip export --out {root}`")
+        raise BundleError(f"{root}: no such bundle directory; make one with `edgeclip export` (out='{root}')")
     if not root.is_dir():
         raise BundleError(f"{root}: a bundle is a directory, not a file")
     data = _manifest_json(root)
@@ -310,14 +340,17 @@ def _label_names(bundle: Bundle, raw: bytes) -> list[str]:
         if not isinstance(name, str) or not name.strip():
             p.add(f"{where}.name", "must be a non-empty string")
             continue
+        if not _is_text(name):
+            p.add(f"{where}.name", "is not valid text (a lone surrogate escape)")
+            continue
         if name in seen:
             p.add(f"{where}.name", f"{name!r} appears twice")
         seen.add(name)
         names.append(name)
         for key in ("synonyms", "descriptions"):
             v = item.get(key, [])
-            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-                p.add(f"{where}.{key}", "must be a list of strings")
+            if not isinstance(v, list) or not all(isinstance(s, str) and _is_text(s) for s in v):
+                p.add(f"{where}.{key}", "must be a list of strings of valid text")
     if isinstance(data, dict):
         if "template_set" in data and not isinstance(data["template_set"], str):
             p.add("template_set", "must be a string")
@@ -329,6 +362,15 @@ def _label_names(bundle: Bundle, raw: bytes) -> list[str]:
         p.add("labels", f"holds {len(names)} labels but the manifest's labels.count is {info.count}")
     p.raise_if_any(path, "re-run `edgeclip labels` or re-export the bundle")
     return names
+
+
+def _is_text(value: str) -> bool:
+    """False for strings holding lone surrogates (JSON's ``"\\ud800"``), which cannot be written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _label_matrix(bundle: Bundle, raw: bytes, count: int) -> np.ndarray:
@@ -425,7 +467,7 @@ def check_encoder_io(bundle: Bundle, tower: str, inputs: Sequence[Any], outputs:
     elif outs[0].shape is not None:
         y = outs[0]
         dim = info.model.embed_dim
-        if len(y.shape) != 2 or (is_int(y.shape[1]) and y.shape[1] != dim):
+        if len(y.shape) != 2 or not is_int(y.shape[1]) or y.shape[1] != dim:  # a named width could be anything
             p.add(f"output {y.name!r}", f"has shape {list(y.shape)}; expected [batch, {dim}] (model.embed_dim)")
     p.raise_if_any(where, "the manifest and the encoder disagree: re-export the bundle")
 

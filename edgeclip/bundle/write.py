@@ -111,6 +111,20 @@ def _rename(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+_told_fallback = False
+
+
+def _note_rename_fallback(target: Path) -> None:
+    global _told_fallback
+    if not _told_fallback:
+        _told_fallback = True
+        import logging
+
+        logging.getLogger("edgeclip.bundle").info(
+            "%s: this system cannot exchange two paths atomically (renameat2); swapping the bundle with two "
+            "renames (readers in between wait for the writer; see docs/bundle.md)", target.parent)
+
+
 def _swap_in(tmp: Path, target: Path) -> None:
     """Make the finished directory ``tmp`` the bundle at ``target``; the path is never left empty."""
     if not os.path.lexists(target):
@@ -119,6 +133,8 @@ def _swap_in(tmp: Path, target: Path) -> None:
     if _exchange(tmp, target):
         _remove_tree(tmp)  # now the old version
         return
+    if os.environ.get("EDGECLIP_BUNDLE_SWAP") != "rename":
+        _note_rename_fallback(target)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if os.path.lexists(old):
         _remove_tree(old)
@@ -222,8 +238,8 @@ def create_bundle(target: str | os.PathLike[str], overwrite: bool = False,
 
     def refuse() -> None:
         if os.path.lexists(target) and not overwrite:
-            raise BundleError(f"{target}: already exists; pass overwrite=True (`--overwrite` on the command "
-                              f"line) to replace it, or choose another output path")
+            raise BundleError(f"{target}: already exists; pass overwrite=True to replace it, or choose another "
+                              f"output path")
 
     refuse()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -20,14 +20,16 @@ from ..errors import EdgeclipError
 from .options import flag_wording
 
 #: Modules under ``edgeclip.cli`` that each define ``register(subparsers)``.
-COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "bench", "stream", "watch", "devices", "serve")
+COMMAND_MODULES = ("export", "classify", "evaluate", "quantize", "pack", "models", "bench", "stream", "devices",
+                   "serve", "watch", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(prog="edgeclip", description="CLIP zero-shot classification on edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeclip {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what edgeclip decides and why (-vv: debug); by default only warnings and errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -56,11 +58,19 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    # one line per fact, once: the commands print what matters (which file runs where, and why); the log
+    # says more with -v
+    level = logging.WARNING if args.quiet or not args.verbose else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     # third-party libraries log at WARNING and above; edgeclip's own loggers at the chosen level
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("edgeclip").setLevel(level)
+    from ..api import configure_threads
+
+    configure_threads()  # BLAS, OpenCV and encoder thread counts set here, never inherited (runtime/process.py)
     if threading.current_thread() is threading.main_thread():
         # `kill`/`timeout` end a run like Ctrl-C: temporary files and bundle swaps are cleaned up on the way out
         signal.signal(signal.SIGTERM, _terminate)
@@ -87,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 0
     except KeyboardInterrupt as exc:
-        print(f"edgeclip {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
-              file=sys.stderr)
+        hint = getattr(args, "interrupted", None)
+        after = hint(args) if hint else None
+        print(f"edgeclip {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+              + (f"; {after}" if after else ""), file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 

@@ -1,9 +1,13 @@
-"""``edgeclip devices`` (profiles and what this machine is) and ``edgeclip build`` (TensorRT engines)."""
+"""``edgeclip devices`` (profiles and what this machine is) and ``edgeclip build`` (TensorRT engines, RKNN
+files)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from ..tables import BACKENDS, load_module
+from .options import add_options, options_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,19 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print profiles and detection as JSON")
     p.set_defaults(handler=run_devices)
 
-    p = sub.add_parser("build", help="build (or reuse) a TensorRT engine for this device inside a bundle",
-                       description="Turn the bundle's image encoder ONNX into a TensorRT engine for this GPU and "
-                                   "cache it in BUNDLE/engines/. With --check, only report what would block a build "
-                                   "(needs no TensorRT; exit status 1 if something does).")
+    p = sub.add_parser("build", help="build (or reuse) the file this device's backend runs, inside a bundle",
+                       description="Build the bundle's image encoder into the file the device profile's backend "
+                                   "runs, and keep it in BUNDLE/engines/: a TensorRT engine for this GPU (GPU and "
+                                   "Jetson profiles), or an INT8 .rknn file for a Rockchip NPU (rk35xx profiles; "
+                                   "RKNN-Toolkit2 runs in its own venv, docs/rknn.md). With --check, only report "
+                                   "what would block a TensorRT build (needs no TensorRT; exit status 1 if "
+                                   "something does).")
     p.add_argument("bundle", help="bundle directory (with --check also a single .onnx file)")
     p.add_argument("--device", default="auto", help="device profile name, or auto (default) to detect it")
-    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default=None,
-                   help="engine precision (default: the profile's; INT8 needs `edgeclip quantize --target tensorrt`)")
-    p.add_argument("--batch", default=None, metavar="MIN,OPT,MAX",
-                   help="batch range of the optimization profile (default: 1,<profile opt>,<profile max>)")
-    p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT workspace limit (default: the profile's)")
-    p.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (Xavier/Orin), GPU fallback on")
-    p.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
+    for row in builders():
+        add_options(p, load_module(row.files).BUILD_OPTIONS)
     p.add_argument("--check", action="store_true",
                    help="only check the ONNX's TensorRT readiness (needs no TensorRT)")
     p.add_argument("--tensorrt", default=None, metavar="VERSION",
@@ -34,134 +36,72 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_build)
 
 
-def _profile(name: str, quiet: bool) -> object:
-    from ..devices.catalog import get_profile
-    from ..devices.detect import detect
-
-    if name != "auto":
-        return get_profile(name)
-    found = detect()
-    if not quiet:
-        print(f"device: {found.profile.name} ({'; '.join(found.reasons)})", file=sys.stderr)
-    return found.profile
+def builders() -> list:
+    """The backend rows that build their own files from a bundle (``edgeclip.tables.BACKENDS``)."""
+    return [b for b in BACKENDS.values() if b.files]
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    from ..devices.catalog import load_profiles
-    from ..devices.detect import detect
-    from ..runtime.backends.openvino import have_openvino, openvino_devices
+    from .. import list_devices
 
-    profiles = load_profiles()
-    found = detect()
-    ov_ok, ov_why = have_openvino()
-    ov_devices = openvino_devices() if ov_ok else []
-    order = None
-    if args.bundle:
-        from ..bundle import load_bundle
-        from ..devices.choice import backend_order
-
-        order = backend_order(found.profile, load_bundle(args.bundle))
+    info = list_devices(args.bundle)
     if args.json:
-        print(json.dumps({"profiles": [p.to_dict() for p in profiles.values()],
-                          "detected": {"profile": found.profile.to_dict(), "exact": found.exact,
-                                       "reasons": found.reasons},
-                          "backends": [vars(c) for c in order] if order else None,
-                          "openvino": {"installed": ov_ok, "reason": ov_why, "devices": ov_devices}},
-                         indent=2, default=str))
+        print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"{'profile':<17} {'kind':<6} {'SM':<4} {'TRT':<5} {'prec':<5} {'int8':<9} {'batch':<6} "
           f"{'ws MB':>6} {'DLA':<5} backends")
-    for p in profiles.values():
-        dla = "-" if not p.dla_cores else f"{'off' if p.dla_core is None else p.dla_core}/{p.dla_cores}"
-        print(f"{p.name:<17} {p.kind:<6} {p.sm or '-':<4} {p.tensorrt or '-':<5} {p.precision:<5} "
-              f"{p.int8_target or '-':<9} {f'{p.opt_batch}/{p.max_batch}':<6} {p.workspace_mb or '-':>6} {dla:<5} "
-              f"{' > '.join(p.backends)}")
-    p = found.profile
-    print(f"\nthis machine: {p.name} ({p.title}){'' if found.exact else ' [closest match]'}")
-    print(f"  precision {p.precision}" + (f", SM {p.sm}" if p.sm else ""))
-    for reason in found.reasons:
+    for p in info["profiles"]:
+        dla = "-" if not p["dla_cores"] else f"{'off' if p['dla_core'] is None else p['dla_core']}/{p['dla_cores']}"
+        batch = f"{p['opt_batch']}/{p['max_batch']}"
+        print(f"{p['name']:<17} {p['kind']:<6} {p['sm'] or '-':<4} {p['tensorrt'] or '-':<5} {p['precision']:<5} "
+              f"{p['int8_target'] or '-':<9} {batch:<6} {p['workspace_mb'] or '-':>6} {dla:<5} "
+              f"{' > '.join(p['backends'])}")
+    found = info["detected"]
+    p = found["profile"]
+    print(f"\nthis machine: {p['name']} ({p['title']}){'' if found['exact'] else ' [closest match]'}")
+    print(f"  precision {p['precision']}" + (f", SM {p['sm']}" if p["sm"] else ""))
+    for reason in found["reasons"]:
         print(f"  - {reason}")
-    if ov_ok:
-        print(f"OpenVINO devices ({ov_why}):")
-        for d in ov_devices:
-            print(f"  {d['device']:<8} {d.get('name', '?')}  [{d.get('capabilities', '')}]")
-    else:
-        print(f"OpenVINO: {ov_why}")
-    if order:
+    print("backends here:")
+    for name, b in info["backends"].items():
+        print(f"  {'*' if b['available'] else ' '} {name:<12} {b['reason']}")
+        for d in b["devices"]:
+            print(f"      {d['device']:<8} {d.get('name', '?')}  [{d.get('capabilities', '')}]")
+        if "readiness" in b:
+            print(f"      {b['readiness']['summary']}")
+    if info["order"]:
         print(f"backends for {args.bundle}:")
-        for c in order:
-            print(f"  {'*' if c.available else ' '} {c.label:<21} {c.reason}")
+        for c in info["order"]:
+            print(f"  {'*' if c['available'] else ' '} {c['label']:<21} {c['reason']}")
     return 0
-
-
-def _batch(text: str | None) -> tuple[int, int, int] | None:
-    from ..errors import OptionError
-
-    if text is None:
-        return None
-    try:
-        lo, opt, hi = (int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise OptionError(f"--batch {text!r}: give three integers MIN,OPT,MAX, e.g. 1,4,16") from exc
-    if not 1 <= lo <= opt <= hi:
-        raise OptionError(f"--batch {text!r}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
 def run_check(args: argparse.Namespace) -> int:
     """``build --check``: readiness findings for the ONNX a build would use; 1 if any blocks it."""
-    from pathlib import Path
+    from .. import check_build
 
-    from ..extras import require
-
-    require("tensorrt", ["onnx"], what="edgeclip build --check")
-    from ..devices.engines import engine_source, resolve_precision, tensorrt_version
-    from ..devices.readiness import check_model, errors, format_findings
-
-    target = Path(args.bundle)
-    profile = _profile(args.device, args.quiet)
-    version = args.tensorrt or tensorrt_version() or profile.tensorrt or "10.0"
-    if target.suffix == ".onnx":
-        onnx_path = target
-    else:
-        from ..bundle import load_bundle
-
-        bundle = load_bundle(target)
-        if args.precision:
-            precision = args.precision
-        elif profile.uses_gpu:
-            precision, notes = resolve_precision(bundle, profile, None)
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
-        else:
-            precision = "fp16"
-        onnx_path = bundle.path / engine_source(bundle, precision)
-    findings = check_model(onnx_path, version)
-    print(format_findings(findings, f"{onnx_path} (TensorRT {version})"))
-    return 1 if errors(findings) else 0
+    check = check_build(args.bundle, args.device, precision=args.precision, tensorrt=args.tensorrt)
+    for note in check.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(check.report())
+    return 1 if check.blocked else 0
 
 
 def run_build(args: argparse.Namespace) -> int:
     if args.check:
         return run_check(args)
-    from ..extras import require
+    from .. import build
+    from ..api import builder
+    from ..errors import OptionError
 
-    require("tensorrt", ["onnx"], what="edgeclip build")
-    from ..devices.engines import build_engine
-
-    profile = _profile(args.device, args.quiet)
-    changes = {}
-    if args.workspace_mb is not None:
-        changes["workspace_mb"] = args.workspace_mb
-    result = build_engine(args.bundle, profile.with_changes(**changes) if changes else profile,
-                          precision=args.precision, batch=_batch(args.batch), dla_core=args.dla_core,
-                          force=args.force)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    for name in result.pruned:
-        print(f"removed stale engine {name}", file=sys.stderr)
-    how = f"built in {result.seconds:.1f} s" if result.built else "cached, reused"
-    k = result.key
-    print(f"{result.path}: {k.precision} TensorRT {k.tensorrt} engine for SM {k.sm}, batch {k.batch[0]}-{k.batch[2]} "
-          f"(opt {k.batch[1]}) from {k.source} ({how})")
+    row = builder(args.device)
+    for other in builders():  # the flags of another device's builder are refused, naming it
+        given = options_from_args(load_module(other.files).BUILD_OPTIONS, args).given()
+        if other.name != row.name and given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in sorted(given))
+            raise OptionError(f"{flags}: for {other.name} builds, but this device builds for {row.name}; drop them "
+                              f"or pass --device with a profile of that kind")
+    opts = options_from_args(load_module(row.files).BUILD_OPTIONS, args)
+    step = (lambda m: None) if args.quiet else (lambda m: print(f"note: {m}", file=sys.stderr))
+    print(build(args.bundle, args.device, opts, step=step))
     return 0

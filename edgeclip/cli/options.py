@@ -1,69 +1,149 @@
-"""Options and helpers shared by the CLI's command modules."""
+"""Flags generated from the options objects, and helpers shared by the CLI's command modules.
+
+Every field of a job's options dataclass (``edgeclip.options.option``) becomes ``--field-name``: its help
+(with the default added), choices and metavar come from the field; a bool is a switch (``--name``, or
+``--no-name`` where it defaults to True); a field with ``parse`` converts the text. ``options_from_args``
+builds the object back from the parsed arguments, so the library's defaults are the CLI's.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
-from typing import Any
+import typing
+from typing import Any, Iterable, TypeVar
+
+from ..errors import EdgeclipError
+from ..options import Options
+
+O = TypeVar("O", bound=Options)
+
+_NO_DEFAULT_SHOWN = (None, "", 0, 0.0, False)
+
+
+def flag(name: str) -> str:
+    """``max_part_size`` -> ``--max-part-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def parser_type(parse: Any) -> Any:
+    """An argparse ``type`` from a library parser: its EdgeclipError becomes argparse's usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (EdgeclipError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _kind(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
+    """The field's base type (int, float, str or bool; ``X | None`` -> X) and whether it is a tuple of them."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is not tuple else []
+    base = args[0] if args else hint
+    if typing.get_origin(base) is tuple and not f.metadata["parse"]:
+        return typing.get_args(base)[0], True
+    return (base if base in (int, float, str, bool) else str), False
+
+
+def _shown(value: Any) -> Any:
+    """A default as the help shows it (tuples comma-separated, floats short)."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else value
+
+
+def _help(f: dataclasses.Field, default: Any, negated: bool = False) -> str:
+    text = ("do not " if negated else "") + f.metadata["help"]
+    text = re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), text)  # other options in flag words
+    if default not in _NO_DEFAULT_SHOWN and "(default" not in text:
+        text += f" (default {default})"
+    return text.replace("%", "%%").replace("%%%%", "%%")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type[Options], fields: Iterable[str] | None = None,
+                groups: dict[str | None, str] | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Add ``--flag`` for each field of ``cls`` (``fields``: only these, in this order), in argument groups
+    named by the fields' ``group`` (``groups`` renames them; a field without a group goes on ``parser``).
+    ``defaults`` replaces a field's default for this command (shown in its help)."""
+    wanted = list(fields) if fields is not None else None
+    by_name = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)}
+    made: dict[str, Any] = {}
+    for name in wanted if wanted is not None else list(by_name):
+        f = by_name[name]
+        title = (groups or {}).get(f.metadata["group"], f.metadata["group"])
+        if title is None:
+            target: Any = parser
+        else:
+            if title not in made:
+                made[title] = next((g for g in parser._action_groups if g.title == title), None) \
+                    or parser.add_argument_group(title)
+            target = made[title]
+        default = (defaults or {}).get(name, f.default)
+        (kind, many), meta = _kind(cls, f), f.metadata
+        if kind is bool:
+            target.add_argument(flag(name) if not default else "--no-" + name.replace("_", "-"), dest=name,
+                                action="store_false" if default else "store_true", default=default,
+                                help=_help(f, False, negated=bool(default)))
+            continue
+        convert = parser_type(meta["parse"]) if meta["parse"] else kind
+        shown = _shown(default) if meta["parse"] is None or isinstance(default, (str, int, float, tuple)) \
+            else str(default)
+        alias = meta["alias"]
+        names = (flag(name), ("-" if len(alias) == 1 else "--") + alias) if alias else (flag(name),)
+        target.add_argument(*names, dest=name, type=convert, default=default, choices=meta["choices"],
+                            metavar=meta["metavar"], help=_help(f, shown), **({"nargs": "+"} if many else {}))
+
+
+def options_from_args(cls: type[O], args: argparse.Namespace, fields: Iterable[str] | None = None,
+                      **extra: Any) -> O:
+    """The options object of ``cls`` from the parsed flags (``fields``: only these, as given to
+    :func:`add_options`; fields without a flag keep their default), with ``extra`` values on top; checked,
+    every problem named."""
+    names = set(fields) if fields is not None else {f.name for f in dataclasses.fields(cls)}
+    values = {f.name: tuple(v) if isinstance(v, list) else v for f in dataclasses.fields(cls)
+              if f.name in names and hasattr(args, f.name) for v in [getattr(args, f.name)]}
+    return cls.build(**{**values, **extra})
 
 
 def progress_bar(args: argparse.Namespace, total: int, desc: str, unit: str = "img") -> Any:
-    """A tqdm progress bar on stderr, silent with --quiet or when stderr is not a terminal and CI is set."""
+    """A tqdm progress bar on stderr, silent with --quiet."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=bool(getattr(args, "quiet", False)), file=sys.stderr,
                 dynamic_ncols=True, mininterval=0.5)
 
 
-def add_backend_options(p: argparse.ArgumentParser, precision_default: str = "fp32") -> None:
-    """--device, --precision, --target, --backend, --providers, --threads: how the image encoder runs."""
-    g = p.add_argument_group("device and backend (see `edgeclip devices`)")
-    g.add_argument("--device", default="auto", metavar="PROFILE",
-                   help="device profile (default auto: detect this machine); it picks the INT8 recipe and the "
-                        "backend order")
-    g.add_argument("--precision", choices=("auto", "fp32", "int8", "bf16"), default=precision_default,
-                   help=f"image encoder precision (default {precision_default}; auto: the device profile's; bf16: "
-                        f"OpenVINO on CPUs with AVX512_BF16/AMX)")
-    g.add_argument("--target", choices=("cpu", "tensorrt", "openvino"), default=None,
-                   help="INT8 recipe to use (default: the one made for the chosen backend)")
-    g.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "openvino"), default="auto",
-                   help="inference backend (default auto: the profile's order; tensorrt needs `edgeclip build`; "
-                        "openvino needs the openvino extra)")
-    g.add_argument("--providers", default=None,
-                   help="ONNX Runtime providers in fallback order, comma-separated: tensorrt,cuda,cpu "
-                        "(default: the profile's)")
-    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
-    g.add_argument("--hint", choices=("auto", "latency", "throughput"), default=None,
-                   help="OpenVINO performance hint (default: the profile's): latency runs a batch as one request "
-                        "on every core, throughput splits it over parallel streams, auto: latency for one image, "
-                        "throughput for batches")
-    g.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="OpenVINO compiled-model cache (default $XDG_CACHE_HOME/edgeclip/openvino or "
-                        "~/.cache/edgeclip/openvino)")
-
-
-def providers_of(args: argparse.Namespace) -> list[str] | None:
-    """The --providers list, or None for the profile's."""
-    if not getattr(args, "providers", None):
-        return None
-    return [p.strip() for p in args.providers.split(",") if p.strip()]
+def say(args: argparse.Namespace, prefix: str) -> Any:
+    """A function printing ``[prefix] message`` on stderr, or nothing with --quiet."""
+    if getattr(args, "quiet", False):
+        return lambda message: None
+    return lambda message: print(f"[{prefix}] {message}", file=sys.stderr)
 
 
 def flag_wording(message: str) -> str:
-    """A library message in command-line terms: `name` -> --name, name='value' -> --name value."""
-    message = re.sub(r"`([a-z_]+)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
-    return re.sub(r"\b([a-z_]+)='([^']*)'", lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
+    """A library message in command-line terms: `name` -> --name, name='value' -> --name value,
+    name=True -> --name."""
+    message = re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), message)
+    message = re.sub(r"\b([a-z_]+)=True\b", lambda m: flag(m.group(1)), message)
+    return re.sub(r"\b([a-z_]+)='([^']*)'", lambda m: f"{flag(m.group(1))} {m.group(2)}", message)
 
 
-def open_classifier(args: argparse.Namespace, bundle: str | None = None, precision: str | None = None,
-                    top_k: int = 5, target: str | None | bool = True) -> Any:
-    """``edgeclip.load`` with the backend options (``target=True``: --target's)."""
-    from ..api import load
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """--device, --precision, --target, --backend, --providers, --threads, --hint, --cache-dir: how the image
+    encoder runs (``edgeclip.LoadOptions``)."""
+    from ..options import LoadOptions
 
-    return load(bundle or args.bundle, device=args.device, precision=precision or args.precision,
-                backend=args.backend, target=args.target if target is True else target,
-                providers=providers_of(args), threads=args.threads, top_k=top_k, hint=getattr(args, "hint", None),
-                cache_dir=getattr(args, "cache_dir", None))
+    add_options(p, LoadOptions, groups={None: "device and backend (see `edgeclip devices`)"})
+
+
+def load_options(args: argparse.Namespace, **extra: Any) -> Any:
+    """``edgeclip.LoadOptions`` from the flags of :func:`add_load_options`."""
+    from ..options import LoadOptions
+
+    return options_from_args(LoadOptions, args, **extra)
 
 
 def add_label_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -78,21 +158,8 @@ def add_label_options(p: argparse.ArgumentParser, required: bool = True) -> None
     p.set_defaults(_labels_required=required)
 
 
-def labels_from_args(args: argparse.Namespace, default: list[str] | None = None) -> tuple[list, str, list[str]]:
-    """(labels, template set name, templates) from the label options; rejects contradictions."""
-    from ..errors import OptionError
-    from ..runtime.labels import Label, check_labels, read_labels_file, resolve_templates
-
-    if args.labels and args.labels_file:
-        raise OptionError("give labels either with --labels or with --labels-file, not both")
-    if args.labels_file:
-        labels = read_labels_file(args.labels_file)
-    elif args.labels:
-        names = [n.strip() for a in args.labels for n in (a.split(",") if len(args.labels) == 1 else [a])]
-        labels = check_labels([Label(n) for n in names if n], "--labels")
-    elif default:
-        labels = [Label(n) for n in default]
-    else:
-        raise OptionError("no labels: pass --labels cat dog ... or --labels-file labels.txt")
-    name, templates = resolve_templates(args.templates)
-    return labels, name, templates
+def label_names(args: argparse.Namespace) -> list[str] | None:
+    """The --labels names (one argument with commas is split), or None."""
+    if not args.labels:
+        return None
+    return [n.strip() for a in args.labels for n in (a.split(",") if len(args.labels) == 1 else [a]) if n.strip()]

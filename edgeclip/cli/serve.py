@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 
-from .options import add_backend_options, open_classifier
+from .options import add_load_options, add_options, load_options, options_from_args
 
 EPILOG = """\
 endpoints (JSON; see docs/serve.md):
@@ -32,7 +32,14 @@ examples:
 """
 
 
+#: the stream options that shape the service's live source
+LIVE_STREAM_OPTIONS = ("fps_limit", "roi", "half_life", "threshold", "hysteresis", "min_frames")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from .. import SourceOptions, StreamOptions
+    from ..serve import ServeOptions
+
     p = sub.add_parser("serve", help="serve a bundle over HTTP: REST API, live preview and a page to edit labels",
                        description="Serve a bundle over HTTP: classify uploaded images (micro-batched), show a "
                                    "live source's preview and decisions, and edit the labels from a browser.",
@@ -55,35 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow binding a non-loopback address without a token (anyone who can reach it can "
                         "classify and change the labels)")
 
-    g = p.add_argument_group("limits and batching")
-    g.add_argument("--max-body-bytes", type=_size, default=20 * 2**20, metavar="SIZE",
-                   help="largest request body, e.g. 20M (default 20M)")
-    g.add_argument("--max-batch", type=int, default=8, help="largest micro-batch of concurrent requests (default 8)")
-    g.add_argument("--batch-wait-ms", type=float, default=2.0,
-                   help="how long a batch waits for requests still being decoded, in ms (default 2)")
-    g.add_argument("--top-k", type=int, default=5, help="predictions per image unless ?top_k= says (default 5)")
-    g.add_argument("--preview-fps", type=float, default=5.0,
-                   help="most preview frames per second sent to each viewer (default 5)")
-
-    g = p.add_argument_group("live source (with --source)")
-    g.add_argument("--fps", type=float, default=None,
-                   help="camera frame rate to request; for files, folders and synthetic frames the playback "
-                        "rate (default: their own rate)")
-    g.add_argument("--width", type=int, default=None, help="capture width for cameras / presets / synthetic")
-    g.add_argument("--height", type=int, default=None, help="capture height for cameras / presets / synthetic")
-    g.add_argument("--loop", action="store_true", help="restart a file or folder at its end")
-    g.add_argument("--fps-limit", type=float, default=0.0,
-                   help="classify at most this many frames per second (0: as many as the device can)")
-    g.add_argument("--half-life", default="0.5s", help="EMA smoothing half-life of the probabilities (0.5s)")
-    g.add_argument("--threshold", type=float, default=0.0, help="'unknown' below this smoothed probability")
-    add_backend_options(p)
+    add_options(p, ServeOptions)
+    live = "live source (with --source)"
+    add_options(p, SourceOptions, groups={None: live})
+    add_options(p, StreamOptions, LIVE_STREAM_OPTIONS, groups={"processing": live, "decisions": live})
+    add_load_options(p)
     p.set_defaults(handler=run_serve)
-
-
-def _size(text: str) -> int:
-    from .classify import parse_size
-
-    return parse_size(text)
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -112,7 +96,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     """Refuse a non-loopback bind without a token (OptionError); the warning to print for --insecure."""
     from ..errors import OptionError
-    from ..serve.app import is_loopback
+    from ..serve import is_loopback
 
     if is_loopback(host) or token:
         return None
@@ -138,7 +122,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         hint = "choose another --port (0: any free one)" if exc.errno in (98, 48, 10048) else "check --host"
         raise OptionError(f"cannot listen on {host}:{port} ({exc.strerror}); {hint}") from None
-    sock.listen(128)
+    sock.listen(1024)  # a burst of connections waits in the kernel, not refused
     sock.set_inheritable(True)
     return sock
 
@@ -154,37 +138,22 @@ def run_serve(args: argparse.Namespace) -> int:
     token = read_token(args)
     warning = check_exposure(args.host, token, args.insecure)
 
-    import uvicorn
+    from .. import SourceOptions, StreamOptions, load
+    from ..serve import LOOPBACK_HOSTS, ServeOptions, create_app, is_loopback, prepare_source
+    from ..serve.server import build_server
 
-    from ..serve.app import LOOPBACK_HOSTS, create_app, is_loopback
-    from ..stream.decisions import HalfLife
-    from ..stream.loop import StreamOptions
-    from ..sources import parse_source
-
-    spec = stream_options = None
-    if args.source is not None:
-        spec = parse_source(args.source, args.width, args.height, args.fps)
-        if spec.kind not in ("folder", "mjpeg", "synthetic"):
-            require("opencv", what=f"a {spec.kind} source (--source)")
-        if args.loop and spec.live:
-            raise OptionError("--loop replays files and folders; live sources reconnect by themselves, drop --loop")
-        stream_options = StreamOptions(fps_limit=args.fps_limit, half_life=HalfLife.parse(args.half_life),
-                                       threshold=args.threshold, loop=args.loop, top_k=args.top_k)
-    elif any(v for v in (args.fps, args.width, args.height, args.loop, args.fps_limit, args.threshold)):
-        raise OptionError("--fps, --width, --height, --loop, --fps-limit and --threshold shape the live source: "
-                          "pass --source too, or drop them")
-    clf = open_classifier(args, top_k=args.top_k)
-    watcher = None
-    if args.watch:
-        require("watch", ["yaml"], what="--watch")
-        from ..watch import Watcher, load_config
-
-        watcher = Watcher(clf, load_config(args.watch))
+    source_options = options_from_args(SourceOptions, args)
+    stream_options = options_from_args(StreamOptions, args, LIVE_STREAM_OPTIONS)
+    if args.source is None and (source_options.given() or stream_options.given()):
+        shaping = sorted(source_options.given() | stream_options.given())
+        raise OptionError(f"{', '.join('--' + n.replace('_', '-') for n in shaping)} shape the live source: pass "
+                          f"--source too, or drop them")
+    spec = prepare_source(args.source, source_options) if args.source is not None else None
     # on loopback without a token, refuse other Host names: a web page cannot reach the service by DNS rebinding
     hosts = LOOPBACK_HOSTS if (is_loopback(args.host) and not token) else None
-    app = create_app(clf, spec, stream_options=stream_options, token=token, allowed_hosts=hosts,
-                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                     top_k=args.top_k, preview_fps=args.preview_fps, watch=watcher)
+    options = options_from_args(ServeOptions, args, token=token, allowed_hosts=hosts)
+    clf = load(args.bundle, load_options(args), top_k=args.top_k)
+    app = create_app(clf, spec, options=options, stream_options=stream_options)
     seconds = app.state.service.warm_up()
     if not args.quiet:
         print(f"edgeclip serve: warmed up batch sizes 1-{args.max_batch} in {seconds:.1f} s", file=sys.stderr)
@@ -199,9 +168,8 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"edgeclip serve: live source {spec.text}", file=sys.stderr)
     print(f"edgeclip serve: listening on http://{shown}:{port}/" + ("  (token required: open /?token=...)"
                                                                     if token else ""), file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning" if args.quiet or not args.verbose else "info",
-                            timeout_graceful_shutdown=2, access_log=bool(args.verbose))
-    server = uvicorn.Server(config)
+    server = build_server(app, log_level="warning" if args.quiet or not args.verbose else "info",
+                          timeout_graceful_shutdown=2, access_log=bool(args.verbose))
     # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the previous handler: this one makes
     # a requested stop a clean exit (status 0) instead of an interrupt
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -1,8 +1,9 @@
 """Device profiles: one JSON file per device class in ``edgeclip/devices/profiles/``.
 
 A profile says how edgeclip should run on a class of machine: the backend order, the precision and the
-INT8 recipe target, the batch range, the TensorRT workspace and DLA use, the ONNX Runtime providers, and
-the fixed GPU compute capability (SM) where the hardware has one. Adding a device is adding a file.
+INT8 recipe target, the batch range, the TensorRT workspace and DLA use, the Rockchip NPU's platform and
+cores, the ONNX Runtime providers, and the fixed GPU compute capability (SM) where the hardware has one.
+Adding a device is adding a file.
 """
 from __future__ import annotations
 
@@ -13,14 +14,9 @@ from importlib import resources
 from typing import Any
 
 from ..errors import DeviceError
+from ..tables import INT8_RECIPES, OPENVINO_HINTS, RKNN_CORE_MASKS, backend_entries, precisions
 
-KINDS = ("jetson", "gpu", "cpu")
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("tensorrt", "onnxruntime:tensorrt", "onnxruntime:cuda", "openvino", "onnxruntime:cpu")
-#: OpenVINO performance hints: one request per batch (latency), a batch split over parallel streams
-#: (throughput), or latency for single images and throughput for batches (auto)
-OPENVINO_HINTS = ("auto", "latency", "throughput")
-INT8_TARGETS = ("tensorrt", "cpu", "openvino")
+KINDS = ("jetson", "gpu", "npu", "cpu")
 
 
 @dataclass(frozen=True)
@@ -43,6 +39,8 @@ class DeviceProfile:
     dla_core: int | None = None
     int8_cpu_flags: tuple[str, ...] = ()
     openvino_hint: str = "auto"
+    rknn_platform: str | None = None  # Rockchip NPU: the RKNN-Toolkit2 target platform its .rknn files are built for
+    core_mask: str = "auto"  # Rockchip NPU cores to run on (edgeclip.runtime.backends.rknn.CORE_MASKS)
     match: dict[str, Any] = field(default_factory=dict, compare=False)
     notes: str = ""
 
@@ -54,6 +52,11 @@ class DeviceProfile:
     def with_changes(self, **changes: Any) -> "DeviceProfile":
         """A copy with some fields replaced (e.g. the SM read from this machine's GPU)."""
         return dataclasses.replace(self, **changes)
+
+    def load_defaults(self) -> dict[str, Any]:
+        """What the profile says for the load options left at ``auto`` (``edgeclip.options.resolve``)."""
+        return {"precision": self.precision, "hint": self.openvino_hint, "providers": self.ort_providers,
+                "core_mask": self.core_mask}
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as plain JSON-able data."""
@@ -70,13 +73,19 @@ def profile_from_dict(data: dict[str, Any], where: str = "profile") -> DevicePro
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
     if missing:
         raise DeviceError(f"{where}: missing profile field(s) {', '.join(missing)}")
-    checks = [("kind", data["kind"] in KINDS, KINDS), ("precision", data["precision"] in PRECISIONS, PRECISIONS),
-              ("int8_target", data["int8_target"] in (None, *INT8_TARGETS), INT8_TARGETS),
-              ("backends", bool(data["backends"]) and all(b in BACKENDS for b in data["backends"]), BACKENDS),
-              ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS)]
+    entries, profile_precisions = backend_entries(), precisions("profile")
+    checks = [("kind", data["kind"] in KINDS, KINDS),
+              ("precision", data["precision"] in profile_precisions, profile_precisions),
+              ("int8_target", data["int8_target"] in (None, *INT8_RECIPES), tuple(INT8_RECIPES)),
+              ("backends", bool(data["backends"]) and all(b in entries for b in data["backends"]), entries),
+              ("openvino_hint", data.get("openvino_hint", "auto") in OPENVINO_HINTS, OPENVINO_HINTS),
+              ("core_mask", data.get("core_mask", "auto") in RKNN_CORE_MASKS, RKNN_CORE_MASKS)]
     for key, ok, allowed in checks:
         if not ok:
             raise DeviceError(f"{where}: {key}={data[key]!r} is not valid; use {', '.join(allowed)}")
+    if ("rknn" in data["backends"]) != bool(data.get("rknn_platform")):
+        raise DeviceError(f"{where}: the rknn backend and rknn_platform come together (the chip its .rknn files are "
+                          f"built for)")
     if not 1 <= int(data["opt_batch"]) <= int(data["max_batch"]):
         raise DeviceError(f"{where}: need 1 <= opt_batch <= max_batch (got {data['opt_batch']}, {data['max_batch']})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

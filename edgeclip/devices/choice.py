@@ -1,19 +1,27 @@
-"""Which backend runs the image encoder on a device: the profile's order, probed, each fallback explained.
+"""Which backend runs the image encoder on a device, and which file: the profile's order, probed, each
+fallback explained.
 
-Order for a Jetson or desktop GPU: a native TensorRT engine (``tensorrt`` + ``cuda-python`` + an engine
-built here), then ONNX Runtime's TensorRT provider, then its CUDA provider, then the CPU. The first
-available one is chosen; the reason every earlier one was skipped is logged.
+Every backend is a row of ``edgeclip.tables.BACKENDS``; nothing here names one. A profile lists *entries*
+(a backend, or ONNX Runtime with one execution provider: ``onnxruntime:cuda``), best first. Each entry is
+probed with its module's ``available(variant)``; a backend whose files are built on the device (TensorRT
+engines) must also have a file for this machine. The first available entry is chosen and the reason every
+earlier one was skipped is logged. The file it runs comes from the precision asked for and the entry's
+INT8 recipes, best first (``edgeclip.tables.entry_int8_recipes``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping
 
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError, EdgeclipError, OptionError
-from ..runtime.backends import PROVIDER_ALIASES, Backend
+from ..extras import EXTRAS, missing
+from ..options import LoadOptions, resolve
+from ..runtime.backends import Backend
+from ..tables import BACKENDS, PROVIDERS, entry_int8_recipes, load_module, precisions, split_entry
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
@@ -21,124 +29,89 @@ log = logging.getLogger("edgeclip.devices")
 
 @dataclass
 class BackendChoice:
-    """One entry of the order: its label, whether it can run here, and why (not); ``engine`` for TensorRT."""
+    """One entry of the order: its label, whether it can run here, and why (not); ``providers`` for ONNX
+    Runtime (the profile's from this entry's on); ``file`` for a backend whose files are built on the device."""
 
     label: str
     available: bool
     reason: str
     providers: tuple[str, ...] = ()
-    engine: Path | None = None
+    file: Path | None = None
+    file_precision: str | None = None
 
 
-def _ort_providers(profile: DeviceProfile, label: str) -> tuple[str, ...]:
-    """The profile's ONNX Runtime providers from ``label``'s provider on (keeps the CPU as the last resort)."""
-    short = label.split(":", 1)[1]
+def _providers(profile: DeviceProfile, variant: str) -> tuple[str, ...]:
+    """The profile's ONNX Runtime providers from ``variant`` on (the CPU stays as the last resort)."""
     names = list(profile.ort_providers)
-    return tuple(names[names.index(short):]) if short in names else (short, "cpu")
+    return tuple(names[names.index(variant):]) if variant in names else (variant, "cpu")
+
+
+def built_file(backend_name: str, bundle: Bundle, precision: str) -> tuple[Path, str]:
+    """The file a backend that builds its own (``BACKENDS[...].files``) runs at ``precision``, and the
+    precision it was built at; an INT8 request falls back to its FP16/FP32 file."""
+    finder = load_module(BACKENDS[backend_name].files or "")
+    try:
+        path = finder.find_file(bundle, precision)
+    except EdgeclipError:
+        if precision != "int8":
+            raise
+        path = finder.find_file(bundle, "fp32")
+    return path, str(bundle.manifest["files"].get(path.name, {}).get("precision", precision))
+
+
+def probe(entry: str, profile: DeviceProfile, bundle: Bundle | None = None, precision: str = "fp32",
+          probes: Mapping[str, Mapping[str, Any]] | None = None) -> BackendChoice:
+    """Whether one backend entry can run here (and, with a bundle, its built file), and why (not).
+
+    ``probes``: keyword arguments for a backend module's ``available`` by backend name, letting callers and
+    tests state what the machine has (``{"onnxruntime": {"providers": [...]}, "openvino": {"installed": True}}``).
+    """
+    backend, provider = split_entry(entry)
+    variant = provider.name if provider is not None else None
+    ok, reason = backend.load().available(variant, **dict((probes or {}).get(backend.name, {})))
+    providers = _providers(profile, variant) if variant is not None else ()
+    if ok and backend.files is not None and bundle is None:  # the device itself may not be ready (an NPU)
+        ready = getattr(load_module(backend.files), "readiness", lambda: {"ready": True})()
+        if not ready["ready"]:
+            return BackendChoice(entry, False, ready["summary"], providers)
+    if not ok or backend.files is None or bundle is None:
+        return BackendChoice(entry, ok, reason, providers)
+    try:
+        path, built = built_file(backend.name, bundle, precision)
+    except EdgeclipError as exc:
+        return BackendChoice(entry, False, str(exc), providers)
+    return BackendChoice(entry, True, f"{path.parent.name}/{path.name}", providers, path, built)
 
 
 def backend_order(profile: DeviceProfile, bundle: Bundle | None = None, precision: str = "fp32",
-                  available_providers: Sequence[str] | None = None,
-                  have_tensorrt: bool | None = None, have_openvino: bool | None = None) -> list[BackendChoice]:
-    """The profile's backends in order, each probed on this machine; logs the choice and every fallback.
-
-    ``available_providers`` (ONNX Runtime's, default: asked), ``have_tensorrt`` and ``have_openvino``
-    (default: try the imports) let callers and tests state what the machine has.
-    """
-    if available_providers is None:
-        try:
-            import onnxruntime
-
-            available_providers = onnxruntime.get_available_providers()
-        except ImportError:
-            available_providers = []
-    out = []
-    for label in profile.backends:
-        if label == "tensorrt":
-            out.append(_probe_tensorrt(bundle, precision, have_tensorrt))
-            continue
-        if label == "openvino":
-            out.append(_probe_openvino(have_openvino))
-            continue
-        wanted = PROVIDER_ALIASES[label.split(":", 1)[1]]
-        ok = wanted in available_providers
-        reason = (f"{wanted} is available" if ok else
-                  f"{wanted} is not in this onnxruntime build (has {', '.join(available_providers)})")
-        out.append(BackendChoice(label, ok, reason, _ort_providers(profile, label)))
+                  probes: Mapping[str, Mapping[str, Any]] | None = None) -> list[BackendChoice]:
+    """The profile's backend entries in order, each probed on this machine; logs the choice and every fallback."""
+    out = [probe(entry, profile, bundle, precision, probes) for entry in profile.backends]
     _log_choice(profile, out)
     return out
 
 
-def _engine(bundle: Bundle, precision: str) -> Path:
-    """The engine for ``precision``; an INT8 request falls back to the FP16/FP32 engine."""
-    from .engines import find_engine
-
-    try:
-        return find_engine(bundle, precision)
-    except EdgeclipError:
-        if precision != "int8":
-            raise
-        return find_engine(bundle, "fp32")
-
-
-def _probe_tensorrt(bundle: Bundle | None, precision: str, have_tensorrt: bool | None) -> BackendChoice:
-    if have_tensorrt is False:
-        return BackendChoice("tensorrt", False, "TensorRT is not installed")
-    if have_tensorrt is None:
-        from ..runtime.backends.tensorrt import import_cudart, import_tensorrt
-
-        try:
-            import_tensorrt(BackendError)
-            import_cudart()
-        except BackendError as exc:
-            return BackendChoice("tensorrt", False, str(exc))
-    if bundle is None:
-        return BackendChoice("tensorrt", True, "tensorrt and cuda-python import")
-    try:
-        path = _engine(bundle, precision)
-    except EdgeclipError as exc:
-        return BackendChoice("tensorrt", False, str(exc))
-    return BackendChoice("tensorrt", True, f"engine {path.name}", engine=path)
-
-
-def _probe_openvino(have_openvino: bool | None) -> BackendChoice:
-    if have_openvino is False:
-        return BackendChoice("openvino", False, "OpenVINO is not installed (the 'openvino' extra)")
-    if have_openvino is None:
-        from ..runtime.backends.openvino import have_openvino as probe
-
-        ok, why = probe()
-        return BackendChoice("openvino", ok, why)
-    return BackendChoice("openvino", True, "OpenVINO is installed")
+def _not_installed(entry: str) -> bool:
+    """Whether a backend entry is unavailable only because its optional extra is not installed here."""
+    backend = split_entry(entry)[0]
+    return bool(backend.extra and missing(EXTRAS[backend.extra][0]))
 
 
 def _log_choice(profile: DeviceProfile, order: list[BackendChoice]) -> None:
     skipped = []
     for choice in order:
         if choice.available:
-            if skipped:
-                log.warning("device %s: falling back to %s; %s", profile.name, choice.label, "; ".join(skipped))
+            if skipped:  # on a CPU, a backend that is not installed is a choice of the install, not a problem;
+                # on a GPU or an NPU, running on the CPU instead is worth a warning whatever the reason
+                quiet = profile.kind == "cpu" and all(_not_installed(c.label) for c in order[:order.index(choice)])
+                (log.info if quiet else log.warning)("device %s: falling back to %s; %s", profile.name,
+                                                     choice.label, "; ".join(skipped))
             else:
                 log.info("device %s: using %s (%s)", profile.name, choice.label, choice.reason)
             return
         skipped.append(f"{choice.label} skipped: {choice.reason}")
     log.warning("device %s: none of %s can run here; %s", profile.name, ", ".join(c.label for c in order),
                 "; ".join(skipped))
-
-
-#: INT8 recipe files each backend runs, best first: the ``cpu`` recipe (U8S8) is made for ONNX Runtime's CPU
-#: kernels, the ``tensorrt`` recipe (symmetric S8S8, per-channel) for TensorRT, the ``openvino`` recipe
-#: (U8S8 per-channel, residual adds and pools in INT8 too) for OpenVINO, which runs the ``tensorrt`` file
-#: next fastest (measured: docs/quantization.md, "Which INT8 file runs best where").
-INT8_FILES = {
-    "onnxruntime:cpu": ("cpu", "tensorrt"),
-    "onnxruntime:tensorrt": ("tensorrt",),
-    "onnxruntime:cuda": ("tensorrt",),
-    "openvino": ("openvino", "tensorrt", "cpu"),
-}
-#: bf16 runs on OpenVINO only (its inference-precision hint), on CPUs with AVX512_BF16 or AMX.
-RUNTIME_PRECISIONS = ("auto", "fp32", "int8", "bf16")
-BACKEND_NAMES = ("auto", "onnxruntime", "tensorrt", "openvino")
 
 
 @dataclass
@@ -151,143 +124,122 @@ class EncoderChoice:
     file: Path
     reasons: list[str]
 
+    settings: str = ""
+
     def describe(self) -> str:
         """One line for logs and command summaries."""
-        return f"{self.file.name} on {self.backend} ({self.precision}): " + "; ".join(self.reasons)
+        settings = f" [{self.settings}]" if self.settings else ""
+        return f"{self.file.name} on {self.backend} ({self.precision}){settings}: " + "; ".join(self.reasons)
 
 
-def int8_file(bundle: Bundle, label: str, target: str | None, required: bool) -> tuple[Path | None, str]:
-    """The INT8 image encoder that ``label`` runs best, and why; ``(None, why)`` where none fits and not required.
+def int8_file(bundle: Bundle, entry: str, target: str | None, required: bool) -> tuple[Path | None, str]:
+    """The INT8 image encoder that backend ``entry`` runs best, and why; ``(None, why)`` where none fits and
+    not required.
 
     ``target`` names the recipe explicitly. ``required`` (INT8 asked for explicitly) turns a missing file
-    into a BundleError saying which ``edgeclip quantize`` to run.
+    into a BundleError saying which quantization to run.
     """
     have = {e.get("target"): n for n, e in bundle.files_with_role("image_encoder").items() if e.get("precision") == "int8"}
     listed = ", ".join(sorted(str(t) for t in have)) or "none"
     if target is not None:
         if target not in have:
             raise BundleError(f"{bundle.path}: no INT8 image encoder for recipe {target!r} (INT8 recipes here: "
-                              f"{listed}); run `edgeclip quantize {bundle.path} --target {target}`")
+                              f"{listed}); quantize it first: `edgeclip quantize` with target='{target}'")
         return bundle.path / have[target], f"recipe {target} as asked"
-    prefs = INT8_FILES.get(label, ("tensorrt", "cpu"))
+    prefs = entry_int8_recipes(entry)
     for rank, recipe in enumerate(prefs):
         if recipe in have:
-            why = (f"the {recipe} recipe is the one made for {label}"
+            why = (f"the {recipe} recipe is the one made for {entry}"
                    if rank == 0 else
-                   f"the {recipe} recipe (the bundle has no {prefs[0]} recipe, the one made for {label})")
+                   f"the {recipe} recipe (the bundle has no {prefs[0]} recipe, the one made for {entry})")
             others = sorted(str(t) for t in have if t != recipe)
             return bundle.path / have[recipe], why + (f"; also here: {', '.join(others)}" if others else "")
-    why = f"no INT8 file that {label} runs (wants recipe {' or '.join(prefs)}; the bundle has {listed})"
+    why = f"no INT8 file that {entry} runs (wants recipe {' or '.join(prefs)}; the bundle has {listed})"
     if required:
-        raise BundleError(f"{bundle.path}: {why}; run `edgeclip quantize {bundle.path} --target {prefs[0]}`")
+        raise BundleError(f"{bundle.path}: {why}; quantize it first: `edgeclip quantize` with target='{prefs[0]}'")
     return None, why
 
 
-def check_choice_options(precision: str, target: str | None, backend: str, providers: Sequence[str] | None) -> None:
-    """Reject contradictory encoder options, naming the argument to drop."""
-    if precision not in RUNTIME_PRECISIONS:
-        raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(RUNTIME_PRECISIONS)}")
-    if backend not in BACKEND_NAMES:
-        raise OptionError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
-    if target is not None and precision == "fp32":
-        raise OptionError("`target` picks an INT8 recipe but precision is fp32: drop `target`, or pass precision='int8'")
-    if providers and backend not in ("auto", "onnxruntime"):
-        raise OptionError(f"`providers` are ONNX Runtime's execution providers but the backend is {backend}: "
-                          f"drop `providers`, or pass backend='onnxruntime'")
-    if backend == "tensorrt" and target not in (None, "tensorrt"):
-        raise OptionError(f"TensorRT engines are built from the tensorrt recipe, not {target!r}: drop `target`")
-    if precision == "bf16":
-        if backend not in ("auto", "openvino"):
-            raise OptionError(f"precision='bf16' runs on OpenVINO only, not {backend}: pass backend='openvino', or "
-                              f"precision='fp32'")
-        if target is not None or providers:
-            raise OptionError("precision='bf16' runs the fp32 file on OpenVINO: drop `target` and `providers`")
+def _candidates(profile: DeviceProfile, bundle: Bundle, options: LoadOptions, explicit: LoadOptions,
+                precision: str) -> list[BackendChoice]:
+    """The entries to try, in order: the profile's (probed) among the backends the options allow."""
+    allowed = explicit.backends()
+    if "providers" in explicit.given():  # ONNX Runtime with the providers asked for, the first one it has
+        backend = next(b for b in BACKENDS.values() if "providers" in b.options)
+        module = backend.load()
+        first = next((p for p in options.providers or () if p in PROVIDERS and module.available(p)[0]), "cpu")
+        return [BackendChoice(f"{backend.name}:{first}", True, "asked for", tuple(options.providers or ()))]
+    entries = [e for e in profile.backends if split_entry(e)[0].name in allowed]
+    if not entries:  # the profile does not list the backend asked for: it alone (ONNX Runtime on the CPU)
+        entries = [f"{allowed[0]}:cpu" if "providers" in BACKENDS[allowed[0]].options else allowed[0]]
+    order = [probe(e, profile, bundle, precision) for e in entries]
+    if explicit.backend == "auto" and len(allowed) > 1:
+        _log_choice(profile, order)
+    return order
 
 
-def _candidates(profile: DeviceProfile, bundle: Bundle, engine_precision: str, backend: str,
-                providers: Sequence[str] | None, precision: str = "auto") -> list[BackendChoice]:
-    """The backends to try, in order: the profile's (probed), or the one asked for."""
-    if backend == "openvino" or precision == "bf16":
-        return [_probe_openvino(None)]
-    if backend == "auto" and not providers:
-        return backend_order(profile, bundle, engine_precision)
-    if backend == "tensorrt":
-        return [_probe_tensorrt(bundle, engine_precision, None)]
-    from ..runtime.backends.onnxruntime import import_onnxruntime
+def _open(choice: BackendChoice, bundle: Bundle, options: LoadOptions, explicit: LoadOptions,
+          engine_precision: str, want_int8: bool, reasons: list[str]) -> tuple[Backend, Path, str]:
+    """Open one entry's backend on the file it runs: (encoder, file, precision)."""
+    backend, provider = split_entry(choice.label)
+    if backend.files is not None:  # a file built on the device
+        path, used = (choice.file, choice.file_precision) if choice.file else built_file(backend.name, bundle,
+                                                                                         engine_precision)
+        if want_int8 and used != "int8":
+            if explicit.precision_given():
+                raise BackendError(f"{bundle.path}: no INT8 {backend.name} file for this machine; build one with "
+                                   f"precision='int8' (`edgeclip build`)")
+            reasons.append(f"no INT8 {backend.name} file for this machine: the {used} one")
+    else:
+        path, used = None, "fp32"
+        if want_int8:
+            found, why = int8_file(bundle, choice.label, explicit.target, required=explicit.precision_given())
+            reasons.append(why + ("" if found else ": FP32"))
+            if found is not None:
+                path, used = found, "int8"
+        if path is None:  # a packed bundle may hold INT8 files only: the fp32 one is looked up when needed
+            path = bundle.encoder("image", "fp32")
+        if explicit.precision in backend.precisions and explicit.precision not in precisions("file"):
+            used = explicit.precision  # bf16: the fp32 file with bf16 arithmetic
+    run_options = dataclasses.replace(options, providers=choice.providers) if choice.providers else options
+    variant = provider.name if provider is not None else None
+    return backend.load().open_encoder(Path(path), run_options, used, variant, bundle), Path(path), used
 
-    wanted = list(providers) if providers else list(profile.ort_providers)
-    available = import_onnxruntime().get_available_providers()
-    first = next((p for p in wanted if PROVIDER_ALIASES.get(p.lower(), p) in available), "cpu")
-    return [BackendChoice(f"onnxruntime:{first.lower()}", True, "asked for", tuple(wanted))]
 
-
-def _open_openvino(bundle: Bundle, profile: DeviceProfile, file: Path, precision: str, hint: str | None,
-                   threads: int, cache_dir: str | Path | None) -> Backend:
-    """OpenVINO on the CPU with the profile's hint (or ``hint``), cached under the file's manifest sha256."""
-    from ..runtime.backends.openvino import OpenVinoBackend
-
-    key = bundle.manifest["files"].get(Path(file).name, {}).get("sha256")
-    return OpenVinoBackend(file, "CPU", precision, hint or profile.openvino_hint, threads, cache_dir, key=key)
-
-
-def open_image_encoder(bundle: Bundle, profile: DeviceProfile, precision: str = "auto", target: str | None = None,
-                       backend: str = "auto", providers: Sequence[str] | None = None,
-                       threads: int = 0, hint: str | None = None,
-                       cache_dir: str | Path | None = None) -> tuple[Backend, EncoderChoice]:
+def open_image_encoder(bundle: Bundle, profile: DeviceProfile,
+                       options: LoadOptions | None = None) -> tuple[Backend, EncoderChoice]:
     """Open the bundle's image encoder for a device: the one path from options to a running backend.
 
     ``precision="auto"`` takes the profile's (INT8 where the bundle has a file the backend runs, FP32
     otherwise, saying why); ``backend="auto"`` walks the profile's backend order, logging every fallback.
-    ``precision="bf16"`` runs the fp32 file on OpenVINO with bf16 arithmetic (CPUs with AVX512_BF16/AMX).
-    OpenVINO only: ``hint`` (latency or throughput; default the profile's) and ``cache_dir`` (compiled
-    models; default the user's cache folder). Explicit arguments override the profile; contradictory ones
-    raise OptionError.
+    Explicit options override the profile (:func:`edgeclip.options.resolve`); contradictory ones raise
+    OptionError.
     """
-    from ..runtime.backends import create_backend
-    from ..runtime.backends.onnxruntime import OrtBackend
-
-    check_choice_options(precision, target, backend, providers)
-    want_int8 = precision == "int8" or (precision == "auto" and profile.precision == "int8")
-    explicit = precision != "auto"
-    engine_precision = "int8" if want_int8 else ("fp16" if profile.precision == "fp16" and not explicit else "fp32")
-    errors = []
-    for choice in _candidates(profile, bundle, engine_precision, backend, providers, precision):
+    explicit = options or LoadOptions()
+    explicit.check()
+    resolved = resolve(explicit, profile.load_defaults())
+    want_int8 = resolved.precision == "int8"
+    engine_precision = "int8" if want_int8 else (resolved.precision if resolved.precision == "fp16" else "fp32")
+    strict = explicit.backend != "auto" or len(explicit.backends()) == 1  # no other backend to fall back to
+    skipped, errors = [], []
+    for choice in _candidates(profile, bundle, resolved, explicit, engine_precision):
         if not choice.available:
-            if backend != "auto" or precision == "bf16":
-                raise BackendError(f"{choice.label} cannot run here: {choice.reason}")
+            skipped.append(f"{choice.label} cannot run here: {choice.reason}")
             continue
         reasons = [f"device profile {profile.name}"]
         try:
-            if choice.label == "tensorrt":
-                path = choice.engine if choice.engine is not None else _engine(bundle, engine_precision)
-                entry = bundle.manifest["files"].get(path.name, {})
-                used = str(entry.get("precision", engine_precision))
-                if want_int8 and used != "int8":
-                    if explicit:
-                        raise BackendError(f"{bundle.path}: no INT8 TensorRT engine for this machine; run "
-                                           f"`edgeclip build {bundle.path} --precision int8`")
-                    reasons.append("no INT8 engine for this machine: the FP16/FP32 one")
-                encoder, file, used_precision = create_backend(path, "tensorrt"), path, used
-            else:
-                file, used_precision = bundle.encoder("image", "fp32"), "fp32"
-                if want_int8:
-                    found, why = int8_file(bundle, choice.label, target, required=explicit)
-                    reasons.append(why + ("" if found else ": FP32"))
-                    if found is not None:
-                        file, used_precision = found, "int8"
-                if choice.label == "openvino":
-                    used_precision = "bf16" if precision == "bf16" else used_precision
-                    encoder = _open_openvino(bundle, profile, file, used_precision, hint, threads, cache_dir)
-                else:
-                    encoder = OrtBackend(file, list(choice.providers), threads)
+            encoder, path, used = _open(choice, bundle, resolved, explicit, engine_precision, want_int8, reasons)
         except EdgeclipError as exc:
-            if backend != "auto" or precision == "bf16" or isinstance(exc, (BundleError, OptionError)):
+            if strict or isinstance(exc, (BundleError, OptionError)):
                 raise
             log.warning("device %s: %s failed (%s); falling back", profile.name, choice.label, exc)
             errors.append(f"{choice.label}: {exc}")
             continue
-        result = EncoderChoice(profile.name, encoder.name, used_precision, Path(file), reasons)
+        settings = encoder.settings() if hasattr(encoder, "settings") else ""
+        result = EncoderChoice(profile.name, encoder.name, used, path, reasons, settings)
         log.info("image encoder: %s", result.describe())
         return encoder, result
+    if strict and skipped:
+        raise BackendError("; ".join(skipped))
     raise BackendError(f"no backend of profile {profile.name} could open {bundle.path}: " + "; ".join(errors or
                        ["none of its backends is available here"]))

@@ -22,6 +22,7 @@ log = logging.getLogger("edgeclip.devices")
 Runner = Callable[[Sequence[str]], "str | None"]
 
 DEVICE_TREE_MODEL = "proc/device-tree/model"
+DEVICE_TREE_COMPATIBLE = "proc/device-tree/compatible"
 TEGRA_RELEASE = "etc/nv_tegra_release"
 CPUINFO = "proc/cpuinfo"
 NVIDIA_SMI = ("nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader")
@@ -49,6 +50,7 @@ class Facts:
     """What was read from the machine (None or empty where a source was missing)."""
 
     model: str | None = None
+    compatible: tuple[str, ...] = ()
     l4t: str | None = None
     gpus: list[tuple[str, str | None]] = field(default_factory=list)
     arch: str | None = None
@@ -119,6 +121,9 @@ def read_facts(root: str | Path = "/", run: Runner = run_command, machine: str |
     model = _read(root, DEVICE_TREE_MODEL)
     if model is not None:
         facts.model = model.replace("\x00", "").strip() or None
+    compatible = _read(root, DEVICE_TREE_COMPATIBLE)
+    if compatible is not None:
+        facts.compatible = tuple(c.strip() for c in compatible.split("\x00") if c.strip())
     release = _read(root, TEGRA_RELEASE)
     if release is not None:
         facts.l4t = parse_tegra_release(release) or "unknown"
@@ -150,8 +155,17 @@ def _jetson(facts: Facts, profiles: list[DeviceProfile]) -> tuple[DeviceProfile 
     guess = next((p for p in profiles if major and major in p.match.get("l4t_fallback", ())), None)
     if guess:
         reasons.append(f"no profile names this Jetson model; L4T {major} suggests {guess.name} "
-                       f"(closest, conservative); pass --device NAME to choose another")
+                       f"(closest, conservative); pass `device` (a profile name) to choose another")
     return guess, False, reasons
+
+
+def _npu(facts: Facts, profiles: list[DeviceProfile]) -> tuple[DeviceProfile | None, list[str]]:
+    """The NPU profile whose ``match.compatible`` names a string of the device tree's ``compatible``."""
+    for p in profiles:
+        hit = next((c for c in facts.compatible if c in p.match.get("compatible", ())), None)
+        if hit:
+            return p, [f"/{DEVICE_TREE_COMPATIBLE}: {', '.join(map(repr, facts.compatible))}; {hit!r}: profile {p.name}"]
+    return None, []
 
 
 def _cpu(facts: Facts, profiles: list[DeviceProfile]) -> tuple[DeviceProfile | None, bool, list[str]]:
@@ -191,7 +205,10 @@ def detect(root: str | Path = "/", run: Runner = run_command, machine: str | Non
     profiles = list(by_name.values())
     reasons: list[str] = []
     profile, exact = None, False
-    if facts.is_jetson or facts.model:
+    if facts.compatible and not facts.is_jetson:
+        profile, reasons = _npu(facts, [p for p in profiles if p.kind == "npu"])
+        exact = profile is not None
+    if profile is None and (facts.is_jetson or facts.model):
         profile, exact, reasons = _jetson(facts, [p for p in profiles if p.kind == "jetson"])
     if profile is None:
         if not facts.is_jetson:

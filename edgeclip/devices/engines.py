@@ -14,17 +14,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from ..bundle import Bundle, load_bundle, now_iso, update_bundle, verify_files
-from ..errors import BackendError, BundleError, DeviceError, EdgeclipError
+from ..errors import BackendError, BundleError, DeviceError, EdgeclipError, OptionError
+from ..options import Options, option
 from ..runtime.backends.tensorrt import import_tensorrt
+from ..tables import precisions
 from .catalog import DeviceProfile
 
 log = logging.getLogger("edgeclip.devices")
 
 ENGINE_DIR = "engines"
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_PRECISIONS = precisions("engine")
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def engine_source(bundle: Bundle, precision: str) -> str:
     if precision == "int8":
         try:
             return bundle.encoder("image", "int8", "tensorrt").name
-        except BundleError as exc:  # says to run `edgeclip quantize --target tensorrt`
+        except BundleError as exc:  # says to quantize with target='tensorrt'
             raise DeviceError(f"{exc}, or build FP16") from exc
     return bundle.encoder("image", "fp32").name
 
@@ -180,6 +182,8 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
     engines = bundle.files_with_role("engine")
     usable, rejected = [], []
     for name, entry in engines.items():
+        if entry.get("format", "tensorrt-engine") != "tensorrt-engine":
+            continue  # a file built for another backend
         src = files.get(entry.get("source", ""), {})
         if (src.get("precision", "fp32") == "int8") != (precision == "int8"):
             continue
@@ -193,7 +197,7 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
         name = sorted(usable)[0][3]
         log.info("TensorRT engine %s (%s)", name, files[name].get("precision"))
         return bundle.path / name
-    hint = f"run `edgeclip build {bundle.path}`" + (" --precision int8" if precision == "int8" else "")
+    hint = "build one (`edgeclip build`" + (", precision='int8'" if precision == "int8" else "") + ")"
     raise BackendError(f"{bundle.path}: no TensorRT engine for this machine (TensorRT {tensorrt}, SM {sm}, "
                        f"{precision})" + (f"; not usable: {'; '.join(rejected)}" if rejected else "")
                        + f"; {hint}")
@@ -202,6 +206,11 @@ def find_engine(bundle: Bundle, precision: str = "fp32", tensorrt: str | None = 
 # ---------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------
+def find_file(bundle: Bundle, precision: str = "fp32") -> Path:
+    """The engine the TensorRT backend runs here (``edgeclip.tables.BACKENDS["tensorrt"].files``)."""
+    return find_engine(bundle, precision)
+
+
 def resolve_precision(bundle: Bundle, profile: DeviceProfile, precision: str | None) -> tuple[str, list[str]]:
     """The engine precision: the explicit one, else the profile's (INT8 falls back to FP16 if not in the bundle)."""
     if precision:
@@ -215,7 +224,7 @@ def resolve_precision(bundle: Bundle, profile: DeviceProfile, precision: str | N
             return "int8", []
         except DeviceError:
             return "fp16", [f"profile {profile.name} prefers INT8 but the bundle has no image_encoder.int8.tensorrt."
-                            f"onnx (run `edgeclip quantize {bundle.path} --target tensorrt`); building FP16"]
+                            f"onnx (quantize it with target='tensorrt'); building FP16"]
     return profile.precision, []
 
 
@@ -244,7 +253,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     """Build (or reuse) the engine for this machine and record it in the bundle, atomically."""
     if not profile.uses_gpu:
         raise DeviceError(f"profile {profile.name} is a CPU profile: TensorRT engines need an NVIDIA GPU; pass "
-                          f"--device with a GPU profile (desktop-gpu or a Jetson) on a machine that has that GPU")
+                          f"`device` with a GPU profile (desktop-gpu or a Jetson) on a machine that has that GPU")
     tensorrt, sm = _machine(tensorrt, sm, DeviceError)
     bundle, notes = load_for_build(bundle_path)
     if profile.sm and profile.sm != sm:
@@ -255,7 +264,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     dla_core = profile.dla_core if dla_core is None else dla_core
     if dla_core is not None:
         if precision == "fp32":
-            raise DeviceError("DLA runs FP16 or INT8 only; drop --dla-core or pick --precision fp16/int8")
+            raise DeviceError("DLA runs FP16 or INT8 only; drop `dla_core` or pick precision='fp16' or precision='int8'")
         if batch[0] != batch[2]:
             notes.append(f"DLA needs a fixed batch: using batch {batch[1]}")
             batch = (batch[1],) * 3
@@ -263,7 +272,7 @@ def build_engine(bundle_path: str | Path, profile: DeviceProfile, precision: str
     path, why = cached_engine(bundle, key)
     if path is not None and not force:
         return BuildResult(path, key, False, notes=notes + [why])
-    notes.append("--force: rebuilding" if path is not None else why)
+    notes.append("forced: rebuilding" if path is not None else why)
     onnx_path = bundle.path / key.source
     if check:
         _check_ready(onnx_path, tensorrt)
@@ -344,7 +353,7 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise DeviceError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}; run `edgeclip build --check`")
+        raise DeviceError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}; check it without TensorRT (`edgeclip build` with check)")
     return parser
 
 
@@ -383,7 +392,7 @@ def add_batch_profile(builder: Any, network: Any, config: Any, batch: tuple[int,
 def use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:
     """Run on DLA core ``core``, with layers DLA cannot run falling back to the GPU."""
     if not hasattr(trt, "DeviceType") or not hasattr(trt.DeviceType, "DLA"):
-        raise DeviceError(f"TensorRT {trt.__version__} has no DLA support; drop --dla-core")
+        raise DeviceError(f"TensorRT {trt.__version__} has no DLA support; drop `dla_core`")
     cores = int(getattr(builder, "num_DLA_cores", 0))
     if core >= cores:
         raise DeviceError(f"DLA core {core} requested but this device has {cores} DLA core(s)")
@@ -429,3 +438,62 @@ def build_serialized_engine(onnx_path: Path, key: EngineKey, options: BuildOptio
         raise DeviceError(f"TensorRT could not build an engine from {onnx_path.name} (see TensorRT's messages above)")
     cache = config.get_timing_cache()
     return bytes(memoryview(serialized)), (bytes(memoryview(cache.serialize())) if cache is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the build step of the TensorRT backend (``edgeclip build`` on a GPU profile)
+# ---------------------------------------------------------------------------------------------------------
+def _batch_range(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise OptionError(f"batch {text!r}: give three integers MIN,OPT,MAX, e.g. 1,4,16") from None
+    if not 1 <= lo <= opt <= hi:
+        raise OptionError(f"batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
+_GROUP = "TensorRT engines (GPU and Jetson profiles)"
+
+
+@dataclass(frozen=True)
+class TensorRTBuildOptions(Options):
+    """What a TensorRT engine build is asked for; None values are the device profile's."""
+
+    WHAT: ClassVar[str] = "TensorRT build option"
+
+    precision: str | None = option(None, "engine precision (default: the profile's; INT8 needs the tensorrt "
+                                         "recipe: quantize with target='tensorrt')", choices=ENGINE_PRECISIONS,
+                                   group=_GROUP)
+    batch: tuple[int, int, int] | None = option(None, "batch range of the optimization profile (default: "
+                                                      "1,<profile opt>,<profile max>)", metavar="MIN,OPT,MAX",
+                                                parse=_batch_range, group=_GROUP)
+    workspace_mb: int | None = option(None, "TensorRT workspace limit (default: the profile's)", group=_GROUP)
+    dla_core: int | None = option(None, "build for this DLA core (Xavier/Orin), GPU fallback on", group=_GROUP)
+    force: bool = option(False, "rebuild even if a valid cached engine exists", group=_GROUP)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, (str, list)):
+            object.__setattr__(self, "batch", _batch_range(",".join(map(str, self.batch)))
+                               if isinstance(self.batch, list) else _batch_range(self.batch))
+
+
+BUILD_OPTIONS = TensorRTBuildOptions
+
+
+def build(bundle_path: str | Path, profile: DeviceProfile, opts: TensorRTBuildOptions,
+          step: Callable[[str], None] | None = None) -> str:
+    """Build (or reuse) this GPU's engine in the bundle; one line saying what was done (notes go to ``step``)."""
+    from ..extras import require
+
+    require("tensorrt", ["onnx"], what="edgeclip build")
+    if opts.workspace_mb is not None:
+        profile = profile.with_changes(workspace_mb=opts.workspace_mb)
+    result = build_engine(bundle_path, profile, precision=opts.precision, batch=opts.batch, dla_core=opts.dla_core,
+                          force=opts.force)
+    for note in result.notes + [f"removed stale engine {name}" for name in result.pruned]:
+        (step or log.info)(note)
+    how = f"built in {result.seconds:.1f} s" if result.built else "cached, reused"
+    k = result.key
+    return (f"{result.path}: {k.precision} TensorRT {k.tensorrt} engine for SM {k.sm}, batch {k.batch[0]}-{k.batch[2]} "
+            f"(opt {k.batch[1]}) from {k.source} ({how})")

@@ -8,7 +8,7 @@ and a dynamic batch axis on every input. Each finding names the node and the fix
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +19,7 @@ from .trt_ops import op_support, parse_version
 ERROR, WARNING = "error", "warning"
 DEFAULT_TENSORRT = "10.0"
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-REQUANTIZE = "re-run `edgeclip quantize BUNDLE --target tensorrt` (symmetric signed INT8, per-channel weights)"
+REQUANTIZE = "quantize again with target='tensorrt' (symmetric signed INT8, per-channel weights)"
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def check_opset(model: Any) -> list[Finding]:
     out = []
     if has_qdq and opset < 13:
         out.append(Finding(ERROR, "model", f"opset {opset} < 13: Q/DQ nodes cannot carry per-channel axes",
-                           "re-export with --opset 17 and quantize again"))
+                           "re-export with opset='17' and quantize again"))
     if opset < 17:
         out.append(Finding(WARNING, "model", f"opset {opset} < 17: LayerNorm is exported as separate ops, which "
-                           "TensorRT may run in FP16 and overflow", "re-export with --opset 17"))
+                           "TensorRT may run in FP16 and overflow", "re-export with opset='17'"))
     return out
 
 
@@ -108,7 +108,7 @@ def check_ops(model: Any, tensorrt: str = DEFAULT_TENSORRT) -> list[Finding]:
             continue
         why = op_support(node.op_type, tensorrt)
         if why:
-            out.append(Finding(ERROR, where, why, "re-export so the op is decomposed (e.g. a lower --opset), use a "
+            out.append(Finding(ERROR, where, why, "re-export so the op is decomposed (e.g. a lower `opset`), use a "
                                "newer TensorRT, or run this model with ONNX Runtime"))
     for node in _nodes(model.graph):  # the one matrix restriction a CLIP export can hit
         if node.op_type == "LayerNormalization" and any(node.output[1:]):
@@ -146,7 +146,7 @@ def _zero_point(node: Any, consts: dict[str, np.ndarray], input_dtype: Any) -> l
     if zp.dtype == np.uint8:
         return [Finding(ERROR, _name(node), f"uint8 quantization (zero point {zp_name!r} is uint8, values "
                         f"{np.unique(zp)[:4].tolist()}); TensorRT takes only signed symmetric INT8",
-                        f"{REQUANTIZE}; the uint8 (U8S8) recipe is for ONNX Runtime on CPUs (--target cpu)")]
+                        f"{REQUANTIZE}; the uint8 (U8S8) recipe is for ONNX Runtime on CPUs (target='cpu')")]
     if zp.dtype != np.int8:
         return [Finding(WARNING, _name(node), f"zero point type {zp.dtype} is not INT8; only INT8 is checked here",
                         "")]
@@ -287,3 +287,22 @@ def format_findings(findings: list[Finding], what: str = "") -> str:
     if findings and len(findings) > len(errs):
         head += f" ({len(findings) - len(errs)} warning(s))"
     return "\n".join([head, *(str(f) for f in findings)])
+
+
+@dataclass
+class BuildCheck:
+    """What would block a TensorRT build of one ONNX file (``edgeclip build`` with its check)."""
+
+    onnx: Path
+    tensorrt: str
+    findings: list[Finding]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a finding blocks the build."""
+        return bool(errors(self.findings))
+
+    def report(self) -> str:
+        """The verdict line and one block per finding."""
+        return format_findings(self.findings, f"{self.onnx} (TensorRT {self.tensorrt})")

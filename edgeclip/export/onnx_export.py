@@ -53,7 +53,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     import onnx
 
     if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer "
+        raise ExportError(f"opset {opset} is too old: use `opset` {MIN_OPSET} or newer "
                           f"(LayerNormalization must stay one op for TensorRT FP16)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

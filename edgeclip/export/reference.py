@@ -28,7 +28,11 @@ class TorchReference:
             tuple(pre["size"]), is_train=False, mean=tuple(pre["mean"]), std=tuple(pre["std"]),
             resize_mode=pre["resize_mode"], interpolation=pre["interpolation"], fill_color=pre.get("fill_color", 0))
         ctx = self.loaded.context_length
-        self.tokenize: Callable[[list[str]], Any] = lambda texts: open_clip.tokenizer.tokenize(texts, ctx)
+        spec = self.loaded.tokenizer  # open_clip's own tokenizer for the model (SigLIP's, or CLIP's BPE)
+        reference = spec.reference() if spec is not None else None
+        self.tokenize: Callable[[list[str]], Any] = (
+            (lambda texts: torch.from_numpy(reference(texts))) if reference is not None
+            else (lambda texts: open_clip.tokenizer.tokenize(texts, ctx)))
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:

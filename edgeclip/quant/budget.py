@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptionError
+from ..tables import precisions
 
 MODES = ("auto", "full", "coarse-to-fine", "coarser")
 Ladder = list[tuple[tuple[int, int], float]]
@@ -189,7 +190,7 @@ def summary(info: dict[str, Any]) -> str:
     return text
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *precisions("synthesis"))
 
 
 def choose_precision(device: str, requested: str = "auto", cpu_flags: frozenset[str] | None = None,

@@ -1,6 +1,6 @@
 """Calibration sets for INT8: which source, how many images, the cache, and a contact sheet to look at.
 
-``--calib`` sources:
+``calib`` sources:
 
 ======================  =============================================================================
 ``noise``               Gaussian noise in the normalised input space (``noise:uniform``: uniform pixels)
@@ -32,7 +32,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import EdgeclipError, OptionError, QuantizationError
 from .budget import summary
-from .synthetic import GENERIC_PROMPTS, SynthesisConfig, noise_images
+from .synthesis import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -43,7 +43,7 @@ SYNTH_VERSION = 1
 
 @dataclass(frozen=True)
 class CalibSource:
-    """A parsed ``--calib`` value: ``kind`` plus an argument (``real``: the folder; ``noise``: the kind)."""
+    """A parsed ``calib`` value: ``kind`` plus an argument (``real``: the folder; ``noise``: the kind)."""
 
     kind: str
     arg: str | None = None
@@ -55,14 +55,14 @@ class CalibSource:
         kind, sep, arg = spec.partition(":")
         if kind == "real":
             if not arg:
-                raise OptionError("--calib real needs a folder: --calib real:/path/to/images")
+                raise OptionError("calib='real' needs a folder: calib='real:/path/to/images'")
             folder = Path(arg).expanduser()
             if not folder.is_dir():
-                raise OptionError(f"--calib real:{arg}: no such folder")
+                raise OptionError(f"calib='real:{arg}': no such folder")
             return cls("real", str(folder.resolve()))
         if kind == "noise":
             if arg not in ("", "gaussian", "uniform"):
-                raise OptionError(f"--calib noise:{arg}: use noise (Gaussian) or noise:uniform")
+                raise OptionError(f"calib='noise:{arg}': use noise (Gaussian) or noise:uniform")
             return cls("noise", arg or "gaussian")
         if kind in ("bn-stats", "text-guided") and not sep:
             return cls(kind)
@@ -117,9 +117,9 @@ def _real_files(folder: str, n: int, seed: int) -> list[Path]:
 
     files = expand_inputs([folder])
     if not files:
-        raise OptionError(f"--calib real:{folder}: no image files in the folder")
+        raise OptionError(f"calib='real:{folder}': no image files in the folder")
     if len(files) < n:
-        log.warning("real:%s holds %d images, fewer than --images %d: using all of them", folder, len(files), n)
+        log.warning("real:%s holds %d images, fewer than images=%d: using all of them", folder, len(files), n)
         return files
     pick = np.random.default_rng(seed).choice(len(files), size=n, replace=False)
     return [files[i] for i in sorted(pick)]
@@ -199,9 +199,9 @@ def calibration_set(bundle: Bundle, source: CalibSource | str, images: int = 64,
     cfg = config or SynthesisConfig()
     say = step or (lambda m: log.info(m))
     if images < 1:
-        raise OptionError("--images must be >= 1")
+        raise OptionError("`images` must be >= 1")
     if time_budget is not None and time_budget <= 0:
-        raise OptionError("--time-budget must be > 0 seconds")
+        raise OptionError("`time_budget` must be > 0 seconds")
     size = tuple(int(s) for s in bundle.preprocess["size"])
     t0 = time.monotonic()
     if src.kind == "noise":
@@ -254,7 +254,7 @@ def real_images(files: list[Path], preprocess: dict[str, Any], progress: bool = 
 
 def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_budget: float | None,
                       cfg: SynthesisConfig, progress: bool, say: Callable[[str], None]) -> tuple[np.ndarray, dict]:
-    from .synthetic import bn_stats_objective, load_torch_tower, text_guided_objective
+    from .synthesis import bn_stats_objective, load_torch_tower, text_guided_objective
 
     say(f"loading the torch model for {src} synthesis")
     tower = load_torch_tower(bundle)
@@ -273,7 +273,7 @@ def synthesise_images(tower: Any, objective: Any, n: int, seed: int, time_budget
     """``synthesise`` with a progress bar and a log line; returns (images, info for the record)."""
     from tqdm import tqdm
 
-    from .synthetic import synthesise
+    from .synthesis import synthesise
 
     src = objective.name
     batches = -(-n // cfg.batch_size)

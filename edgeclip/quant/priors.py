@@ -77,7 +77,8 @@ class _Block:
 
 
 def vit_blocks(visual: nn.Module) -> list[_Block]:
-    """The transformer blocks of a ViT image tower (open_clip or Hugging Face), with token layout.
+    """The transformer blocks of a ViT image tower (open_clip's, a timm ViT in open_clip, or Hugging Face's),
+    with token layout.
 
     Returns an empty list for towers without transformer blocks (ModifiedResNet).
     """
@@ -88,6 +89,10 @@ def vit_blocks(visual: nn.Module) -> list[_Block]:
         patches = int(grid[0]) * int(grid[1])
         batch_first = bool(getattr(transformer, "batch_first", True))
         blocks = [_Block(b, batch_first, patches) for b in transformer.resblocks]
+    trunk = getattr(visual, "trunk", None)
+    embed = getattr(trunk, "patch_embed", None)
+    if not blocks and hasattr(trunk, "blocks") and getattr(embed, "num_patches", None):  # timm ViT (SigLIP, EVA02)
+        blocks = [_Block(b, True, int(embed.num_patches)) for b in trunk.blocks]
     vision_model = getattr(visual, "vision_model", None)
     if not blocks and vision_model is not None:  # Hugging Face CLIPModel / CLIPVisionModel
         emb = vision_model.embeddings

@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import OptionError, QuantizationError
-from .agreement import compare, drop_points, run_onnx
+from .agreement import Scoring, compare, drop_points, run_onnx
 from .calibration import CalibrationSet, CalibSource, real_images, synthesise_images
-from .recipes import CALIB_METHODS, Recipe, prepare_fp32, quantize_onnx, recipe_for, weighted_nodes
-from .synthetic import SynthesisConfig, noise_images
+from .recipes import (CALIB_METHODS, Recipe, kept_fp32, prepare_fp32, quantize_onnx, recipe_for,
+                      weighted_nodes)
+from .synthesis import SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
 
@@ -76,7 +77,7 @@ def make_calibration(source: CalibSource | str, preprocess: Any, images: int = 6
     DIR, or exactly ``files`` when given. ``text-guided`` needs a CLIP bundle (``edgeclip quantize``).
     """
     from .calibration import _real_files
-    from .synthetic import bn_stats_objective, tower_from_module
+    from .synthesis import bn_stats_objective, tower_from_module
 
     src = CalibSource.parse(source) if isinstance(source, str) else source
     say = step or (lambda m: log.info(m))
@@ -139,7 +140,7 @@ def _recipe(recipe: Recipe | str) -> Recipe:
 
 def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe | str,
                     calibration: CalibrationSet, calib_method: str | None = None, max_drop: float | None = None,
-                    labels: np.ndarray | None = None, logit_scale: float = 1.0, ranges_cache: Path | None = None,
+                    labels: np.ndarray | None = None, logit_scale: Scoring = 1.0, ranges_cache: Path | None = None,
                     progress: bool = True, step: Callable[[str], None] | None = None,
                     started: float | None = None) -> QuantRecord:
     """Quantize ``fp32_onnx`` with ``recipe`` on the images of ``calibration``; writes ``out_path``.
@@ -165,10 +166,12 @@ def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe 
         tmp = Path(tmp_s)
         say(f"preparing {src.name} for quantization")
         fp32 = prepare_fp32(src, tmp / "fp32.onnx")
-        nodes = weighted_nodes(_load(fp32), rec.op_types)
+        prepared = _load(fp32)
+        nodes, kept = weighted_nodes(prepared, rec.op_types), kept_fp32(prepared)
         ranges = ranges_cache or tmp / "ranges.json"
         say(f"quantizing for {rec.target} ({rec.name}, {method} calibration on {len(images)} images)")
         int8 = quantize_onnx(rec, fp32, tmp / "int8.onnx", images, method, nodes=nodes, ranges_cache=ranges)
+        method = _used_method(int8, method)
         say("comparing INT8 with fp32 on the calibration images")
         reference = run_onnx(fp32, images)
         agreement = compare(reference, run_onnx(int8, images), labels, logit_scale)
@@ -187,6 +190,8 @@ def quantize_images(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe 
         "agreement": {k: agreement[k] for k in AGREEMENT_KEYS}, "excluded_nodes": excluded,
         "weighted_nodes": len(nodes), "max_drop": max_drop, "settings": rec.record(),
     }
+    if kept:
+        record["kept_fp32"] = kept
     if sensitivity:
         record["sensitivity"] = sensitivity[:20]
     return QuantRecord(out, record, calibration, record["agreement"], excluded)
@@ -197,7 +202,7 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
                    torch_model: Any = None, preprocess: Any = None, images: int = 64, seed: int = 0,
                    calib_method: str | None = None, max_drop: float | None = None,
                    time_budget: float | None = None, synthesis: SynthesisConfig | None = None,
-                   labels: np.ndarray | None = None, logit_scale: float = 1.0, progress: bool = True,
+                   labels: np.ndarray | None = None, logit_scale: Scoring = 1.0, progress: bool = True,
                    step: Callable[[str], None] | None = None) -> QuantRecord:
     """INT8 QDQ model of any fp32 ONNX image model; returns the file and its record.
 
@@ -226,6 +231,13 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
                            progress=progress, step=step, started=t0)
 
 
+def _used_method(path: Path, asked: str) -> str:
+    """The calibration method a quantized file records (``quantize_onnx`` falls back to minmax where ONNX
+    Runtime's histograms cannot be built)."""
+    props = {p.key: p.value for p in _load(path).metadata_props}
+    return props.get("edgeclip.calib_method", asked)
+
+
 def _load(path: Path) -> Any:
     import onnx
 
@@ -233,7 +245,7 @@ def _load(path: Path) -> Any:
 
 
 def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], tmp: Path, images: np.ndarray,
-                     reference: np.ndarray, labels: np.ndarray | None, scale: float, max_drop: float,
+                     reference: np.ndarray, labels: np.ndarray | None, scale: Scoring, max_drop: float,
                      ranges: Path, progress: bool,
                      say: Callable[[str], None]) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
     """Keep the most sensitive layers in fp32 until top-1 agreement is within ``max_drop`` points.
@@ -258,8 +270,8 @@ def _mixed_precision(recipe: Recipe, method: str, fp32: Path, nodes: list[str], 
     while True:
         if k >= len(order):
             raise QuantizationError(f"no mix of INT8 and fp32 layers keeps top-1 agreement within {max_drop:g} "
-                                    f"points on the calibration images; allow a larger --max-drop, or use more "
-                                    f"or other calibration images (--images, --calib)")
+                                    f"points on the calibration images; allow a larger `max_drop`, or use more "
+                                    f"or other calibration images (`images`, `calib`)")
         excluded = order[:k]
         say(f"keeping {k} of {len(order)} layers in fp32 ({', '.join(excluded[:4])}{', ...' if k > 4 else ''})")
         out = quantize_onnx(recipe, fp32, tmp / "int8.onnx", images, method, exclude=excluded, nodes=nodes,

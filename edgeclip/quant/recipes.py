@@ -52,11 +52,12 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import OptionError, QuantizationError
+from ..tables import INT8_RECIPES, pick
+from .options import CALIB_METHODS
 
 log = logging.getLogger("edgeclip.quant")
 
-TARGETS = ("cpu", "tensorrt", "openvino")
-CALIB_METHODS = ("minmax", "percentile", "entropy")
+TARGETS = tuple(INT8_RECIPES)
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 #: activations a recipe may fold into the quantizer of the output they read (``Recipe.fold_activations``)
 FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -143,15 +144,13 @@ CPU_CANDIDATES: dict[str, Recipe] = {
 
 
 def recipe_for(target: str) -> Recipe:
-    """The recipe of ``target``; OptionError for an unknown target."""
-    if target not in RECIPES:
-        raise OptionError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
-    return RECIPES[target]
+    """The recipe of ``target`` (a row of ``edgeclip.tables.INT8_RECIPES``); OptionError for an unknown one."""
+    return RECIPES[pick(INT8_RECIPES, target, "target").name]
 
 
 def int8_file_name(target: str) -> str:
     """``image_encoder.int8.<target>.onnx``."""
-    return f"image_encoder.int8.{target}.onnx"
+    return pick(INT8_RECIPES, target, "target").file
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,10 +186,76 @@ def prepare_fp32(src: Path, dst: Path) -> Path:
 
 
 def weighted_nodes(model: Any, op_types: Sequence[str] = WEIGHTED_OPS) -> list[str]:
-    """Names of the nodes a recipe may quantize: Conv, and MatMul/Gemm with a constant weight input."""
+    """Names of the nodes a recipe may quantize: Conv, and MatMul/Gemm with a constant weight input, less
+    those the family rules keep in fp32 (``kept_fp32``)."""
     consts = _constant_names(model)
+    kept = {n for names in kept_fp32(model).values() for n in names}
     return [n.name for n in model.graph.node
-            if n.op_type in op_types and len(n.input) >= 2 and n.name and n.input[1] in consts]
+            if n.op_type in op_types and len(n.input) >= 2 and n.name and n.input[1] in consts and n.name not in kept]
+
+
+#: ops through which a tensor computed from constants stays constant data (``constant_query_nodes``)
+_BROADCAST_OPS = ("Expand", "Tile", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Identity", "Cast")
+#: a depthwise convolution keeps fp32 when per-channel INT8 weights would change its non-peak taps by more
+#: than this share of their norm (``identity_folded_convs``)
+FOLDED_TAP_ERROR = 0.5
+
+
+def kept_fp32(model: Any) -> dict[str, list[str]]:
+    """Weighted nodes that no recipe quantizes, by rule (recorded in the manifest as ``kept_fp32``):
+
+    * ``constant_query``: a MatMul/Gemm whose data input is a constant broadcast to the batch, not an
+      activation: SigLIP's attention-pool (MAP) head projects its learnt latent query so; quantizing it only
+      rounds a constant (``constant_query_nodes``);
+    * ``identity_folded``: depthwise convolutions whose kernel has an identity folded in, as FastViT's
+      reparameterized token mixers (RepMixer) and conditional position encodings have: per-channel INT8
+      steps are set by the centre tap, so the mixing taps round away (``identity_folded_convs``).
+    """
+    out = {"constant_query": constant_query_nodes(model), "identity_folded": identity_folded_convs(model)}
+    return {k: v for k, v in out.items() if v}
+
+
+def constant_query_nodes(model: Any) -> list[str]:
+    """MatMul/Gemm nodes whose first input is constant data (an initializer broadcast with ``_BROADCAST_OPS``;
+    the shape inputs of Expand/Reshape may come from the batch)."""
+    consts = _constant_names(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def constant(tensor: str) -> bool:
+        seen = 0
+        while tensor not in consts:
+            node = producer.get(tensor)
+            if node is None or node.op_type not in _BROADCAST_OPS or seen > 16:
+                return False
+            tensor, seen = node.input[0], seen + 1
+        return True
+
+    return [n.name for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm") and n.name and n.input and constant(n.input[0])]
+
+
+def identity_folded_convs(model: Any, limit: float = FOLDED_TAP_ERROR) -> list[str]:
+    """Depthwise Conv nodes (one input channel per group, kernel > 1x1) whose per-channel symmetric INT8
+    weights would change the taps other than each channel's largest by more than ``limit`` of their norm."""
+    consts = _constants(model)
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Conv" or not n.name or len(n.input) < 2 or n.input[1] not in consts:
+            continue
+        w = np.asarray(consts[n.input[1]], dtype=np.float64)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if w.ndim != 4 or w.shape[1] != 1 or group != w.shape[0] or w.shape[2] * w.shape[3] == 1:
+            continue
+        flat = w.reshape(w.shape[0], -1)
+        scale = np.maximum(np.abs(flat).max(axis=1, keepdims=True), 1e-30) / 127.0
+        error = np.round(flat / scale) * scale - flat
+        peak = np.abs(flat).argmax(axis=1)
+        rest = np.ones_like(flat, dtype=bool)
+        rest[np.arange(len(flat)), peak] = False
+        norm = np.linalg.norm(flat[rest])
+        if norm > 0 and np.linalg.norm(error[rest]) > limit * norm:
+            out.append(n.name)
+    return out
 
 
 def _constant_names(model: Any) -> set[str]:
@@ -220,9 +285,14 @@ def activation_nodes(model: Any, op_types: Sequence[str]) -> list[str]:
 
 
 def is_convolutional(model: Any) -> bool:
-    """True for a graph without LayerNormalization (a CNN such as the ModifiedResNet), False for a transformer:
-    where a recipe's ``cnn_*`` choices apply."""
-    return not any(n.op_type == "LayerNormalization" for n in model.graph.node)
+    """True for a convolutional graph (the ModifiedResNet, FastViT, ConvNeXt), False for a transformer: where a
+    recipe's ``cnn_*`` choices apply. A transformer normalises token sequences (LayerNormalization of rank-3
+    tensors); a CNN has no LayerNormalization, or only channels-last ones over feature maps (ConvNeXt's, of
+    rank-4 tensors; ranks from the shape inference of ``prepare_fp32``, unknown ranks count as tokens)."""
+    g = model.graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]
+             if v.type.tensor_type.HasField("shape")}
+    return all(ranks.get(n.input[0]) == 4 for n in g.node if n.op_type == "LayerNormalization")
 
 
 def attention_nodes(model: Any) -> list[str]:
@@ -303,7 +373,7 @@ def _method(name: str) -> Any:
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if name not in table:
-        raise OptionError(f"unknown --calib-method {name!r}; use one of {', '.join(CALIB_METHODS)}")
+        raise OptionError(f"unknown calib_method {name!r}; use one of {', '.join(CALIB_METHODS)}")
     return table[name]
 
 
@@ -375,6 +445,7 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
         cache = ranges_cache or (Path(tmp) / "ranges.json" if signed else None)
 
         def run() -> None:
+            nonlocal calib, method
             try:
                 with quiet_onnxruntime():
                     quantize_static(str(fp32), str(raw), _data_reader(images, input_name, batch_size),
@@ -385,6 +456,16 @@ def quantize_onnx(recipe: Recipe, fp32: Path, out: Path, images: np.ndarray, met
                                     calibration_cache_path=str(cache) if cache else None)
             except QuantizationError:
                 raise
+            except ValueError as exc:
+                if method == "minmax" or "bins" not in str(exc):
+                    raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} "
+                                            f"recipe: {type(exc).__name__}: {exc}") from exc
+                # ORT's histograms (percentile, entropy) fail on an activation whose values are all but equal
+                # (a uniform attention softmax of a random-weight model): its range is the same under minmax
+                log.warning("%s calibration of %s failed (%s): calibrating with minmax instead", method, fp32.name, exc)
+                calib, method = _method("minmax"), "minmax"
+                extra.pop("CalibPercentile", None)
+                run()
             except Exception as exc:  # ORT's quantizer raises many types
                 raise QuantizationError(f"ONNX Runtime could not quantize {fp32.name} with the {recipe.target} "
                                         f"recipe: {type(exc).__name__}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Per-layer INT8 sensitivity (ZeroQ style) and the mixed-precision choice behind ``--max-drop``.
+"""Per-layer INT8 sensitivity (ZeroQ style) and the mixed-precision choice behind ``max_drop``.
 
 Sensitivity of a weighted layer = how far the zero-shot output moves from fp32 when *only that layer* is
 quantized, on the calibration images: the KL divergence of the label probabilities (as ZeroQ uses the KL
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import QuantizationError
-from .agreement import compare, drop_points
+from .agreement import Scoring, compare, drop_points
 from .recipes import FOLDABLE_ACTIVATIONS
 
 log = logging.getLogger("edgeclip.quant")
@@ -170,7 +170,7 @@ class QuantProbe:
 
 
 def layer_sensitivity(probe: QuantProbe, images: np.ndarray, reference: np.ndarray, labels: np.ndarray,
-                      logit_scale: float, progress: Callable[[int], None] | None = None) -> list[LayerSensitivity]:
+                      logit_scale: Scoring, progress: Callable[[int], None] | None = None) -> list[LayerSensitivity]:
     """Every weighted layer's sensitivity on ``images``, most sensitive first.
 
     ``reference``: the fp32 model's embeddings of ``images`` (what the probe gives with every layer off).
@@ -187,7 +187,7 @@ def layer_sensitivity(probe: QuantProbe, images: np.ndarray, reference: np.ndarr
 
 
 def plan_exclusions(probe: QuantProbe, ranking: Sequence[LayerSensitivity], images: np.ndarray,
-                    reference: np.ndarray, labels: np.ndarray, logit_scale: float, max_drop: float,
+                    reference: np.ndarray, labels: np.ndarray, logit_scale: Scoring, max_drop: float,
                     progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, Any]]:
     """Smallest ``k`` such that keeping the ``k`` most sensitive layers in fp32 meets ``max_drop`` (points).
 

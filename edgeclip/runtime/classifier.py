@@ -13,17 +13,18 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
-from ..errors import EdgeclipError, ImageReadError, OptionError
+from ..errors import BundleError, EdgeclipError, ImageReadError, OptionError
+from ..options import LoadOptions
 from .backends import Backend, create_backend
 from .cpu import lower_thread_priority
 from .images import decode_image, read_image
 from .labels import Label, check_labels, embed_labels, resolve_templates
 from .preprocess import PreprocessConfig, Preprocessor
+from .scoring import probabilities
 from .text import TextEncoder, bundle_templates
 
 log = logging.getLogger("edgeclip.runtime")
 
-PRECISIONS = ("fp32", "int8")
 #: default ``Classifier.decode_ratio``: JPEGs at least twice the model input decode at a reduced DCT scale
 DECODE_RATIO = 2.0
 #: default ``Classifier.decode_nice``: how much lower the decoding threads' CPU priority is than the encoder's.
@@ -39,13 +40,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -85,37 +79,77 @@ class FileResult:
         return self.error is None
 
 
-#: One image: a BGR (or gray, or BGRA) uint8 array as OpenCV gives, a file path, or encoded bytes.
-ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
+def check_output_width(bundle: Bundle, encoder: Backend, size: tuple[int, int]) -> None:
+    """The image encoder gives [batch, model.embed_dim], or a BundleError at load (not a matmul error later).
 
-
-def to_image(x: ImageInput, min_size: int | None = None) -> np.ndarray:
-    """Decode one image input to a uint8 array; anything else is an ImageReadError saying what is accepted.
-
-    ``min_size`` lets a large JPEG path or bytes decode at a reduced DCT scale (see ``decode_image``).
+    The width is read from the backend (``output_width()``: the declared or inferred output shape); where
+    the backend cannot say, one blank image is run through the encoder to see.
     """
+    dim = int(bundle.model["embed_dim"])
+    width = getattr(encoder, "output_width", lambda: None)()
+    shape: tuple[int, ...] = (1, width) if width is not None else ()
+    if width is None:
+        try:
+            shape = tuple(np.shape(encoder.run(np.zeros((1, 3, *size), np.float32))))
+        except EdgeclipError:
+            raise
+        except Exception as exc:  # the engine's own error type, for a model that cannot run at all
+            raise BundleError(f"{bundle.path}: the image encoder cannot run a {size[1]}x{size[0]} image "
+                              f"({type(exc).__name__}: {exc}); re-export the bundle") from None
+    if len(shape) != 2 or shape[1] != dim:
+        raise BundleError(f"{bundle.path}: the image encoder gives {list(shape[1:])} values per image where the "
+                          f"manifest's model.embed_dim is {dim} (the labels are {dim}-wide); the encoder and the "
+                          f"manifest disagree: re-export the bundle")
+
+
+#: One image: a uint8 array (BGR as OpenCV gives it, unless ``color="rgb"`` says otherwise; gray or BGRA
+#: too), a ``PIL.Image.Image``, a file path, or encoded bytes.
+ImageInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview, Any]
+#: the channel orders an array may come in (``color``): OpenCV's BGR, or RGB as Pillow, imageio and
+#: matplotlib give
+COLORS = ("bgr", "rgb")
+
+
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
+
+
+def to_image(x: ImageInput, min_size: int | None = None, color: str = "bgr") -> np.ndarray:
+    """Decode one image input to a BGR uint8 array; anything else is an ImageReadError saying what is accepted.
+
+    ``color``: the channel order of an array given (``bgr``, OpenCV's, or ``rgb``); a ``PIL.Image`` is read
+    as its mode says (EXIF orientation is not applied to an Image object: ``ImageOps.exif_transpose`` it
+    first); files and bytes are decoded upright. ``min_size`` lets a large JPEG path or bytes decode at a
+    reduced DCT scale (see ``decode_image``).
+    """
+    if color not in COLORS:
+        raise ImageReadError(f"unknown color {color!r}; use one of {', '.join(COLORS)} (the order of an array's "
+                             f"channels)")
     if isinstance(x, np.ndarray):
         if x.ndim not in (2, 3):
-            raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR), got shape {x.shape}; "
-                                 f"pass several images as a list or as one [N, H, W, 3] array")
-        return x
+            raise ImageReadError(f"an image array must be HxW (gray) or HxWx3 (BGR, or RGB with color='rgb'), got "
+                                 f"shape {x.shape}; pass several images as a list or as one [N, H, W, 3] array")
+        return x[:, :, 2::-1] if color == "rgb" and x.ndim == 3 and x.shape[2] in (3, 4) else x
+    if _is_pil(x):
+        return np.ascontiguousarray(np.asarray(x.convert("RGB"))[:, :, ::-1])
     if isinstance(x, (str, os.PathLike)):
         return read_image(x, min_size=min_size)
     if isinstance(x, (bytes, bytearray, memoryview)):
         return decode_image(bytes(x), min_size=min_size)
-    raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 BGR array, a file path or "
-                         f"encoded image bytes, or a list of them")
+    raise ImageReadError(f"cannot classify a {type(x).__name__}: pass an HxWx3 uint8 array (BGR, or RGB with "
+                         f"color='rgb'), a PIL.Image, a file path or encoded image bytes, or a list of them")
 
 
-def as_images(x: ImageInput | Sequence[ImageInput], min_size: int | None = None) -> tuple[list[np.ndarray], bool]:
-    """(decoded images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
+def as_images(x: ImageInput | Sequence[ImageInput], min_size: int | None = None,
+              color: str = "bgr") -> tuple[list[np.ndarray], bool]:
+    """(decoded BGR images, whether ``x`` was a single image rather than a list or a 4-D batch array)."""
     if isinstance(x, np.ndarray) and x.ndim == 4:
-        return list(x), False
-    if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
-        return [to_image(x, min_size)], True
+        return [to_image(i, min_size, color) for i in x], False
+    if isinstance(x, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(x):
+        return [to_image(x, min_size, color)], True
     if isinstance(x, Sequence) or isinstance(x, Iterable):
-        return [to_image(i, min_size) for i in x], False
-    return [to_image(x, min_size)], True
+        return [to_image(i, min_size, color) for i in x], False
+    return [to_image(x, min_size, color)], True
 
 
 class Classifier:
@@ -126,25 +160,27 @@ class Classifier:
     ``encoder`` backend given.
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike[str], precision: str = "fp32",
-                 target: str | None = None, backend: str = "auto", providers: Sequence[str] | None = None,
-                 threads: int = 0, top_k: int = 5, encoder: Backend | None = None,
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], options: LoadOptions | None = None, *,
+                 encoder: Backend | None = None, precision: str | None = None,
                  text_providers: Sequence[str] | None = None) -> None:
+        """Constructed directly (``encoder=None``) it opens the bundle's ONNX file that ``options.precision``
+        and ``options.target`` name (``auto``: fp32) with ``options.backend`` (``auto``: ONNX Runtime);
+        :func:`edgeclip.load` picks them for the device and passes the opened ``encoder`` and its
+        ``precision``. ``text_providers``: ONNX Runtime providers of the text encoder (default: the CPU)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        if encoder is None:  # an encoder given may run any precision its backend has (fp16, bf16...)
-            if precision not in PRECISIONS:
-                raise OptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-            if backend not in ("auto", "onnxruntime"):
-                raise OptionError(f"backend {backend!r} is chosen per device: use edgeclip.load(bundle, "
-                                  f"backend={backend!r})")
-            encoder = create_backend(self.bundle.encoder("image", precision, target), "onnxruntime", providers,
-                                     threads)
-        self.precision = precision
+        self.options = options or LoadOptions()
+        if encoder is None:
+            precision = "fp32" if self.options.precision == "auto" else self.options.precision
+            encoder = create_backend(self.bundle.encoder("image", "int8" if precision == "int8" else "fp32",
+                                                         self.options.target), self.options, precision, self.bundle)
+        self.precision = precision or "fp32"
         self.encoder = encoder
         self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)
         self.preprocessor = Preprocessor(PreprocessConfig.from_manifest(self.bundle.preprocess))
         self.logit_scale = self.bundle.logit_scale
-        self.top_k = top_k
+        self.logit_bias = self.bundle.info.model.logit_bias
+        self.scoring = self.bundle.info.model.scoring
+        self.top_k = self.options.top_k
         self.max_batch = int(getattr(self.encoder, "max_batch", 0) or 0)
         #: a JPEG whose short side is at least this many times the model input is decoded at the largest
         #: reduced DCT scale that keeps it so (0: always decode at full size); see ``decode_min_size``
@@ -154,8 +190,13 @@ class Classifier:
         self.decode_nice = DECODE_NICE
         self.text_providers = list(text_providers or ["cpu"])
         self._text_encoder: TextEncoder | None = None
+        check_output_width(self.bundle, self.encoder, self.preprocessor.config.size)
         names, matrix = self.bundle.labels()
         self.set_label_matrix(names, matrix)
+
+    def __repr__(self) -> str:
+        what = self.choice.describe() if self.choice is not None else f"{self.encoder.name} ({self.precision})"
+        return f"<Classifier {self.bundle.path}: {len(self.label_names)} labels; {what}>"
 
     # -- labels ----------------------------------------------------------------------------------------
     @property
@@ -211,25 +252,27 @@ class Classifier:
         step = self.max_batch or len(pixels)
         outs = [self.encoder.run(np.ascontiguousarray(pixels[i:i + step], dtype=np.float32))
                 for i in range(0, len(pixels), step)]
-        return l2_normalize(np.concatenate(outs, axis=0))
+        emb = np.concatenate(outs, axis=0)
+        dim = int(self.bundle.model["embed_dim"])
+        if emb.ndim != 2 or emb.shape[1] != dim:  # a model whose declared shape is not what it computes
+            raise BundleError(f"{self.bundle.path}: the image encoder gave {list(emb.shape[1:])} values per image "
+                              f"where the manifest's model.embed_dim is {dim}; re-export the bundle")
+        return l2_normalize(emb)
 
-    def embed(self, x: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    def embed(self, x: ImageInput | Sequence[ImageInput], color: str = "bgr") -> np.ndarray:
         """L2-normalised image embeddings: [D] for one image, [N, D] for a list (see :meth:`classify`)."""
-        images, single = as_images(x, self.decode_min_size())
+        images, single = as_images(x, self.decode_min_size(), color)
         emb = self.embed_pixels(self.preprocessor.batch(images)) if images else self._no_embeddings()
         return emb[0] if single else emb
 
     def _no_embeddings(self) -> np.ndarray:
         return np.zeros((0, int(self.bundle.model["embed_dim"])), np.float32)
 
-    def probabilities(self, embeddings: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
-        """softmax(logit_scale * cosine) over the labels, [B, N].
-
-        ``matrix``: another L2-normalised [N, D] label matrix to score against (e.g. one per region of a
-        camera, from :meth:`embed_labels`), so one batch of embeddings serves several label sets.
-        """
-        labels = self.label_matrix if matrix is None else matrix
-        return softmax(self.logit_scale * (embeddings @ labels.T))
+    def probabilities(self, embeddings: np.ndarray, label_matrix: np.ndarray | None = None) -> np.ndarray:
+        """Label probabilities [B, N] of L2-normalised image embeddings, scored as the bundle says
+        (``scoring(logit_scale * cosine + logit_bias)``); ``label_matrix`` defaults to the current labels'."""
+        matrix = self.label_matrix if label_matrix is None else label_matrix
+        return probabilities(embeddings @ matrix.T, self.logit_scale, self.logit_bias, self.scoring)
 
     def predictions(self, probs: np.ndarray, top_k: int | None = None) -> list[Prediction]:
         """Top-k predictions from a [B, N] probability matrix."""
@@ -238,13 +281,16 @@ class Classifier:
         return [Prediction([self.label_names[j] for j in row], [float(p[j]) for j in row])
                 for p, row in zip(probs, order)]
 
-    def classify(self, x: ImageInput | Sequence[ImageInput], top_k: int | None = None) -> Prediction | list[Prediction]:
-        """Top-k predictions: one image (array, path or bytes) gives one Prediction, a list gives a list.
+    def classify(self, x: ImageInput | Sequence[ImageInput], top_k: int | None = None,
+                 color: str = "bgr") -> Prediction | list[Prediction]:
+        """Top-k predictions: one image (array, PIL.Image, path or bytes) gives one Prediction, a list a list.
 
-        An array is one image when it is HxW or HxWx3 (uint8, BGR as OpenCV decodes), a batch when it is
-        [N, H, W, 3]; any other shape or dtype is an ImageReadError.
+        An array is one image when it is HxW or HxWx3 uint8, a batch when it is [N, H, W, 3]; its channels
+        are BGR, as OpenCV decodes (``color="rgb"`` for RGB arrays, as Pillow, imageio or matplotlib give:
+        an RGB array read as BGR is classified wrong without any error). Any other shape or dtype is an
+        ImageReadError.
         """
-        images, single = as_images(x, self.decode_min_size())
+        images, single = as_images(x, self.decode_min_size(), color)
         if not images:
             return []
         preds = self.predictions(self.probabilities(self.embed(images)), top_k)

@@ -138,8 +138,8 @@ def check_header(data: bytes | bytearray | memoryview, name: str = "<bytes>",
     if header.pixels > limit:
         raise ImageReadError(f"{name}: the {header.format} header states {header.width}x{header.height} = "
                              f"{header.pixels:,} pixels, over the limit of {limit:,} (a decompression bomb or a "
-                             f"very large image); if it is trusted, raise the limit (--max-image-pixels, or "
-                             f"max_pixels= / set_limits in Python)")
+                             f"very large image); if it is trusted, raise the limit (`max_image_pixels`, or "
+                             f"set_limits(max_pixels=...) in Python)")
     return header
 
 
@@ -259,7 +259,7 @@ def _check_regular(p: str, mode: int) -> None:
 
 def _too_big(p: str, size: int, limit: int) -> str:
     return (f"{p}: {size:,} bytes, over the file size limit of {limit:,} bytes; if it is a trusted image, raise "
-            f"the limit (--max-file-size, or max_bytes= / set_limits in Python)")
+            f"the limit (`max_file_size`, or set_limits(max_bytes=...) in Python)")
 
 
 def _open_failure(p: str, exc: OSError) -> str:

@@ -86,10 +86,12 @@ def _label_from_obj(obj: object, where: str) -> Label:
 
 
 def read_labels_file(path: str | Path) -> list[Label]:
-    """Read labels from ``.txt`` (one per line, ``#`` comments), ``.csv`` or ``.json``.
+    """Read labels from ``.txt`` (one per line, ``#`` comments), ``.csv``, ``.tsv`` or ``.json``.
 
-    CSV: a header with ``name`` and optional ``synonyms`` / ``descriptions`` columns (several values
-    separated by ``|`` or ``;``). JSON: a list of names or of objects ``{"name", "synonyms", "descriptions"}``,
+    CSV (and TSV with a header): a header with ``name`` and optional ``synonyms`` / ``descriptions`` columns
+    (several values separated by ``|`` or ``;``). A TSV without a ``name`` header is a class map
+    (``folder<TAB>name`` per line, as ``edgeclip eval`` reads, e.g. ``imagenette-classes.tsv``): its names are
+    the labels. JSON: a list of names or of objects ``{"name", "synonyms", "descriptions"}``,
     or an object mapping names to such objects (or to a list of descriptions).
     """
     p = Path(path)
@@ -105,6 +107,9 @@ def read_labels_file(path: str | Path) -> list[Label]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LabelsError(f"{p}: invalid JSON ({exc})") from exc
+        except RecursionError:
+            raise LabelsError(f"{p}: JSON nested too deeply; a labels file is a list of names or of "
+                              f"{{\"name\", \"synonyms\", \"descriptions\"}} objects") from None
         if isinstance(data, dict) and "labels" in data and isinstance(data["labels"], list):
             data = data["labels"]  # a bundle's own labels.json
         if isinstance(data, dict):
@@ -119,12 +124,20 @@ def read_labels_file(path: str | Path) -> list[Label]:
         if not isinstance(data, list):
             raise LabelsError(f"{p}: expected a JSON list of labels or an object keyed by label name")
         labels = [_label_from_obj(o, str(p)) for o in data]
+    elif suffix == ".tsv" and "name" not in (text.splitlines() or [""])[0].split("\t"):
+        labels = _read_class_map(text)
     elif suffix in (".csv", ".tsv"):
         labels = _read_csv(text, "\t" if suffix == ".tsv" else ",", str(p))
     else:
         labels = [Label(line.strip()) for line in text.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
     return check_labels(labels, str(p))
+
+
+def _read_class_map(text: str) -> list[Label]:
+    """Labels from a class map: the last column of each tab-separated line (``#`` comments)."""
+    rows = [line.split("\t") for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [Label(" ".join(row[-1].split())) for row in rows]
 
 
 def _read_csv(text: str, delimiter: str, where: str) -> list[Label]:
@@ -143,13 +156,35 @@ def _read_csv(text: str, delimiter: str, where: str) -> list[Label]:
             for r in rows if (r.get("name") or "").strip()]
 
 
+def check_text(value: object, where: str) -> str:
+    """``value`` if it is a string of valid text; a LabelsError for other types and for lone surrogates
+    (``"\\ud800"`` from a JSON escape or Python), which no UTF-8 file, tokenizer or JSON answer can hold."""
+    if not isinstance(value, str):
+        raise LabelsError(f"{where}: must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LabelsError(f"{where}: {value[:40]!r} is not valid text (a lone surrogate "
+                          f"{value[exc.start]!r} at position {exc.start}); use valid Unicode text") from None
+    return value
+
+
 def check_labels(labels: Sequence[Label], where: str = "labels") -> list[Label]:
-    """Reject empty label sets, empty names and duplicates."""
+    """Reject empty label sets, empty names, duplicates and strings that are not valid text."""
     labels = list(labels)
     if not labels:
         raise LabelsError(f"{where}: no labels given")
     seen: set[str] = set()
-    for lab in labels:
+    for i, lab in enumerate(labels):
+        if not isinstance(lab, Label):
+            raise LabelsError(f"{where}[{i}]: expected a Label or a name, got {type(lab).__name__}")
+        check_text(lab.name, f"{where}[{i}].name")
+        for key in ("synonyms", "descriptions"):
+            values = getattr(lab, key)
+            if not isinstance(values, (list, tuple)):
+                raise LabelsError(f"{where}[{i}].{key}: must be a list of strings, got {type(values).__name__}")
+            for j, v in enumerate(values):
+                check_text(v, f"{where}[{i}].{key}[{j}]")
         if not lab.name:
             raise LabelsError(f"{where}: a label has an empty name")
         if lab.name in seen:
@@ -166,6 +201,7 @@ def check_template(template: str, where: str = "template") -> str:
     """A template with exactly one placeholder, ``{}`` or ``{label}``; anything else is a LabelsError."""
     if not isinstance(template, str):
         raise LabelsError(f"{where}: a template must be a string, got {type(template).__name__}")
+    check_text(template, where)
     fix = "use {} or {label} once where the label goes, and write a literal brace as {{ or }}"
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
@@ -213,6 +249,12 @@ def resolve_templates(spec: str | None) -> tuple[str, list[str]]:
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def prompt_count(labels: Sequence[Label], templates: int) -> int:
+    """How many prompts ``labels`` make with ``templates`` templates, counted without building them:
+    (1 + synonyms) x templates + descriptions, summed over the labels."""
+    return sum((1 + len(lab.synonyms)) * templates + len(lab.descriptions) for lab in labels)
 
 
 def label_prompts(label: Label, templates: Sequence[str]) -> list[str]:

@@ -323,7 +323,7 @@ class _Plan:
         self.cols = _Axis(w, rw, x0, x0 + nx, interpolation)
 
     def resample(self, img: np.ndarray) -> np.ndarray:
-        """uint8 [H, W, C] -> the kept part of the resized image, [ny, nx, C] (float32 or uint8 values)."""
+        """uint8 [H, W, C] -> the kept part of the resized image, uint8 [ny, nx, C]."""
         rows, cols = self.rows, self.cols
         x = img[rows.lo:rows.hi, cols.lo:cols.hi]
         passes = (rows, 0), (cols, 1)
@@ -334,19 +334,26 @@ class _Plan:
 
 
 def _resample_axis(axis: _Axis, x: np.ndarray, dim: int) -> np.ndarray:
-    """Resample [A, B, C] along ``dim`` (0 or 1), in strips of the other axis so that a large photo
-    never needs more than ~16 MB of float32 at once."""
+    """Resample uint8 [A, B, C] along ``dim`` (0 or 1) into uint8, in strips of the other axis.
+
+    Only one strip (~16 MB of float32) is ever converted at once, and each resampled strip is stored as
+    uint8 (its values are whole numbers in 0..255 after Pillow's per-pass rounding and clipping, so nothing
+    is lost): besides the decoded image, a 9400x9400 photo needs the strip and a [9400, 224, 3] uint8
+    intermediate (6 MB), not a float32 copy of the image.
+    """
     if axis.index is not None:
         return x[axis.index] if dim == 0 else x[:, axis.index]
     other = 1 - dim
     step = max(1, _STRIP_ELEMENTS // (x.shape[dim] * x.shape[2]))
-    parts = []
+    shape = list(x.shape)
+    shape[dim] = axis.n
+    out = np.empty(shape, dtype=np.uint8)
     for s in range(0, x.shape[other], step):
         if dim == 0:
-            parts.append(axis.apply(x[:, s:s + step]))
+            out[:, s:s + step] = axis.apply(x[:, s:s + step])
         else:  # the contracted axis goes first, so each product reads whole contiguous rows
-            parts.append(_swap01(axis.apply(_swap01(x[s:s + step]))))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=other)
+            out[s:s + step] = _swap01(axis.apply(_swap01(x[s:s + step])).astype(np.uint8))
+    return out
 
 
 def _swap01(x: np.ndarray) -> np.ndarray:

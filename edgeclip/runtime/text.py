@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,7 +11,8 @@ import numpy as np
 from ..bundle import LABELS_JSON, LABELS_NPY, Bundle, BundleDraft, load_bundle, update_bundle
 from ..errors import BundleError, EdgeclipError, LabelsError
 from .backends.onnxruntime import OrtBackend
-from .labels import Label, check_template, embed_labels, labels_document, resolve_templates
+from .labels import Label, check_labels, check_template, embed_labels, labels_document, resolve_templates
+from ..tables import TOKENIZERS, pick
 from .tokenizer import ClipTokenizer
 
 
@@ -25,15 +27,29 @@ class TextEncoder:
     @classmethod
     def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None, threads: int = 0) -> TextEncoder:
         """The bundle's tokenizer and fp32 ``text_encoder.onnx``."""
+        pack = bundle.manifest.get("pack")
+        if isinstance(pack, dict) and pack.get("text") == "none":
+            raise BundleError(f"{bundle.path}: the bundle was packed for device profile {pack.get('profile')} "
+                              f"without its text encoder, so labels cannot be embedded on the device; pack it with "
+                              f"a text encoder (`edgeclip pack` with text='int8'), or relabel the full bundle")
         if bundle.info.tokenizer is None:
             raise BundleError(f"{bundle.path}: the manifest has no tokenizer section, so labels cannot be embedded "
                               f"on the device; re-export the bundle")
-        return cls(ClipTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"]), bundle.encoder("text"),
+        kind = pick(TOKENIZERS, bundle.info.tokenizer.type, "tokenizer type")
+        return cls(kind.load().from_manifest(bundle.path, bundle.manifest["tokenizer"]), text_encoder_file(bundle),
                    providers, threads)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Raw text embeddings [n, D] for ``texts``."""
         return self.backend.run(self.tokenizer(texts))
+
+
+def text_encoder_file(bundle: Bundle) -> Path:
+    """The bundle's text encoder: the fp32 one, else the INT8 one a packed bundle carries."""
+    entries = bundle.info.with_role("text_encoder")
+    if not any((e.precision or "fp32") == "fp32" for e in entries.values()) and entries:
+        return bundle.encoder("text", "int8")
+    return bundle.encoder("text")
 
 
 def bundle_templates(bundle: Bundle) -> tuple[str, list[str]]:
@@ -66,6 +82,7 @@ def relabel_bundle(path: str | os.PathLike[str], labels: Sequence[Label], templa
 def write_labels(draft: BundleDraft, labels: Sequence[Label], template_name: str, templates: Sequence[str],
                  matrix: np.ndarray) -> None:
     """Write ``labels.json`` and ``labels.npy`` into a bundle draft and record them in its manifest."""
+    labels = check_labels(labels, "labels")  # valid text only: the file must be UTF-8
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != len(labels) or len(labels) == 0:
         raise LabelsError(f"label matrix shape {matrix.shape} does not match {len(labels)} labels")

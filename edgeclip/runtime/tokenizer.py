@@ -166,7 +166,7 @@ class ClipTokenizer:
         kind = section.get("type")
         if kind != TOKENIZER_TYPE:
             raise BundleError(f"unknown tokenizer type {kind!r} in the bundle manifest at {bundle_dir}; "
-                              f"this runtime supports only {TOKENIZER_TYPE!r}")
+                              f"this module reads {TOKENIZER_TYPE!r}")
         rel = section.get("vocab")
         if not isinstance(rel, str) or not rel:
             raise BundleError(f"manifest 'tokenizer' section in {bundle_dir} has no 'vocab' path")
@@ -273,3 +273,8 @@ class ClipTokenizer:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(vocab_path={str(self.vocab_path)!r}, "
                 f"context_length={self.context_length})")
+
+
+def from_manifest(bundle_dir: Path, section: dict) -> ClipTokenizer:
+    """The tokenizer of a bundle whose manifest names ``clip-bpe`` (``edgeclip.tables.TOKENIZERS``)."""
+    return ClipTokenizer.from_manifest(bundle_dir, section)

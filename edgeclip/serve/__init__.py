@@ -14,6 +14,6 @@ python-multipart). This package never imports torch.
 """
 from __future__ import annotations
 
-from .app import ServeOptions, Service, create_app, is_loopback
+from .app import LOOPBACK_HOSTS, ServeOptions, Service, create_app, is_loopback, prepare_source
 
-__all__ = ["ServeOptions", "Service", "create_app", "is_loopback"]
+__all__ = ["LOOPBACK_HOSTS", "ServeOptions", "Service", "create_app", "is_loopback", "prepare_source"]

@@ -16,18 +16,27 @@ HttpOnly, SameSite=Strict cookie, which the page's requests, EventSource and ``<
 Compared in constant time. Request bodies are limited (``max_body_bytes``, 413 before reading when the
 Content-Length says so); a bad image or label document is a 4xx JSON error ``{"error", "status"}`` and the
 service keeps serving.
+
+Every request is bounded before work is done for it (``ServeOptions``; docs/serve.md, "Limits"): bodies
+against a shared memory budget, uploads decoded at the reduced DCT scale of ``edgeclip classify`` on at most
+``decode_workers`` threads within ``request_timeout_s``, label updates sized from the document and embedded
+one at a time on their own thread behind a bounded queue (429), never on the threads that serve requests.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import json
 import logging
+import re
 import threading
 import time
-from dataclasses import dataclass, fields
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, ClassVar, Sequence
 
 import numpy as np
 from starlette.applications import Starlette
@@ -41,14 +50,18 @@ from starlette.staticfiles import StaticFiles
 from .._version import __version__
 from ..bundle import update_bundle
 from ..errors import EdgeclipError, ImageReadError, OptionError, RequestError
+from ..options import Options, option, parse_size, positive_int
 from ..runtime import images
-from ..runtime.classifier import Classifier, softmax
-from ..stream.loop import StreamOptions
-from ..sources import SourceSpec, parse_source
+from ..extras import require
+from ..runtime.classifier import Classifier
+from ..runtime.labels import embed_labels
+from ..runtime.process import configure_threads, usable_cpus
+from ..sources import SourceOptions, SourceSpec, parse_source
+from ..stream.options import StreamOptions
 from ..runtime.text import write_labels
 from .batcher import MicroBatcher, QueueFull
 from .guard import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, Guard, is_loopback
-from .labelset import LabelSet, check_prompt_count, initial_label_set, parse_label_document
+from .labelset import LabelRequest, LabelSet, check_prompt_count, initial_label_set, parse_label_document
 from .live import LiveSource
 from .metrics import BATCH_BUCKETS, CONTENT_TYPE, LATENCY_BUCKETS, Registry
 
@@ -64,50 +77,134 @@ PAGE_HEADERS = {
 }
 
 
-@dataclass
-class ServeOptions:
-    """How the service behaves (``create_app``'s keyword arguments).
+_LIMITS, _CONNECTIONS = "limits and batching", "connections"
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    """How the service behaves (``create_app``'s keyword arguments; ``edgeclip serve``'s flags).
 
     ``token``: required on every endpoint but /healthz (None: no token). ``allowed_hosts``: when set,
     requests whose Host header names another host are refused (DNS-rebinding protection for a service on
-    loopback without a token; the CLI sets it). ``max_body_bytes``: request body limit. ``max_image_pixels``:
-    width x height an uploaded image may state (None: the runtime's default). ``max_batch`` / ``batch_wait_ms``:
-    the micro-batcher's largest batch and queue delay; ``max_queue``: waiting requests before 503.
-    ``top_k``: default predictions per image. ``preview_fps``: most frames per second per preview viewer;
-    ``max_viewers``: concurrent preview and event streams. ``event_rate``: most decision events per second.
+    loopback without a token; the CLI sets it). The limits bound every request in time, memory and CPU before
+    work is done for it (docs/serve.md, "Limits"). The connection limits are applied by the server that
+    ``edgeclip.serve.server.build_server`` makes (what ``edgeclip serve`` runs); under another ASGI server,
+    that server's own limits apply.
     """
 
-    token: str | None = None
-    allowed_hosts: Sequence[str] | None = None
-    max_body_bytes: int = 20 * 2**20
-    max_image_pixels: int | None = None
-    max_batch: int = 8
-    batch_wait_ms: float = 2.0
-    max_queue: int = 256
-    top_k: int = 5
-    preview_fps: float = 5.0
-    max_viewers: int = 16
-    event_rate: float = 10.0
+    WHAT: ClassVar[str] = "serve option"
+
+    token: str | None = option(None, "token every request but /healthz must carry", cli=False)
+    allowed_hosts: tuple[str, ...] | None = option(None, "Host header names accepted (None: any)", cli=False)
+    max_body_bytes: int = option(20 * 2**20, "largest request body, e.g. 20M (default 20M)", metavar="SIZE",
+                                 parse=parse_size, group=_LIMITS)
+    max_batch: int = option(8, "largest micro-batch of concurrent requests", group=_LIMITS)
+    batch_wait_ms: float = option(2.0, "how long a batch waits for requests still being decoded, in ms",
+                                  group=_LIMITS)
+    max_queue: int = option(256, "requests waiting for the model; past it: 503", group=_LIMITS)
+    top_k: int = option(5, "predictions per image unless ?top_k= says", group=_LIMITS)
+    max_image_pixels: int | None = option(None, "width x height an uploaded image may state (default: the "
+                                                "runtime's, docs/limits.md)", metavar="N", parse=positive_int,
+                                          group=_LIMITS)
+    preview_fps: float = option(5.0, "most preview frames per second sent to each viewer", group=_LIMITS)
+    max_viewers: int = option(16, "concurrent preview and event streams", group=_LIMITS)
+    event_rate: float = option(10.0, "most decision events per second on /v1/stream", group=_LIMITS)
+    decode_workers: int = option(0, "uploads decoded at once (0: one per usable CPU); others wait", group=_LIMITS)
+    request_timeout_s: float = option(
+        30.0, "longest a classify may take from its last body byte to its answer (waiting for a decoder, "
+              "decoding, queueing, inference); past it: 503 with Retry-After", metavar="S", group=_LIMITS)
+    body_memory_bytes: int = option(
+        256 * 2**20, "request bodies held in memory at once, all requests together; past it: 503 with Retry-After "
+                     "(default 256M)", metavar="SIZE", parse=parse_size, group=_LIMITS)
+    max_labels_bytes: int = option(2**20, "largest PUT /v1/labels body (default 1M)", metavar="SIZE",
+                                   parse=parse_size, group=_LIMITS)
+    max_prompts: int = option(
+        50_000, "most prompts one label update may make: labels x (1 + synonyms) x templates + descriptions",
+        group=_LIMITS)
+    label_queue: int = option(4, "label updates waiting behind the one being embedded; past it: 429 with "
+                                 "Retry-After", group=_LIMITS)
+    max_connections: int = option(512, "open connections; past it the longest-idle one is closed (503 when none "
+                                       "is idle)", group=_CONNECTIONS)
+    header_timeout_s: float = option(10.0, "a request head must be complete this long after the connection "
+                                           "opened or the last answer", metavar="S", group=_CONNECTIONS)
+    body_timeout_s: float = option(60.0, "a request body must be complete this long after its head", metavar="S",
+                                   group=_CONNECTIONS)
+    keepalive_timeout_s: float = option(5.0, "an idle keep-alive connection is closed after this long",
+                                        metavar="S", group=_CONNECTIONS)
+    send_timeout_s: float = option(30.0, "a client that reads nothing of an answer (e.g. a stalled preview "
+                                         "viewer) for this long is disconnected", metavar="S", group=_CONNECTIONS)
 
     def __post_init__(self) -> None:
+        if self.allowed_hosts is not None and not isinstance(self.allowed_hosts, tuple):
+            object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+
+    def problems(self) -> list[str]:
+        """Values out of range and contradictions, each naming the option."""
+        out = []
         if self.token is not None and not self.token:
-            raise OptionError("an empty `token` would accept anything: pass a non-empty token or none")
-        if self.max_body_bytes < 1:
-            raise OptionError(f"`max_body_bytes` must be >= 1, got {self.max_body_bytes}")
-        if self.top_k < 1:
-            raise OptionError(f"`top_k` must be >= 1, got {self.top_k}")
-        if not self.preview_fps > 0:
-            raise OptionError(f"`preview_fps` must be > 0, got {self.preview_fps}")
-        if self.max_viewers < 1:
-            raise OptionError(f"`max_viewers` must be >= 1, got {self.max_viewers}")
+            out.append("an empty `token` would accept anything: pass a non-empty token or none")
+        for name in ("max_body_bytes", "body_memory_bytes", "max_labels_bytes", "max_prompts", "label_queue",
+                     "max_connections", "max_queue", "max_batch", "top_k", "max_viewers"):
+            if getattr(self, name) < 1:
+                out.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.decode_workers < 0:
+            out.append(f"`decode_workers` must be >= 0 (0: one per usable CPU), got {self.decode_workers}")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s",
+                     "send_timeout_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= 86400):
+                out.append(f"`{name}` must be a number of seconds in (0, 86400], got {value!r}")
+        if self.body_memory_bytes < self.max_body_bytes:
+            out.append(f"`body_memory_bytes` ({self.body_memory_bytes:,}) must be at least `max_body_bytes` "
+                       f"({self.max_body_bytes:,}), or no upload of the largest size could ever be received")
+        if not self.preview_fps > 0 or not self.event_rate > 0:
+            out.append(f"`preview_fps` and `event_rate` must be > 0, got {self.preview_fps}, {self.event_rate}")
         if not 0 <= self.batch_wait_ms <= 1000:
-            raise OptionError(f"`batch_wait_ms` must be between 0 and 1000, got {self.batch_wait_ms}")
+            out.append(f"`batch_wait_ms` must be between 0 and 1000, got {self.batch_wait_ms}")
+        return out
 
 
 @dataclass
 class _Job:
     pixels: np.ndarray
     top_k: int
+
+
+class Slots:
+    """``n`` slots taken in arrival order by coroutines of one event loop, each waiting at most a given time."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self, timeout: float) -> bool:
+        """Take a slot within ``timeout`` seconds (True), or give up (False)."""
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, max(timeout, 0.0))
+            return True
+        except asyncio.TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot just as the waiter went away: pass it on
+                self.release()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(fut)
+
+    def release(self) -> None:
+        """Hand the slot to the first waiter still waiting, or free it."""
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)
+                return
+        self.free += 1
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -168,6 +265,14 @@ class Service:
             m.gauge("edgeclip_stream_up", "1 while the source is streaming", lambda: float(live.running))
         self.batcher = MicroBatcher(self._run_batch, options.max_batch, options.batch_wait_ms / 1000.0,
                                     options.max_queue, on_batch=self._on_batch, pending=lambda: self.incoming)
+        self.decode_workers = options.decode_workers or usable_cpus()
+        self._decode_slots = Slots(self.decode_workers)
+        self._decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="edgeclip-serve-decode")
+        self._label_pool = ThreadPoolExecutor(1, thread_name_prefix="edgeclip-serve-labels")
+        self.label_jobs = 0  # label updates queued or running (event loop only)
+        self.label_seconds = 1.0  # how long the last label update took (Retry-After)
+        self._stop = threading.Event()
+        m.gauge("edgeclip_label_updates_pending", "label updates queued or being embedded", lambda: self.label_jobs)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,12 +291,20 @@ class Service:
             self.clf.embed_pixels(pixels[:n])
         return time.perf_counter() - t0
 
-    def close(self) -> None:
-        """Stop the live source and the batcher (queued requests finish first)."""
+    def begin_shutdown(self) -> None:
+        """Stop taking work: waiting requests answer 503 at once, a label update stops before its next batch
+        of prompts, event and preview streams end. Requests already decoding or in a batch finish."""
         self.closing = True
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop the live source and the batcher (queued requests finish first) and the worker threads."""
+        self.begin_shutdown()
         if self.live is not None:
             self.live.stop()
         self.batcher.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._label_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- classify --------------------------------------------------------------------------------------
     def prepare(self, data: bytes) -> np.ndarray:
@@ -208,15 +321,65 @@ class Service:
                 self.m_errors.inc("too_many_pixels")
                 raise RequestError(f"the uploaded {fmt} states {header.width}x{header.height} pixels, over the "
                                    f"limit of {limit:,}; send a smaller image", 413)
-            return self.clf.preprocessor(images.decode_image(data, "the uploaded image", limit))
+            # the reduced-DCT decode of `edgeclip classify`: a 9400x9400 JPEG decodes at 1/8 (1175x1175)
+            image = images.decode_image(data, "the uploaded image", limit, min_size=self.clf.decode_min_size())
+            return self.clf.preprocessor(image)
         except ImageReadError as exc:
             self.m_errors.inc("undecodable")
             raise RequestError(f"{exc}", 400) from None
 
+    def _prepare_job(self, data: bytes) -> np.ndarray:
+        if self.closing:
+            raise RequestError("the service is stopping; retry later", 503, retry_after=1)
+        return self.prepare(data)
+
+    async def classify_bytes(self, data: bytes, top_k: int) -> tuple[list[dict[str, Any]], int]:
+        """(predictions, labels version) for one uploaded image, within ``request_timeout_s``.
+
+        The decode waits for one of ``decode_workers`` slots, runs on the decode threads (never more at once,
+        so CPU and decode memory are bounded), then joins the micro-batcher's queue. Past the deadline, or
+        with the queue full, it is a 503 with Retry-After; nothing is decoded for a request that cannot wait.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.options.request_timeout_s
+        deadline = loop.time() + timeout
+        self.incoming += 1
+        try:
+            if self.closing:
+                raise RequestError("the service is stopping; retry later", 503, retry_after=1)
+            if not await self._decode_slots.acquire(timeout):
+                self._overloaded("waiting for a decoder")
+            try:
+                job = self._decode_pool.submit(self._prepare_job, data)
+            except RuntimeError:  # the pool was shut down
+                self._decode_slots.release()
+                raise RequestError("the service is stopping; retry later", 503, retry_after=1) from None
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._decode_slots.release))
+            pixels = await self._until(job, deadline, "decoding")
+            future = self.batcher.submit(_Job(pixels, top_k))
+        except QueueFull as exc:
+            self.m_errors.inc("overloaded")
+            raise RequestError(f"busy: {exc}", 503, retry_after=1) from None
+        finally:
+            self.incoming -= 1
+        return await self._until(future, deadline, "waiting for the encoder")
+
+    async def _until(self, job: Future, deadline: float, what: str) -> Any:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job), max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            self._overloaded(what)
+
+    def _overloaded(self, what: str) -> None:
+        self.m_errors.inc("timeout")
+        raise RequestError(f"busy: no answer within `request_timeout_s` ({self.options.request_timeout_s:g} s; "
+                           f"{what}); retry in a moment", 503, retry_after=1)
+
     def _run_batch(self, jobs: list[_Job]) -> list[tuple[list[dict[str, Any]], int]]:
         labels = self.labels  # one snapshot per batch: a label swap never splits a batch
         emb = self.clf.embed_pixels(np.stack([j.pixels for j in jobs]))
-        probs = softmax(self.clf.logit_scale * (emb @ labels.matrix.T))
+        probs = self.clf.probabilities(emb, labels.matrix)
         out = []
         for job, p in zip(jobs, probs):
             order = np.argsort(-p, kind="stable")[:min(job.top_k, len(p))]
@@ -228,16 +391,62 @@ class Service:
         self.m_infer.observe(seconds)
 
     # -- labels ----------------------------------------------------------------------------------------
+    def parse_labels(self, doc: Any) -> LabelRequest:
+        """Validate a label document and size its work (422 past ``max_prompts``) before anything is built."""
+        return parse_label_document(doc, len(self.labels.templates), self.options.max_prompts)
+
     def set_labels(self, doc: Any, persist: bool = False) -> dict[str, Any]:
-        """Validate, embed on the device, optionally write into the bundle, then swap (one at a time)."""
-        request = parse_label_document(doc)
+        """Validate, embed on the device, optionally write into the bundle, then swap (on this thread; the
+        HTTP endpoint runs :meth:`update_labels` instead, one update at a time off the request threads)."""
+        return self._apply_labels(self.parse_labels(doc), persist)
+
+    async def update_labels(self, doc: Any, persist: bool = False) -> dict[str, Any]:
+        """``PUT /v1/labels``: validated and sized here, embedded on the one label thread; 429 with Retry-After
+        when ``label_queue`` updates already wait behind the running one."""
+        request = self.parse_labels(doc)
+        if self.closing:
+            raise RequestError("the service is stopping; retry later", 503, retry_after=1)
+        waiting = max(0, self.label_jobs - 1)
+        if self.label_jobs and waiting >= self.options.label_queue:
+            self.m_relabels.inc("busy")
+            raise RequestError(f"{waiting} label updates are already waiting (`label_queue` is "
+                               f"{self.options.label_queue}); retry in a moment", 429,
+                               retry_after=self.label_seconds * (waiting + 1))
+        loop = asyncio.get_running_loop()
+        self.label_jobs += 1
+        try:
+            job = self._label_pool.submit(self._label_job, request, persist)
+        except RuntimeError:
+            self.label_jobs -= 1
+            raise RequestError("the service is stopping; retry later", 503, retry_after=1) from None
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._label_done))
+        return await asyncio.wrap_future(job)
+
+    def _label_done(self) -> None:
+        self.label_jobs -= 1
+
+    def _label_job(self, request: LabelRequest, persist: bool) -> dict[str, Any]:
+        if self._stop.is_set():
+            raise RequestError("the service is stopping; the label update was not applied", 503, retry_after=1)
+        t0 = time.perf_counter()
+        try:
+            return self._apply_labels(request, persist)
+        finally:
+            self.label_seconds = max(0.1, time.perf_counter() - t0)
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        if self._stop.is_set():  # between batches of prompts: a shutdown does not wait for a long update
+            raise RequestError("the service is stopping; the label update was not applied", 503, retry_after=1)
+        return self.clf.text_encoder(texts)
+
+    def _apply_labels(self, request: LabelRequest, persist: bool) -> dict[str, Any]:
         with self._labels_lock:
             current = self.labels
             template_set = request.template_set or current.template_set
             templates = request.templates or list(current.templates)
-            check_prompt_count(request.labels, templates)
+            check_prompt_count(request.labels, templates, self.options.max_prompts)
             t0 = time.perf_counter()
-            matrix = self.clf.embed_labels(request.labels, templates)
+            matrix = embed_labels(request.labels, templates, self._encode_texts)
             seconds = time.perf_counter() - t0
             if persist:
                 with update_bundle(self.clf.bundle) as draft:
@@ -257,7 +466,8 @@ class Service:
             "version": __version__, "model": clf.bundle.model.get("id"), "bundle": str(clf.bundle.path),
             "precision": clf.precision, "backend": clf.encoder.name,
             "encoder": clf.choice.describe() if getattr(clf, "choice", None) is not None else None,
-            "labels": {"count": len(self.labels.labels), "version": self.labels.version},
+            "labels": {"count": len(self.labels.labels), "version": self.labels.version,
+                       "updates_pending": self.label_jobs},
             "uptime_s": round(time.monotonic() - self.started, 3),
             "batching": {"max_batch": self.options.max_batch, "max_wait_ms": self.options.batch_wait_ms,
                          "queue": self.batcher.depth, "batches": self.batcher.batches,
@@ -313,7 +523,7 @@ async def _upload_bytes(request: Request, limit: int) -> bytes:
 
 def _need_live(service: Service) -> LiveSource:
     if service.live is None:
-        raise RequestError("this service has no live source; start it with --source (create_app(..., source=...))",
+        raise RequestError("this service has no live source; start it with one (the source of edgeclip serve, or create_app(clf, source))",
                            404)
     return service.live
 
@@ -338,16 +548,7 @@ def build_routes(service: Service) -> list[Any]:
         if not data:
             service.m_errors.inc("empty")
             raise RequestError("empty request body; send the image bytes (curl --data-binary @photo.jpg)", 400)
-        service.incoming += 1
-        try:
-            pixels = await run_in_threadpool(service.prepare, data)
-            future = service.batcher.submit(_Job(pixels, top_k))
-        except QueueFull as exc:
-            service.m_errors.inc("overloaded")
-            raise RequestError(f"busy: {exc}", 503) from None
-        finally:
-            service.incoming -= 1
-        predictions, version = await asyncio.wrap_future(future)
+        predictions, version = await service.classify_bytes(data, top_k)
         seconds = time.perf_counter() - t0
         service.m_latency.observe(seconds)
         return JSONResponse({"predictions": predictions, "model": clf.bundle.model.get("id"),
@@ -359,16 +560,20 @@ def build_routes(service: Service) -> list[Any]:
             return JSONResponse(service.labels.to_json())
         persist = _flag(request, "persist")
         body = await request.body()
+        example = '{"labels": ["cat", {"name": "dog", "synonyms": ["puppy"]}]}'
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             service.m_relabels.inc("invalid")
-            raise RequestError(f"the body is not valid JSON ({exc}); send "
-                               f'{{"labels": ["cat", {{"name": "dog", "synonyms": ["puppy"]}}]}}', 400) from None
+            raise RequestError(f"the body is not valid JSON ({exc}); send {example}", 400) from None
+        except RecursionError:
+            service.m_relabels.inc("invalid")
+            raise RequestError(f"the body's JSON is nested too deeply; send {example}", 400) from None
         try:
-            result = await run_in_threadpool(service.set_labels, doc, persist)
-        except EdgeclipError:
-            service.m_relabels.inc("error")
+            result = await service.update_labels(doc, persist)
+        except EdgeclipError as exc:
+            if getattr(exc, "status", None) != 429:
+                service.m_relabels.inc("error")
             raise
         service.m_relabels.inc("ok")
         return JSONResponse(result)
@@ -380,7 +585,10 @@ def build_routes(service: Service) -> list[Any]:
         live = _need_live(service)
         _check_viewers(service)
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        since = int(last) if last and last.isdigit() else None
+        if last is not None and last.strip() and not _EVENT_ID.fullmatch(last.strip()):
+            raise RequestError(f"Last-Event-ID / ?last_event_id= must be an event id (decimal digits, at most 18), "
+                               f"got {last[:40]!r}", 400)
+        since = int(last) if last and last.strip() else None
         return StreamingResponse(_viewer(service, _event_stream(service, live, since)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -417,6 +625,9 @@ def build_routes(service: Service) -> list[Any]:
         Route("/v1/preview.jpg", preview_jpg, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
+
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def _check_viewers(service: Service) -> None:
@@ -478,28 +689,35 @@ async def _mjpeg_stream(service: Service, live: LiveSource, fps: float) -> Async
 # ---------------------------------------------------------------------------------------------------------
 # the app
 # ---------------------------------------------------------------------------------------------------------
+def prepare_source(source: str | SourceSpec, options: SourceOptions | None = None) -> SourceSpec:
+    """The service's live source, parsed and checked as ``edgeclip.stream`` does (kind, options, extra);
+    a file, folder or synthetic source that sets no rate plays in real time, as a preview should."""
+    spec = source if isinstance(source, SourceSpec) else parse_source(source, options)
+    if spec.row.extra:
+        require(spec.row.extra, what=f"a {spec.kind} source")
+    if not spec.live and not spec.fps:
+        spec.options = dataclasses.replace(spec.options, realtime=True)
+    return spec
+
+
 def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *,
                options: ServeOptions | None = None, stream_options: StreamOptions | None = None,
-               watch: Any = None, **overrides: Any) -> Starlette:
-    """The ASGI app serving ``classifier`` (and ``source``, a ``--source`` string or a SourceSpec, live).
+               source_options: SourceOptions | None = None, watch: Any = None, **overrides: Any) -> Starlette:
+    """The ASGI app serving ``classifier`` (and ``source``, a source string or a SourceSpec, live).
 
     Keyword arguments override fields of ``options`` (see :class:`ServeOptions`): e.g.
-    ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed like ``edgeclip stream
-    --source``; files, folders and synthetic frames play in real time. The returned app is a Starlette
-    app: run it with any ASGI server, or mount it inside another app. ``app.state.service`` is the state.
+    ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed with ``source_options`` as
+    ``edgeclip.stream`` parses it (the same kinds, the same rules); files, folders and synthetic frames play
+    in real time. The returned app is a Starlette app: run it with any ASGI server, or mount it inside another
+    app. ``app.state.service`` is the state.
     ``watch``: an ``edgeclip.watch.Watcher`` run with the service (its cameras, regions and states on the page,
     ``/v1/watch``, per-camera and per-region metrics; ``edgeclip.serve.watchview``).
     """
-    names = {f.name for f in fields(ServeOptions)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise OptionError(f"unknown serve options {unknown}; use {', '.join(sorted(names))}")
-    opts = ServeOptions(**{**(options.__dict__ if options else {}), **overrides})
+    configure_threads()  # BLAS and OpenCV pools at one thread (runtime/process.py): decodes run in parallel
+    opts = ServeOptions.build(options, **overrides)
     live = None
     if source is not None:
-        spec = source if isinstance(source, SourceSpec) else parse_source(source)
-        if not spec.live and not spec.fps:
-            spec.realtime = True  # a preview of a file or folder plays at its own rate
+        spec = prepare_source(source, source_options)
         live = LiveSource(classifier, spec, stream_options, event_rate=opts.event_rate, top_k=opts.top_k)
     service = Service(classifier, live, opts)
 
@@ -528,4 +746,4 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
     return app
 
 
-__all__ = ["ServeOptions", "Service", "create_app", "is_loopback", "ACCEPTED_FORMATS", "LOOPBACK_HOSTS"]
+__all__ = ["ServeOptions", "Service", "create_app", "is_loopback", "prepare_source", "ACCEPTED_FORMATS", "LOOPBACK_HOSTS"]

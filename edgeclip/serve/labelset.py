@@ -17,7 +17,7 @@ import numpy as np
 
 from ..bundle import LABELS_JSON, Bundle
 from ..errors import EdgeclipError, LabelsError
-from ..runtime.labels import TEMPLATE_SETS, Label, check_labels, check_template, label_prompts
+from ..runtime.labels import TEMPLATE_SETS, Label, check_labels, check_template, check_text, prompt_count
 from ..runtime.text import bundle_templates
 
 #: Limits on one label document.
@@ -60,9 +60,7 @@ class LabelRequest:
 
 
 def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise LabelsError(f"{where} must be a string, got {type(value).__name__}")
-    value = value.strip()
+    value = check_text(value, where).strip()
     if len(value) > MAX_TEXT:
         raise LabelsError(f"{where} is {len(value)} characters long; the limit is {MAX_TEXT}")
     return value
@@ -106,8 +104,13 @@ def parse_templates(value: Any) -> tuple[str, list[str]]:
     return "custom", templates
 
 
-def parse_label_document(doc: Any) -> LabelRequest:
-    """Validate a decoded ``PUT /v1/labels`` document: ``{"labels": [...], "templates": ...}`` or a bare list."""
+def parse_label_document(doc: Any, templates_in_use: int = 1, max_prompts: int = MAX_PROMPTS) -> LabelRequest:
+    """Validate a decoded ``PUT /v1/labels`` document: ``{"labels": [...], "templates": ...}`` or a bare list.
+
+    The work it asks for is sized first, from the document alone: the prompts its labels would make
+    (:func:`raw_prompt_count`, with ``templates_in_use`` templates unless it names its own) over
+    ``max_prompts`` is a LabelsError before any label or prompt is built.
+    """
     if isinstance(doc, list):
         doc = {"labels": doc}
     if not isinstance(doc, dict):
@@ -120,20 +123,49 @@ def parse_label_document(doc: Any) -> LabelRequest:
         raise LabelsError("'labels' must be a list of names or of {\"name\", \"synonyms\", \"descriptions\"} objects")
     if len(items) > MAX_LABELS:
         raise LabelsError(f"{len(items)} labels given; the limit is {MAX_LABELS}")
+    given = doc.get("templates")
+    if isinstance(given, list) and len(given) > MAX_TEMPLATES:
+        raise LabelsError(f"templates: {len(given)} given; the limit is {MAX_TEMPLATES}")
+    if isinstance(given, list):
+        n_templates = len(given)
+    elif isinstance(given, str):
+        n_templates = len(TEMPLATE_SETS.get(given, ())) or 1  # an unknown set name is refused below
+    else:
+        n_templates = templates_in_use
+    _check_count(raw_prompt_count(items, n_templates), max_prompts)
     labels = check_labels([parse_label(o, f"labels[{i}]") for i, o in enumerate(items)], "labels")
     request = LabelRequest(labels)
-    if doc.get("templates") is not None:
-        request.template_set, request.templates = parse_templates(doc["templates"])
+    if given is not None:
+        request.template_set, request.templates = parse_templates(given)
     return request
 
 
-def check_prompt_count(labels: Sequence[Label], templates: Sequence[str]) -> int:
-    """The number of prompts the text encoder will run; over :data:`MAX_PROMPTS` is a LabelsError."""
-    n = sum(len(label_prompts(lab, templates)) for lab in labels)
-    if n > MAX_PROMPTS:
-        raise LabelsError(f"{n} prompts (labels x names x templates + descriptions) exceed the limit of "
-                          f"{MAX_PROMPTS}; use fewer templates or synonyms")
+def raw_prompt_count(items: Sequence[Any], templates: int) -> int:
+    """The prompts a document's label items would make with ``templates`` templates, counted from the
+    decoded JSON without building anything (an upper bound: blank strings are dropped later)."""
+    def size(value: Any) -> int:
+        return 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
+
+    total = 0
+    for obj in items:
+        if isinstance(obj, dict):
+            total += (1 + size(obj.get("synonyms", []))) * templates + size(obj.get("descriptions", []))
+        else:
+            total += templates
+    return total
+
+
+def _check_count(n: int, max_prompts: int) -> int:
+    if n > max_prompts:
+        raise LabelsError(f"{n:,} prompts (labels x (1 + synonyms) x templates + descriptions) exceed the limit "
+                          f"of {max_prompts:,}; use fewer templates or synonyms (or raise `max_prompts`)")
     return n
+
+
+def check_prompt_count(labels: Sequence[Label], templates: Sequence[str], max_prompts: int = MAX_PROMPTS) -> int:
+    """The number of prompts the text encoder will run (counted, not built); over ``max_prompts`` is a
+    LabelsError."""
+    return _check_count(prompt_count(labels, len(templates)), max_prompts)
 
 
 def initial_label_set(bundle: Bundle, names: Sequence[str], matrix: np.ndarray) -> LabelSet:

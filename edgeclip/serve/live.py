@@ -1,4 +1,4 @@
-"""The live source behind ``edgeclip serve --source``: the streaming pipeline on a thread, its decisions as
+"""The live source behind ``edgeclip serve`` with a source: the streaming pipeline on a thread, its decisions as
 events for ``GET /v1/stream`` and its newest annotated frame for ``GET /v1/preview.mjpg``.
 
 The pipeline (``edgeclip.stream``) runs unchanged: this module is its sink (pipeline events) and
@@ -19,7 +19,8 @@ import numpy as np
 
 from ..runtime.classifier import Classifier
 from ..stream.outputs import annotate
-from ..stream.loop import FrameResult, StreamOptions, StreamPipeline
+from ..stream.loop import FrameResult, StreamPipeline
+from ..stream.options import StreamOptions
 from ..sources import SourceSpec
 
 log = logging.getLogger("edgeclip.serve")

@@ -2,7 +2,7 @@
 
 Threads and data flow::
 
-    capture thread                       mailbox (capacity = --batch)           inference (calling thread)
+    capture thread                       mailbox (capacity = batch)             inference (calling thread)
     reader.read() -> Frame(t_capture) -> put: a full box drops its oldest  ->  take all -> preprocess once
     lost live source: reopen with           frame (counted); unpaced sources     -> encoder -> probabilities
     exponential backoff, JSON events        block instead (no drops)             -> EMA -> hysteresis -> events
@@ -14,7 +14,7 @@ Threads and data flow::
   counted. With ``batch > 1`` the inference step takes every frame waiting in the box as one batch
   (micro-batching under load, no added wait when the model keeps up).
 * **Unpaced sources** (a video file or folder read as fast as possible) use the same mailbox but the capture
-  thread waits for room instead of dropping, so every frame is classified. ``--fps``/``--realtime`` make
+  thread waits for room instead of dropping, so every frame is classified. ``fps``/``realtime`` make
   them paced like a camera.
 * Everything is bounded: no list grows with the number of frames (latencies live in a fixed reservoir).
 
@@ -35,8 +35,9 @@ from ..errors import EdgeclipError, FrameError, ImageReadError, OptionError, Sou
 from ..runtime.classifier import Classifier
 from ..runtime.cpu import lower_thread_priority
 from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
+from .options import StreamOptions
 from .relabel import LabelReloader, Relabel
-from ..sources import FrameReader, SourceSpec
+from ..sources import FrameReader, SourceOptions, SourceSpec
 from .outputs import AnnotatedVideo, JsonLinesSink, LatencyStats, Window, annotate, rss_bytes
 
 log = logging.getLogger("edgeclip.runtime")
@@ -108,7 +109,7 @@ class FrameMailbox:
             return self.closed and not self._items
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReconnectPolicy:
     """Exponential backoff for lost live sources: ``initial`` doubling up to ``maximum`` seconds between
     attempts; ``give_up`` > 0 ends the stream after that many seconds without frames (0: never)."""
@@ -117,24 +118,22 @@ class ReconnectPolicy:
     maximum: float = 30.0
     give_up: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise OptionError(f"reconnect delays need 0 < initial ({self.initial}) <= --reconnect-max "
-                              f"({self.maximum})")
-        if self.give_up < 0:
-            raise OptionError(f"--give-up-after must be >= 0 (0 = keep trying), got {self.give_up}")
+    @classmethod
+    def of(cls, options: SourceOptions) -> ReconnectPolicy:
+        """The policy a source's options ask for (checked there)."""
+        return cls(options.reconnect_min, options.reconnect_max, options.give_up_after)
 
 
 class CaptureWorker:
     """Reads a source on its own thread into a mailbox; reconnects lost live sources; loops files."""
 
-    def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *, loop: bool = False,
-                 max_frames: int = 0, policy: ReconnectPolicy | None = None, reader: FrameReader | None = None,
-                 name: str = "edgeclip-capture", nice: int = 0) -> None:
+    def __init__(self, spec: SourceSpec, mailbox: FrameMailbox, emit: Callable[..., Any], *,
+                 max_frames: int = 0, reader: FrameReader | None = None, name: str = "edgeclip-capture",
+                 nice: int = 0) -> None:
         self.spec, self.mailbox, self.emit = spec, mailbox, emit
         self.lossless = not spec.paced  # unpaced sources wait for room in the mailbox instead of dropping
-        self.loop, self.max_frames = loop, max_frames
-        self.policy = policy or ReconnectPolicy()
+        self.loop, self.max_frames = spec.options.loop, max_frames
+        self.policy = ReconnectPolicy.of(spec.options)
         # opened now, on the caller's thread (SourceError), unless a reader is given: a reader that reads as
         # lost (None) makes a live source that is down at start reconnect with backoff like a lost one
         self.reader: FrameReader = reader if reader is not None else spec.open()
@@ -286,37 +285,6 @@ class CaptureWorker:
 
 
 @dataclass
-class StreamOptions:
-    """Everything that shapes a stream run (the CLI's options, validated)."""
-
-    batch: int = 1
-    fps_limit: float = 0.0
-    max_frames: int = 0
-    duration: float = 0.0
-    roi: Roi | None = None
-    threshold: float = 0.0
-    half_life: HalfLife = field(default_factory=lambda: HalfLife(0.5, "s"))
-    margin: float = 0.05
-    min_frames: int = 3
-    summary_every: float = 10.0
-    every_frame: bool = False
-    top_k: int = 3
-    loop: bool = False
-    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
-
-    def __post_init__(self) -> None:
-        for name in ("fps_limit", "duration", "summary_every"):
-            if getattr(self, name) < 0:
-                raise OptionError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        if self.max_frames < 0:
-            raise OptionError(f"`max_frames` must be >= 0 (0 = no limit), got {self.max_frames}")
-        if self.batch < 1:
-            raise OptionError(f"`batch` must be >= 1, got {self.batch}")
-        if self.top_k < 1:
-            raise OptionError(f"`top_k` must be >= 1, got {self.top_k}")
-
-
-@dataclass
 class FrameResult:
     """What the pipeline decided for one frame (handed to observers)."""
 
@@ -344,7 +312,7 @@ class StreamPipeline:
         self.sink, self.video, self.window, self.reloader = sink, video, window, reloader
         self.observers = list(observers)
         self.smoother = EmaSmoother(self.opts.half_life)
-        self.decider = LabelDecider(classifier.label_names, self.opts.threshold, self.opts.margin,
+        self.decider = LabelDecider(classifier.label_names, self.opts.threshold, self.opts.hysteresis,
                                     self.opts.min_frames)
         self.latency = LatencyStats()
         self.mailbox = FrameMailbox(self.opts.batch)
@@ -379,20 +347,17 @@ class StreamPipeline:
     def run(self) -> dict[str, Any]:
         """Stream until the end; returns the final ``end`` record (reason, totals, latency percentiles)."""
         opts, spec = self.opts, self.source
-        if opts.loop and spec.live:
-            raise OptionError("`loop` replays files and folders; live sources reconnect by themselves")
         if self.reloader is not None:
             first = self.reloader.load("start")
             self._apply(first)
-        self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, loop=opts.loop, max_frames=opts.max_frames,
-                                           policy=opts.reconnect)
-        if self.video is not None:  # default rate: --fps-limit for a paced source, else the source's own
+        self.capture = cap = CaptureWorker(spec, self.mailbox, self.emit, max_frames=opts.max_frames)
+        if self.video is not None:  # default rate: fps_limit for a paced source, else the source's own
             self.video.fps = self.video.fps or (opts.fps_limit if spec.paced else 0) or cap.fps
         self.emit("start", source=spec.text, kind=spec.kind, live=spec.live, paced=spec.paced,
                   source_fps=cap.fps, bundle=str(self.clf.bundle.path), model=self.clf.bundle.model.get("id"),
                   backend=self.clf.encoder.name, precision=self.clf.precision, labels=self.clf.label_names,
                   batch=opts.batch, half_life=str(opts.half_life), threshold=opts.threshold,
-                  hysteresis={"margin": opts.margin, "min_frames": opts.min_frames},
+                  hysteresis={"margin": opts.hysteresis, "min_frames": opts.min_frames},
                   roi=None if opts.roi is None else [opts.roi.x, opts.roi.y, opts.roi.w, opts.roi.h])
         t_start = time.monotonic()
         self._t_start = self._t_summary = t_start

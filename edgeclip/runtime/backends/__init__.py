@@ -1,29 +1,30 @@
 """Inference backends behind one small interface: ``run(inputs) -> outputs`` on numpy arrays.
 
-ONNX Runtime is always available; its execution providers are tried in a declared order and every
-fallback is logged with the reason. One module per backend: ``onnxruntime``, ``tensorrt`` (native engines).
+One module per backend (a row of ``edgeclip.tables.BACKENDS``): ``onnxruntime``, ``openvino``,
+``tensorrt``. Each defines
+
+- ``available(variant=None, **probe) -> (bool, why)``: whether it can run on this machine (``variant``: an
+  ONNX Runtime execution provider); ``probe`` lets tests state what the machine has;
+- ``open_encoder(path, options, precision, variant=None, bundle=None) -> Backend``: one model file opened
+  with the load options (``edgeclip.options.LoadOptions``) at ``precision``; ``bundle``, when the file is
+  one of a bundle's, gives its manifest entry (hash, how it was built) and preprocessing.
+
+None of them is a dependency of the base install: each comes with its pip extra (the ``extra`` column),
+and its module imports it only when used.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from ...errors import OptionError
+from ...bundle import Bundle
+from ...options import LoadOptions
+from ...tables import BACKENDS, pick
 
 log = logging.getLogger("edgeclip.runtime")
-
-#: Short provider names accepted on the command line, in the default fallback order.
-PROVIDER_ALIASES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-DEFAULT_PROVIDERS = ("cpu",)
 
 
 class Backend(Protocol):
@@ -38,33 +39,21 @@ class Backend(Protocol):
         ...
 
 
-def resolve_providers(names: Sequence[str] | None) -> list[str]:
-    """Map short names (``cpu``, ``cuda``, ``tensorrt``...) or full ONNX Runtime names to provider names."""
-    out = []
-    for n in names or DEFAULT_PROVIDERS:
-        full = PROVIDER_ALIASES.get(n.lower(), n)
-        if not full.endswith("ExecutionProvider"):
-            raise OptionError(f"unknown execution provider {n!r}; use one of {', '.join(PROVIDER_ALIASES)}")
-        out.append(full)
-    return out
+def backend_for_file(path: Path, options: LoadOptions) -> str:
+    """The first backend the options allow (``LoadOptions.backends``) that runs a file of this kind: one that
+    builds its own files with this suffix, else one that reads the bundle's ONNX files."""
+    allowed = [BACKENDS[name] for name in options.backends()]
+    for b in allowed:
+        if b.files is not None and path.suffix == b.load().FILE_SUFFIX:
+            return b.name
+    return next((b.name for b in allowed if b.files is None), allowed[0].name)
 
 
-
-def create_backend(path: Path, backend: str = "auto", providers: Sequence[str] | None = None,
-                   threads: int = 0) -> Backend:
-    """Open ``path`` with the named backend: ``onnxruntime``, ``tensorrt`` or ``auto``.
-
-    ``auto`` uses a TensorRT engine when ``path`` is an ``.engine`` file and ONNX Runtime otherwise.
-    """
+def create_backend(path: str | Path, options: LoadOptions | None = None, precision: str = "fp32",
+                   bundle: Bundle | None = None) -> Backend:
+    """Open one model file at ``precision`` with the backend ``options.backend`` names (``auto``: see
+    :func:`backend_for_file`); ``bundle``: the bundle it belongs to, if any."""
     path = Path(path)
-    if backend == "tensorrt" or (backend == "auto" and path.suffix == ".engine"):
-        from .tensorrt import TensorRTBackend  # imported lazily: most machines lack TensorRT
-
-        return TensorRTBackend(path)
-    if backend not in ("auto", "onnxruntime"):
-        raise OptionError(f"unknown backend {backend!r}; use auto, onnxruntime or tensorrt")
-    if path.suffix == ".engine":
-        raise OptionError(f"{path}: a TensorRT engine needs backend='tensorrt' (or auto)")
-    from .onnxruntime import OrtBackend
-
-    return OrtBackend(path, list(providers) if providers else list(DEFAULT_PROVIDERS), threads)
+    options = options or LoadOptions()
+    name = options.backend if options.backend != "auto" else backend_for_file(path, options)
+    return pick(BACKENDS, name, "backend").load().open_encoder(path, options, precision, bundle=bundle)

@@ -5,11 +5,15 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import numpy as np
 
-from ...errors import BackendError
-from . import resolve_providers
+from ...errors import BackendError, OptionError
+from ...bundle import Bundle
+from ...options import LoadOptions
+from ...tables import PROVIDERS
+from ..process import compute_threads
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -25,6 +29,39 @@ def import_onnxruntime() -> ModuleType:
 
         raise BackendError(onnxruntime_help()) from None
     return onnxruntime
+
+
+def resolve_providers(names: Sequence[str] | None) -> list[str]:
+    """Short provider names (``cpu``, ``cuda``, ``tensorrt``...) or ONNX Runtime's full names -> full names."""
+    out = []
+    for n in names or ("cpu",):
+        row = PROVIDERS.get(n.lower())
+        full = row.ort_name if row is not None else n
+        if not full.endswith("ExecutionProvider"):
+            raise OptionError(f"unknown execution provider {n!r}; use one of {', '.join(PROVIDERS)}")
+        out.append(full)
+    return out
+
+
+def available(variant: str | None = None, providers: Sequence[str] | None = None) -> tuple[bool, str]:
+    """Whether this onnxruntime build has the execution provider ``variant`` (``providers``: the ones it has,
+    default: asked)."""
+    if providers is None:
+        try:
+            providers = import_onnxruntime().get_available_providers()
+        except BackendError as exc:
+            return False, str(exc)
+    wanted = resolve_providers([variant or "cpu"])[0]
+    if wanted in providers:
+        return True, f"{wanted} is available"
+    return False, f"{wanted} is not in this onnxruntime build (has {', '.join(providers)})"
+
+
+def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
+                 bundle: Bundle | None = None) -> OrtBackend:
+    """One ONNX Runtime session: ``options.providers`` (or ``variant``) in order, ``options.threads``."""
+    providers = list(options.providers or ((variant,) if variant else ("cpu",)))
+    return OrtBackend(path, providers, options.threads)
 
 
 @dataclass
@@ -54,8 +91,8 @@ class OrtBackend:
             chosen = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = compute_threads(self.threads)  # explicit, never ORT's or the shell's
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=chosen)
@@ -70,6 +107,11 @@ class OrtBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         log.info("loaded %s with %s", self.path.name, ", ".join(used))
+
+    def output_width(self) -> int | None:
+        """Values per item of the first output as the model declares it (None when not a fixed number)."""
+        shape = self.session.get_outputs()[0].shape
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output."""

@@ -3,7 +3,9 @@
 Same interface as ``OrtBackend`` (``name``, ``input_name``, ``output_name``, ``run``). OpenVINO reads the
 ONNX file itself (no conversion step, nothing written into the bundle); the compiled model is cached in the
 user's cache directory (``$EDGECLIP_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/edgeclip/openvino``, else
-``~/.cache/edgeclip/openvino``) under a folder named by the file's hash, so a second start skips compilation.
+``~/.cache/edgeclip/openvino``) under a folder named by the file's hash, so a second start skips compilation;
+the folder is pruned to ``$EDGECLIP_CACHE_MAX`` (default 2 GiB), least recently used first
+(``edgeclip.runtime.cache``; ``edgeclip cache`` shows and clears it).
 
 Precision: ``fp32`` pins OpenVINO's inference precision to f32 (on CPUs with bf16 it would otherwise run
 bf16 by default); ``bf16`` asks for bf16 and needs AVX512_BF16 or AMX; ``int8`` runs a Q/DQ file with the
@@ -28,13 +30,18 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import BackendError, OptionError
+from ...bundle import Bundle
+from ...options import LoadOptions
+from ...tables import BACKENDS, OPENVINO_HINTS
+from ..cache import cache_root, prune, touch
 from ..cpu import BF16_FLAGS, read_cpuinfo
+from ..process import compute_threads
 
 log = logging.getLogger("edgeclip.runtime")
 
 #: ``auto``: a latency-compiled model for single images, a throughput-compiled one (compiled on first use) for batches
-HINTS = ("auto", "latency", "throughput")
-PRECISIONS = ("fp32", "bf16", "int8")
+HINTS = OPENVINO_HINTS
+PRECISIONS = BACKENDS["openvino"].precisions
 _INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
@@ -65,8 +72,10 @@ def import_openvino() -> ModuleType:
     return openvino
 
 
-def have_openvino() -> tuple[bool, str]:
-    """(whether OpenVINO imports here, why or why not)."""
+def available(variant: str | None = None, installed: bool | None = None) -> tuple[bool, str]:
+    """(whether OpenVINO imports here, why or why not); ``installed`` states it instead of trying."""
+    if installed is not None:
+        return installed, "OpenVINO is installed" if installed else "OpenVINO is not installed (the 'openvino' extra)"
     try:
         ov = import_openvino()
     except BackendError as exc:
@@ -74,7 +83,15 @@ def have_openvino() -> tuple[bool, str]:
     return True, f"openvino {ov.get_version().split('-')[0]} imports"
 
 
-def openvino_devices() -> list[dict[str, str]]:
+def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
+                 bundle: Bundle | None = None) -> OpenVinoBackend:
+    """The file compiled on the CPU with the options' hint, threads and compiled-model cache (cached under the
+    file's sha256 from the bundle's manifest when given)."""
+    key = bundle.manifest["files"].get(path.name, {}).get("sha256") if bundle is not None else None
+    return OpenVinoBackend(path, "CPU", precision, options.hint or "auto", options.threads, options.cache_dir, key=key)
+
+
+def devices() -> list[dict[str, str]]:
     """OpenVINO's devices here (CPU, GPU.0, NPU...): name, full name, capabilities; [] without OpenVINO."""
     try:
         ov = import_openvino()
@@ -94,12 +111,8 @@ def openvino_devices() -> list[dict[str, str]]:
 
 
 def default_cache_dir() -> Path:
-    """Where compiled models are cached: ``$EDGECLIP_CACHE_DIR``, ``$XDG_CACHE_HOME/edgeclip`` or ``~/.cache/edgeclip``."""
-    root = os.environ.get("EDGECLIP_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "openvino"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgeclip" / "openvino"
+    """Where compiled models are cached: the ``openvino`` folder of edgeclip's user cache (``runtime.cache``)."""
+    return cache_root() / "openvino"
 
 
 def file_key(path: Path) -> str:
@@ -130,8 +143,9 @@ class OpenVinoBackend:
         """Compile ``path`` (an .onnx file) for ``device``.
 
         ``precision``: fp32, bf16 or int8 (see the module docstring); ``hint``: auto, latency or throughput;
-        ``threads``: inference threads (0 = OpenVINO's choice: all cores); ``cache_dir``: compiled-model cache
-        (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the file's sha256 when
+        ``threads``: inference threads (0 = one per physical core, see ``runtime.process``); ``cache_dir``:
+        compiled-model cache (default :func:`default_cache_dir`; ``cache=False`` turns it off); ``key``: the
+        file's sha256 when
         the caller knows it (else it is computed); ``cpu_flags``: this CPU's flags (default: /proc/cpuinfo).
         """
         self.path = Path(path)
@@ -152,8 +166,8 @@ class OpenVinoBackend:
         #: precision of the layers a Q/DQ file leaves in float (``fp32``: f32, ``bf16``: bf16)
         self.rest_precision = rest_precision(precision, device, cpu_flags)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.rest_precision}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        if threads or device.upper().startswith("CPU"):  # explicit on the CPU (runtime/process.py)
+            config["INFERENCE_NUM_THREADS"] = compute_threads(threads)
         self.cache_dir: Path | None = None
         if cache:
             root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -173,13 +187,23 @@ class OpenVinoBackend:
         self.start_seconds = time.perf_counter() - start
         #: True when this start loaded a compiled model from the cache (no new cache file was written)
         self.from_cache = self.cache_dir is not None and set(self.cache_dir.glob("*.blob")) == before != set()
+        if self.cache_dir is not None:  # the cache stays under its size limit, this model kept
+            touch(self.cache_dir)
+            if not self.from_cache:
+                prune(self.cache_dir.parent, keep=self.cache_dir)
         self.name = f"openvino:{device.lower()}"
         self.input_name = compiled.inputs[0].any_name
         self.output_name = compiled.outputs[0].any_name
         shown = f"{precision}, other layers {self.rest_precision}" if precision == "int8" else precision
         log.info("loaded %s with OpenVINO on %s (%s, %s hint, %s) in %.2f s%s", self.path.name, device, shown,
-                 hint, f"{threads} threads" if threads else "all cores", self.start_seconds,
+                 hint, f"{config.get('INFERENCE_NUM_THREADS', 'all')} threads", self.start_seconds,
                  " from the cache" if self.from_cache else "")
+
+    def settings(self) -> str:
+        """What this compiled model was asked for, in one line (``EncoderChoice.describe`` shows it)."""
+        threads = f"{self.threads} threads" if self.threads else "all cores"
+        cache = f"cache {self.cache_dir.parent}" if self.cache_dir is not None else "no cache"
+        return f"{self.hint} hint, {threads}, {cache}"
 
     def _mode(self, hint: str) -> tuple[Any, list[Any]]:
         """The model compiled with ``hint`` and one infer request per stream (compiled on first use)."""
@@ -193,6 +217,14 @@ class OpenVinoBackend:
             streams = 1 if hint == "latency" else max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
             self._modes[hint] = compiled, [compiled.create_infer_request() for _ in range(streams)]
         return self._modes[hint]
+
+    def output_width(self) -> int | None:
+        """Values per image of the first output as OpenVINO infers it (None when not static)."""
+        compiled = next(iter(self._modes.values()))[0]
+        shape = compiled.outputs[0].partial_shape
+        if shape.rank.is_dynamic or shape.rank.get_length() != 2 or shape[1].is_dynamic:
+            return None
+        return int(shape[1].get_length())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch; returns the first output. Thread-safe (one batch at a time)."""

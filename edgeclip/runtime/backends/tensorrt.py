@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, EdgeclipError
+from ...bundle import Bundle
+from ...options import LoadOptions
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -51,6 +53,28 @@ def cuda_call(cudart: Any, result: Any, what: str) -> Any:
         _, text = cudart.cudaGetErrorString(err)
         raise BackendError(f"CUDA {what} failed: {text.decode() if isinstance(text, bytes) else text}")
     return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+#: the kind of file this backend runs (built on the device by ``edgeclip build``)
+FILE_SUFFIX = ".engine"
+
+
+def available(variant: str | None = None, installed: bool | None = None) -> tuple[bool, str]:
+    """Whether tensorrt and cuda-python import here (``installed`` states it instead of trying)."""
+    if installed is not None:
+        return installed, "tensorrt and cuda-python import" if installed else "TensorRT is not installed"
+    try:
+        import_tensorrt(BackendError)
+        import_cudart()
+    except BackendError as exc:
+        return False, str(exc)
+    return True, "tensorrt and cuda-python import"
+
+
+def open_encoder(path: Path, options: LoadOptions, precision: str = "fp32", variant: str | None = None,
+                 bundle: Bundle | None = None) -> TensorRTBackend:
+    """The engine file, deserialized for this GPU."""
+    return TensorRTBackend(path)
 
 
 class _Buffer:

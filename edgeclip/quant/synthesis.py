@@ -169,16 +169,16 @@ def load_torch_tower(bundle: Any) -> TorchTower:
         from ..export.onnx_export import Tolerance, check_parity
     except ImportError as exc:
         raise QuantizationError("synthetic calibration needs torch and open_clip: pip install 'edgeclip[export]'"
-                                ", or calibrate with --calib noise or real:DIR") from exc
+                                ", or calibrate with calib='noise' or calib='real:DIR'") from exc
     import torch
 
     try:
         loaded = load_source_model(bundle)
     except BundleError as exc:
-        raise QuantizationError(f"{exc}, or calibrate with --calib noise or real:DIR") from exc
+        raise QuantizationError(f"{exc}, or calibrate with calib='noise' or calib='real:DIR'") from exc
     except EdgeclipError as exc:
         raise QuantizationError(f"cannot reload the model this bundle was exported from ({exc}); "
-                                f"calibrate with --calib noise or real:DIR instead") from exc
+                                f"calibrate with calib='noise' or calib='real:DIR' instead") from exc
     model = loaded.model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -194,7 +194,7 @@ def load_torch_tower(bundle: Any) -> TorchTower:
         raise QuantizationError(f"the torch model reloaded from manifest.model.load no longer matches "
                                 f"{fp32.name} ({f'cosine {cos:.4f}' if cos is not None else exc}); the "
                                 f"checkpoint changed since export: re-export the bundle, or calibrate with "
-                                f"--calib noise or real:DIR") from exc
+                                f"calib='noise' or calib='real:DIR'") from exc
     return tower
 
 
@@ -307,8 +307,8 @@ def bn_stats_objective(tower: TorchTower, priors: bool = False) -> Objective:
     """ZeroQ: BatchNorm statistics only (``priors``: plus the natural-image priors and random views);
     an OptionError for towers without BatchNorm."""
     if not tower.has_batchnorm:
-        raise OptionError(f"--calib bn-stats matches BatchNorm statistics, but this {tower.architecture or 'model'} "
-                          f"image tower has no BatchNorm layer (a ViT); use --calib text-guided")
+        raise OptionError(f"calib='bn-stats' matches BatchNorm statistics, but this {tower.architecture or 'model'} "
+                          f"image tower has no BatchNorm layer (a ViT); use calib='text-guided'")
     return Objective("bn-stats:priors" if priors else "bn-stats", batchnorm=True, priors=priors)
 
 
@@ -347,7 +347,7 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     cfg = config or SynthesisConfig()
     cfg.check()
     if n < 1:
-        raise OptionError("--images must be >= 1")
+        raise OptionError("`images` must be >= 1")
     if objective.targets is not None and len(objective.targets) != n:
         raise QuantizationError(f"{len(objective.targets)} text targets for {n} images")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
@@ -536,7 +536,7 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
     if info["plan_cut"] or info["truncated"]:
         need = info["plan"]["needed_seconds"]
         log.warning("the time budget (%.0f s) %s the synthesis: %d of %d steps per batch on average%s; pass a "
-                    "larger --time-budget or fewer --images for better images", time_budget or 0,
+                    "larger `time_budget` or fewer `images` for better images", time_budget or 0,
                     "cut the plan of" if info["plan_cut"] else "stopped", int(np.mean(steps_run)), cfg.steps,
                     f" (the full plan needs about {need:.0f} s)" if need else "")
     return SynthResult(out, info)
