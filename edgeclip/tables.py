@@ -1,5 +1,6 @@
 """The vocabularies of edgeclip, each defined once as data: precisions, INT8 recipes, backends (and ONNX
-Runtime's execution providers), frame-source kinds, tokenizer kinds and scoring kinds.
+Runtime's execution providers), frame-source kinds, tokenizer kinds and scoring kinds; ``edgeclip watch``'s
+schedules, events and sinks.
 
 Also the model families ``edgeclip export`` verifies (:data:`FAMILIES`).
 
@@ -248,6 +249,7 @@ _LIVE = ("reconnect_min", "reconnect_max", "give_up_after")
 _CAMERA = ("width", "height", "fps", *_LIVE)
 _NETWORK = ("read_timeout", "max_part_size", *_LIVE)
 _PLAYED = ("fps", "realtime", "loop")
+_FFMPEG = ("decode_threads",)  # read through OpenCV's FFmpeg decoder
 SOURCE_KINDS: dict[str, SourceKind] = _rows(
     SourceKind("camera", "a V4L2 camera; width, height and fps are requested from it", ("0", "/dev/video0"),
                "edgeclip.sources.camera", True, _CAMERA),
@@ -260,12 +262,87 @@ SOURCE_KINDS: dict[str, SourceKind] = _rows(
     SourceKind("mjpeg", "multipart MJPEG over HTTP with edgeclip's own reader", ("mjpeg+http://host/video",),
                "edgeclip.sources.mjpeg", True, _NETWORK, extra=None),
     SourceKind("url", "a network stream through OpenCV's FFmpeg (MJPEG over HTTP too)",
-               ("rtsp://host/stream", "http://host/video"), "edgeclip.sources.network", True, _NETWORK),
+               ("rtsp://host/stream", "http://host/video"), "edgeclip.sources.network", True,
+               (*_NETWORK, *_FFMPEG)),
     SourceKind("synthetic", "generated moving frames (tests, soak runs)", ("synthetic://640x480",),
                "edgeclip.sources.synthetic", False, ("width", "height", *_PLAYED), extra=None),
     SourceKind("folder", "the image files of a folder (or one image), in name order", ("frames/", "photo.jpg"),
                "edgeclip.sources.files", False, _PLAYED, extra=None),
-    SourceKind("file", "a video file, frame by frame", ("video.mp4",), "edgeclip.sources.files", False, _PLAYED),
+    SourceKind("file", "a video file, frame by frame", ("video.mp4",), "edgeclip.sources.files", False,
+               (*_PLAYED, *_FFMPEG)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# edgeclip watch: when a region is classified, the events, where they go
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WatchSchedule:
+    """When ``edgeclip watch`` classifies a region. ``key``: the region key that selects it, ``on`` (``on:
+    NAME``) or the schedule's own name with a period (``every: 5s``)."""
+
+    name: str
+    title: str
+    key: str
+
+
+WATCH_SCHEDULES: dict[str, WatchSchedule] = _rows(
+    WatchSchedule("motion", "only when the region changes (motion gating): a still region keeps its state and "
+                            "costs no encoder call", "on"),
+    WatchSchedule("always", "every frame", "on"),
+    WatchSchedule("every", "every N seconds (`every: 5s`), moving or not", "every"),
+)
+
+
+def watch_schedules(key: str) -> tuple[str, ...]:
+    """The schedules a region key selects: ``watch_schedules("on")`` -> ``("motion", "always")``."""
+    return tuple(s.name for s in WATCH_SCHEDULES.values() if s.key == key)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One kind of event ``edgeclip watch`` sends (the ``event`` field of each record)."""
+
+    name: str
+    title: str
+
+
+WATCH_EVENTS: dict[str, WatchEvent] = _rows(
+    WatchEvent("start", "the run began: bundle, backend, thread budget, cameras and their regions"),
+    WatchEvent("state", "a region's state changed (camera, region, state, previous, score, scores, frame, "
+                        "latency_ms, snapshot)"),
+    WatchEvent("summary", "every `summary_every` seconds: crops, encoder calls, drops, motion-skipped, RSS, threads, "
+                          "each sink's queue and counters"),
+    WatchEvent("source_lost", "a camera stopped delivering frames; it is reopened with backoff"),
+    WatchEvent("reconnect", "a lost camera is back (gap_s, attempts)"),
+    WatchEvent("source_gone", "a lost camera gave up (`give_up_after`)"),
+    WatchEvent("frame_error", "one frame or image file could not be decoded; the camera goes on"),
+    WatchEvent("region_error", "a region does not fit its camera's frames; it is skipped"),
+    WatchEvent("camera_error", "a camera of a reloaded configuration could not be opened; the running one stays"),
+    WatchEvent("reload", "the configuration was re-read (cameras kept, started, restarted, stopped)"),
+    WatchEvent("reload_error", "a re-read configuration is wrong (file, line, key); the running one stays"),
+    WatchEvent("end", "the run ended (reason, totals)"),
+)
+
+
+@dataclass(frozen=True)
+class WatchSink:
+    """One place ``edgeclip watch`` sends events, each with its own bounded queue and thread.
+
+    ``key``: its key under ``outputs:``; ``events``: the events it takes (None: all).
+    """
+
+    name: str
+    title: str
+    key: str
+    events: tuple[str, ...] | None = None
+
+
+WATCH_SINKS: dict[str, WatchSink] = _rows(
+    WatchSink("jsonl", "every event as one JSON line, to a file or stdout", "jsonl"),
+    WatchSink("mqtt", "states on an MQTT broker with Home Assistant discovery and availability", "mqtt",
+              ("state", "source_lost", "reconnect", "source_gone")),
+    WatchSink("webhook", "each state event as a JSON POST, retried with backoff", "webhooks", ("state",)),
 )
 
 
@@ -394,6 +471,13 @@ def markdown() -> str:
     out += ["", "| source kind | examples | live | options | needs |", "| --- | --- | --- | --- | --- |"]
     out += [f"| `{k.name}` | {', '.join(f'`{e}`' for e in k.examples)} | {'yes' if k.live else 'no'} | "
             f"{', '.join(k.options) or '-'} | {k.extra or 'Pillow'} |" for k in SOURCE_KINDS.values()]
+    out += ["", "| watch schedule | region key | what |", "| --- | --- | --- |"]
+    out += [f"| `{w.name}` | `{w.key}` | {w.title} |" for w in WATCH_SCHEDULES.values()]
+    out += ["", "| watch event | what |", "| --- | --- |"]
+    out += [f"| `{e.name}` | {e.title} |" for e in WATCH_EVENTS.values()]
+    out += ["", "| watch sink | `outputs:` key | events | what |", "| --- | --- | --- | --- |"]
+    out += [f"| `{k.name}` | `{k.key}` | {', '.join(k.events) if k.events else 'all'} | {k.title} |"
+            for k in WATCH_SINKS.values()]
     out += ["", "| tokenizer | what | needs |", "| --- | --- | --- |"]
     out += [f"| `{t.name}` | {t.title} | {f'the `{t.extra}` extra' if t.extra else '-'} |" for t in TOKENIZERS.values()]
     out += ["", "| scoring | what |", "| --- | --- |"]

@@ -81,7 +81,7 @@ def encoder_rate(clf, pixels: np.ndarray, sizes: list[int]) -> tuple[float, floa
 
 def decode_prep_cpu(videos: list[Path], clf, regions: int, frames: int = 60) -> tuple[float, float]:
     """CPU seconds to decode one frame, and to crop + preprocess one region (one thread)."""
-    reader = camera_spec(parse_config(config_text(videos[:1], regions, 15, "always")).cameras[0]).open()
+    reader = camera_spec(parse_config(config_text(videos[:1], regions, 15, "always")).cameras[0], 1).open()
     imgs, c = [], time.process_time()
     for _ in range(frames):
         imgs.append(reader.read())

@@ -16,10 +16,12 @@ from edgeclip.extras import EXTRAS
 from edgeclip.options import LoadOptions, Options, resolve
 from edgeclip.tables import (BACKENDS, INT8_RECIPES, PROVIDERS, SCORINGS, SOURCE_KINDS, TOKENIZERS, backend_entries,
                              load_module, markdown, precisions)
+from edgeclip.watch import WatchOptions
 
 ROOT = Path(edgeclip.__file__).parent
 OPTION_CLASSES = [edgeclip.LoadOptions, edgeclip.ExportOptions, edgeclip.QuantizeOptions, edgeclip.SourceOptions,
-                  edgeclip.StreamOptions, edgeclip.StreamOutputs, edgeclip.BatchOptions, edgeclip.EvalOptions]
+                  edgeclip.StreamOptions, edgeclip.StreamOutputs, edgeclip.BatchOptions, edgeclip.EvalOptions,
+                  WatchOptions]
 #: flags of other programs that messages may quote (a venv, nvidia-smi, curl; the MJPEG part boundary)
 OTHER_TOOLS = {"--system-site-packages", "--query-gpu", "--format", "--data-binary", "--frame",
                "--probe"}  # the last: of the RKNN converter script, run in its own Python

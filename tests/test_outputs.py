@@ -21,16 +21,19 @@ OUTPUTS = [
     (["bench", "{bundle}"], "--json", False),
     (["bench", "{bundle}"], "--png", False),
     (["export", "--labels", "a", "b"], "--out", True),
+    (["watch", "{photos}"], "--jsonl", False),  # the configuration is never read: the output is refused first
+    (["watch", "{photos}"], "--snapshots", True),
 ]
-OUTPUT_FIELDS = {"output", "parquet", "json", "confusion", "jsonl", "video_out", "png"}
+OUTPUT_FIELDS = {"output", "parquet", "json", "confusion", "jsonl", "video_out", "png", "snapshots"}
 
 
 def test_the_table_covers_every_output_option() -> None:
     from edgeclip.bench import BenchOptions
+    from edgeclip.watch import WatchOptions
 
     classes = [edgeclip.BatchOptions, edgeclip.EvalOptions, edgeclip.StreamOutputs, BenchOptions,
                edgeclip.LoadOptions, edgeclip.ExportOptions, edgeclip.QuantizeOptions, edgeclip.SourceOptions,
-               edgeclip.StreamOptions]
+               edgeclip.StreamOptions, WatchOptions]
     marked = {f.name for c in classes for f in dataclasses.fields(c) if f.metadata.get("output")}
     assert marked == OUTPUT_FIELDS
 

@@ -22,8 +22,9 @@ pytest.importorskip("yaml", reason="the 'watch' extra (pyyaml, paho-mqtt) is not
 cv2 = pytest.importorskip("cv2")
 
 import edgeclip  # noqa: E402
+from edgeclip.options import LoadOptions  # noqa: E402
 from edgeclip.runtime.classifier import Classifier  # noqa: E402
-from edgeclip.stream.loop import Frame, ReconnectPolicy  # noqa: E402
+from edgeclip.stream.loop import Frame  # noqa: E402
 from edgeclip.watch import Watcher, WatchOptions, load_config, parse_config, plan_threads  # noqa: E402
 from edgeclip.watch.config import RegionConfig, RegionSettings, Shape, State, WebhookSettings  # noqa: E402
 from edgeclip.watch.engine import Crop, CropQueue, Region  # noqa: E402
@@ -100,7 +101,7 @@ def test_every_frame_of_every_region_in_shared_encoder_calls(clf: Classifier, vi
     img = last_frame(videos["back"])
     for region, crop in (("door", img[DOOR[1]:DOOR[1] + DOOR[3], DOOR[0]:DOOR[0] + DOOR[2]]),):
         reg = next(r for r in w.cameras["back"].regions if r.name == region)
-        ref = Classifier(clf.bundle, threads=1)
+        ref = Classifier(clf.bundle, LoadOptions(threads=1))
         ref.set_labels([s.prompts[0] for s in reg.config.states])
         expect = ref.classify(crop, top_k=2)
         got = dict(zip(reg.names, reg.state.smoothed))  # half-life 0: the last frame's probabilities
@@ -200,7 +201,7 @@ def test_decoders_run_nicer_than_the_encoder(clf: Classifier, cifar_test: Path) 
             seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             return super().load_file(path, min_size)
 
-    spy = Spy(clf.bundle, threads=1)
+    spy = Spy(clf.bundle, LoadOptions(threads=1))
     assert spy.decode_nice == 0  # off by default (measured: no gain, a loss beside other processes)
     spy.decode_nice = 7
     seen.clear()
@@ -312,13 +313,13 @@ def test_a_lost_camera_disturbs_no_other(clf: Classifier, videos: dict, tmp_path
     frames = [cv2.resize(last_frame(v), (320, 240)) for v in videos.values()]
     server = StoppableMjpeg(frames)
     text = ("options: {summary_every: 0, reload_poll: 0}\ndefaults: {on: always}\ncameras:\n"
-            f"  ipcam:\n    source: mjpeg+http://127.0.0.1:{server.port}/\n    timeout: 1s\n    regions:\n"
+            f"  ipcam:\n    source: mjpeg+http://127.0.0.1:{server.port}/\n    read_timeout: 1s\n"
+            "    reconnect_min: 0.2\n    reconnect_max: 0.5\n    regions:\n"
             "      door: {rect: [0.1, 0.1, 0.5, 0.5], states: [open, closed]}\n"
             "  synth:\n    source: synthetic://320x240\n    fps: 20\n    regions:\n"
             "      a: {rect: [0, 0, 160, 120], states: [red, blue]}\n")
     events = tmp_path / "events.jsonl"
-    w = Watcher(clf, parse_config(text, "t.yaml"), sinks=[JsonLinesOutput(str(events))],
-                reconnect=ReconnectPolicy(initial=0.2, maximum=0.5))
+    w = Watcher(clf, parse_config(text, "t.yaml"), sinks=[JsonLinesOutput(str(events))])
     w.start()
     try:
         ip, synth = w.cameras["ipcam"].regions[0], w.cameras["synth"].regions[0]
@@ -347,11 +348,12 @@ def test_a_camera_down_at_start_starts_lost_and_joins_later(clf: Classifier, tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     text = ("options: {summary_every: 0, reload_poll: 0}\ndefaults: {on: always}\ncameras:\n"
-            f"  late:\n    source: mjpeg+http://127.0.0.1:{port}/\n    timeout: 1s\n    regions:\n"
+            f"  late:\n    source: mjpeg+http://127.0.0.1:{port}/\n    read_timeout: 1s\n"
+            "    reconnect_min: 0.2\n    reconnect_max: 0.4\n    regions:\n"
             "      door: {rect: [0.1, 0.1, 0.5, 0.5], states: [open, closed]}\n"
             "  synth:\n    source: synthetic://160x120\n    fps: 20\n    regions:\n"
             "      a: {rect: [0, 0, 80, 60], states: [red, blue]}\n")
-    w = Watcher(clf, parse_config(text, "t.yaml"), sinks=[], reconnect=ReconnectPolicy(initial=0.2, maximum=0.4))
+    w = Watcher(clf, parse_config(text, "t.yaml"), sinks=[])
     assert not w.cameras["late"].up
     w.start()
     server = None

@@ -17,7 +17,6 @@ cv2 = pytest.importorskip("cv2")
 
 import edgeclip  # noqa: E402
 from edgeclip.serve import create_app  # noqa: E402
-from edgeclip.watch import Watcher, parse_config  # noqa: E402
 from serve_helpers import call, running_server  # noqa: E402
 from test_serve_browser import ARTIFACTS, browser_context, wait_until  # noqa: E402,F401  (the fixture)
 from test_watch import DOOR, videos, wait_for  # noqa: E402,F401  (the fixture)
@@ -36,10 +35,11 @@ def config_text(videos: dict) -> str:
 
 
 @pytest.fixture()
-def app(tiny_vit_bundle: Path, videos: dict):
-    clf = edgeclip.load(tiny_vit_bundle, threads=1)
-    watcher = Watcher(clf, parse_config(config_text(videos), "t.yaml"))
-    return create_app(clf, token=TOKEN, watch=watcher), watcher
+def app(tiny_vit_bundle: Path, videos: dict, tmp_path: Path):
+    config = tmp_path / "watch.yaml"
+    config.write_text(config_text(videos), encoding="utf-8")
+    app = create_app(edgeclip.load(tiny_vit_bundle, threads=1), token=TOKEN, watch=str(config))  # a serve option
+    return app, app.state.watcher
 
 
 def test_watch_endpoints_and_metrics(app) -> None:
@@ -109,3 +109,13 @@ def test_page_shows_every_camera_with_regions_and_states(browser_context, app, t
         print(f"\nscreenshot of the watch page: {kept}")
         page.close()
     assert not [c for c in console if c.startswith("pageerror")], console
+
+
+def test_serve_takes_the_watch_configuration_as_one_of_its_options() -> None:
+    from edgeclip.cli import build_parser
+    from edgeclip.cli.options import options_from_args
+    from edgeclip.serve import ServeOptions
+
+    args = build_parser().parse_args(["serve", "bundle", "--watch", "watch.yaml"])
+    assert options_from_args(ServeOptions, args, token=None).watch == "watch.yaml"
+    assert ServeOptions().watch is None

@@ -16,7 +16,7 @@ import threading
 from typing import Sequence
 
 from .._version import __version__
-from ..errors import EdgeclipError
+from ..errors import ConfigError, EdgeclipError
 from .options import flag_wording
 
 #: Modules under ``edgeclip.cli`` that each define ``register(subparsers)``.
@@ -76,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
-    except EdgeclipError as exc:
-        print(f"edgeclip {args.command}: error: {flag_wording(str(exc))}", file=sys.stderr)
+    except EdgeclipError as exc:  # a configuration file's error names its keys, not flags
+        text = str(exc) if isinstance(exc, ConfigError) else flag_wording(str(exc))
+        print(f"edgeclip {args.command}: error: {text}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # an optional part that no up-front check caught: still one line, exit 2
         from ..extras import extra_for_module, install_command, onnxruntime_help

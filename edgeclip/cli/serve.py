@@ -47,9 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--source", "-s", default=None,
                    help="a live source as for `edgeclip stream` (camera, URL, file, folder, synthetic://WxH)")
-    p.add_argument("--watch", default=None, metavar="CONFIG",
-                   help="also run an `edgeclip watch` configuration: its cameras, regions and states on the page, "
-                        "/v1/watch, per-camera and per-region /metrics (docs/watch.md)")
 
     g = p.add_argument_group("network and access")
     g.add_argument("--host", default="127.0.0.1",

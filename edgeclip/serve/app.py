@@ -36,7 +36,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, AsyncIterator, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Sequence
 
 import numpy as np
 from starlette.applications import Starlette
@@ -64,6 +64,9 @@ from .guard import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, Guard, is_loopback
 from .labelset import LabelRequest, LabelSet, check_prompt_count, initial_label_set, parse_label_document
 from .live import LiveSource
 from .metrics import BATCH_BUCKETS, CONTENT_TYPE, LATENCY_BUCKETS, Registry
+
+if TYPE_CHECKING:
+    from ..watch import Watcher
 
 log = logging.getLogger("edgeclip.serve")
 
@@ -96,6 +99,9 @@ class ServeOptions(Options):
 
     token: str | None = option(None, "token every request but /healthz must carry", cli=False)
     allowed_hosts: tuple[str, ...] | None = option(None, "Host header names accepted (None: any)", cli=False)
+    watch: str | None = option(None, "also run this `edgeclip watch` configuration: its cameras, regions and states "
+                                     "on the page, /v1/watch, per-camera and per-region /metrics (docs/watch.md)",
+                               metavar="CONFIG")
     max_body_bytes: int = option(20 * 2**20, "largest request body, e.g. 20M (default 20M)", metavar="SIZE",
                                  parse=parse_size, group=_LIMITS)
     max_batch: int = option(8, "largest micro-batch of concurrent requests", group=_LIMITS)
@@ -702,16 +708,16 @@ def prepare_source(source: str | SourceSpec, options: SourceOptions | None = Non
 
 def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *,
                options: ServeOptions | None = None, stream_options: StreamOptions | None = None,
-               source_options: SourceOptions | None = None, watch: Any = None, **overrides: Any) -> Starlette:
+               source_options: SourceOptions | None = None, **overrides: Any) -> Starlette:
     """The ASGI app serving ``classifier`` (and ``source``, a source string or a SourceSpec, live).
 
     Keyword arguments override fields of ``options`` (see :class:`ServeOptions`): e.g.
     ``create_app(clf, token="s3cret", max_batch=16)``. A source string is parsed with ``source_options`` as
     ``edgeclip.stream`` parses it (the same kinds, the same rules); files, folders and synthetic frames play
     in real time. The returned app is a Starlette app: run it with any ASGI server, or mount it inside another
-    app. ``app.state.service`` is the state.
-    ``watch``: an ``edgeclip.watch.Watcher`` run with the service (its cameras, regions and states on the page,
-    ``/v1/watch``, per-camera and per-region metrics; ``edgeclip.serve.watchview``).
+    app. ``app.state.service`` is the state. With ``watch`` (a configuration file), an ``edgeclip.watch.Watcher``
+    runs with the service (``app.state.watcher``): its cameras, regions and states on the page, ``/v1/watch``,
+    per-camera and per-region metrics (``edgeclip.serve.watchview``).
     """
     configure_threads()  # BLAS and OpenCV pools at one thread (runtime/process.py): decodes run in parallel
     opts = ServeOptions.build(options, **overrides)
@@ -719,6 +725,7 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
     if source is not None:
         spec = prepare_source(source, source_options)
         live = LiveSource(classifier, spec, stream_options, event_rate=opts.event_rate, top_k=opts.top_k)
+    watch = _watcher(classifier, opts.watch) if opts.watch else None
     service = Service(classifier, live, opts)
 
     routes = build_routes(service)
@@ -741,9 +748,17 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
             await run_in_threadpool(service.close)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.service = service
+    app.state.service, app.state.watcher = service, watch
     app.add_middleware(Guard, service=service)
     return app
+
+
+def _watcher(classifier: Classifier, config: str) -> Watcher:
+    """The ``edgeclip watch`` run of the configuration file ``config``, on the service's classifier."""
+    require("watch", ["yaml"], what="`watch`")
+    from ..watch import Watcher, load_config
+
+    return Watcher(classifier, load_config(config))
 
 
 __all__ = ["ServeOptions", "Service", "create_app", "is_loopback", "prepare_source", "ACCEPTED_FORMATS", "LOOPBACK_HOSTS"]

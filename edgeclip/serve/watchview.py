@@ -1,4 +1,5 @@
-"""``edgeclip serve --watch CONFIG``: the watch engine's cameras, regions and states over HTTP.
+"""``edgeclip serve`` with a watch configuration (the ``watch`` serve option): the watch engine's cameras, regions
+and states over HTTP.
 
 Routes (token as for every other route)::
 

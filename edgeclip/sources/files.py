@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import EdgeclipError, FrameError, SourceError
 from ..runtime.images import IMAGE_EXTENSIONS, expand_inputs, read_image
-from .opencv import CaptureReader, opencv_has
+from .opencv import CaptureReader, ffmpeg_params, opencv_has
 
 
 class FolderReader:
@@ -57,7 +57,10 @@ def open_reader(spec: Any) -> Any:
         return FolderReader(spec.files, spec.nominal_fps())
     import cv2
 
-    cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG if opencv_has("FFMPEG") else cv2.CAP_ANY)
+    if opencv_has("FFMPEG"):
+        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, ffmpeg_params(spec.options))
+    else:
+        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_ANY)
     if not cap.isOpened():
         raise SourceError(f"{spec.target}: OpenCV cannot open this video file (unknown container or codec); "
                           f"convert it, e.g. `ffmpeg -i IN -c:v libx264 out.mp4`")

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import SourceError
 from .mjpeg import MjpegHttpReader, redact
-from .opencv import CaptureReader, opencv_has
+from .opencv import CaptureReader, ffmpeg_params, opencv_has
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -31,7 +31,8 @@ def open_reader(spec: Any) -> Any:
     if url.startswith(("rtsp://", "rtsps://")) and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
     ms = int(timeout * 1000)
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms,
+                                                 *ffmpeg_params(spec.options)])
     if not cap.isOpened():
         raise SourceError(f"{redact(url)}: cannot open the stream (unreachable, wrong path or "
                           f"credentials, or a format FFmpeg cannot read)")

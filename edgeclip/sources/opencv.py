@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,12 @@ def opencv_has(backend: str) -> bool:
         registered = bool(flag)
     return registered if flag is None else (registered and flag)
 
+def ffmpeg_params(options: Any) -> list[int]:
+    """The ``cv2.VideoCapture`` parameters that hold FFmpeg's decoder to ``options.decode_threads`` threads
+    ([] when unset: OpenCV's default, one per core)."""
+    import cv2
+
+    return [cv2.CAP_PROP_N_THREADS, int(options.decode_threads)] if options.decode_threads else []
 
 
 class CaptureReader:

@@ -62,11 +62,14 @@ class SourceOptions(Options):
     reconnect_min: float = option(0.5, "first reconnection wait in seconds")
     give_up_after: float = option(0.0, "end (exit 1) after this many seconds without frames from a lost source "
                                        "(0: never)")
+    decode_threads: int | None = option(None, "threads OpenCV's FFmpeg decoder may use for a video file or network "
+                                              "stream (default: OpenCV's, one per core); a process reading many "
+                                              "sources sets 1 so that the decoders do not outnumber the cores")
 
     def problems(self) -> list[str]:
         """Values out of range, each naming the option."""
         out = []
-        for name in ("width", "height", "max_part_size"):
+        for name in ("width", "height", "max_part_size", "decode_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"`{name}` must be >= 1, got {value}")

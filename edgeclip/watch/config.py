@@ -15,8 +15,11 @@ polygons) and, per region, the states to tell apart, written as text::
 Everything is parsed from PyYAML's composed nodes, which carry their line numbers, so every error is one
 :class:`~edgeclip.errors.ConfigError` saying ``watch.yaml, line 12, key cameras.driveway.regions.parking.rect:
 ...``; an unknown key is answered with the closest known one. Durations are numbers of seconds or strings
-such as ``500ms``, ``5s``, ``2m``. The tunable knobs are dataclass fields with defaults and a one-line help
-(``field(metadata={"help": ...})``), so documentation and command-line flags can be made from them.
+such as ``500ms``, ``5s``, ``2m``. The tunable knobs are options objects (``edgeclip.options.option`` fields with
+a default, a one-line help and a ``parse`` that checks a value from the file or a flag): :class:`WatchOptions`
+(the job; ``edgeclip watch``'s flags are made from it), :class:`RegionSettings`, :class:`MotionSettings`,
+:class:`MqttSettings`, :class:`WebhookSettings`; a camera's keys are ``edgeclip.sources.SourceOptions``.
+Schedules, events and sinks are rows of ``edgeclip.tables``.
 """
 from __future__ import annotations
 
@@ -24,17 +27,20 @@ import difflib
 import math
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from ..errors import ConfigError, OptionError
-
-SCHEDULES = ("motion", "always")
+from ..errors import ConfigError, EdgeclipError, OptionError
+from ..options import Options, check_output, option
+from ..sources import SourceOptions
+from ..tables import WATCH_SINKS, closest, watch_schedules
 
 
 # ---------------------------------------------------------------------------------------------------------
-# value converters (each raises ValueError with what is expected)
+# value converters (each takes a value from the file or a flag's text and raises ValueError with what is
+# expected)
 # ---------------------------------------------------------------------------------------------------------
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string with a unit (``250ms``, ``5s``, ``2m``, ``1h``); >= 0."""
@@ -54,6 +60,11 @@ def parse_duration(value: Any) -> float:
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Callable[[Any], Any]:
     def conv(value: Any) -> Any:
+        if isinstance(value, str):  # a flag's text
+            try:
+                value = int(value) if integer else float(value)
+            except ValueError:
+                raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {value!r}")
         if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -61,6 +72,7 @@ def _number(lo: float | None = None, hi: float | None = None, integer: bool = Fa
                                               f"<= {hi:g}" if hi is not None else "") if s)
             raise ValueError(f"must be {bounds}, got {value!r}")
         return int(value) if integer else float(value)
+    conv.__name__ = "integer" if integer else "number"
     return conv
 
 
@@ -79,117 +91,160 @@ def _text(value: Any) -> str:
 def _choice(*options: str) -> Callable[[Any], str]:
     def conv(value: Any) -> str:
         if str(value) not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}{closest(str(value), options)}")
         return str(value)
+    conv.__name__ = "choice"
     return conv
 
 
-def _opt(default: Any, help_text: str, parse: Callable[[Any], Any] | None = None, **kw: Any) -> Any:
-    meta = {"help": help_text, **({"parse": parse} if parse else {})}
-    if callable(default) and not isinstance(default, (int, float, str, bool)):
-        return field(default_factory=default, metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+def _nested(default_factory: Callable[[], Any], help: str) -> Any:
+    """A field holding a mapping or another settings object (no flag: it is written in the file)."""
+    return field(default_factory=default_factory,
+                 metadata={"help": help, "choices": None, "metavar": None, "parse": None, "group": None,
+                           "alias": None, "output": None, "cli": False})
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the settings (dataclasses with defaults and help)
+# the settings (options objects: defaults, help and checks once)
 # ---------------------------------------------------------------------------------------------------------
-@dataclass
-class MotionSettings:
+@dataclass(frozen=True)
+class Settings(Options):
+    """Options whose fields each check their value with their ``parse`` (a value from the file, a flag's
+    text or a keyword): :meth:`problems` names every field whose value it refuses."""
+
+    def problems(self) -> list[str]:
+        """Each value its field's ``parse`` refuses, naming the field."""
+        out = []
+        for f in fields(self):
+            parse = f.metadata.get("parse")
+            if parse is not None and getattr(self, f.name) is not None:
+                try:
+                    parse(getattr(self, f.name))
+                except (ValueError, EdgeclipError) as exc:
+                    out.append(f"`{f.name}`: {exc}")
+        return out
+
+
+@dataclass(frozen=True)
+class MotionSettings(Settings):
     """Motion gating of one region (``on: motion``); see ``edgeclip.watch.motion``."""
 
-    level: int = _opt(16, "grey levels (0-255) a cell must differ from the background by, after the region's "
-                          "overall brightness shift is removed", _number(1, 255, integer=True))
-    area: float = _opt(0.02, "fraction of the region's cells that must change for motion", _number(0.0, 1.0))
-    cells: int = _opt(32, "longest side, in cells, of the small grey copy compared with the background",
-                      _number(4, 256, integer=True))
-    background: float = _opt(10.0, "half-life in seconds of the background's slow update (absorbs lighting drift "
-                                   "and objects that stay)", parse_duration)
-    hold: float = _opt(1.5, "seconds a region keeps being classified after its motion stopped", parse_duration)
-    refresh: float = _opt(300.0, "classify a quiet region at least this often, in seconds (0: never)",
-                          parse_duration)
+    WHAT: ClassVar[str] = "motion setting"
+
+    level: int = option(16, "grey levels (0-255) a cell must differ from the background by, after the region's "
+                            "overall brightness shift is removed", parse=_number(1, 255, integer=True))
+    area: float = option(0.02, "fraction of the region's cells that must change for motion", parse=_number(0.0, 1.0))
+    cells: int = option(32, "longest side, in cells, of the small grey copy compared with the background",
+                        parse=_number(4, 256, integer=True))
+    background: float = option(10.0, "half-life in seconds of the background's slow update (absorbs lighting "
+                                     "drift and objects that stay)", parse=parse_duration)
+    hold: float = option(1.5, "seconds a region keeps being classified after its motion stopped", parse=parse_duration)
+    refresh: float = option(300.0, "classify a quiet region at least this often, in seconds (0: never)",
+                            parse=parse_duration)
 
 
-@dataclass
-class RegionSettings:
+@dataclass(frozen=True)
+class RegionSettings(Settings):
     """How one region is classified and decided; ``defaults:`` sets them for every region."""
 
-    on: str = _opt("motion", "when to classify: motion (only when the region changes) or always (every frame)",
-                   _choice(*SCHEDULES))
-    every: float = _opt(0.0, "classify every this many seconds instead (e.g. 5s; 0: use `on`)", parse_duration)
-    threshold: float = _opt(0.0, "report 'unknown' below this smoothed probability (0: never)", _number(0.0, 1.0))
-    half_life: float = _opt(0.25, "EMA smoothing half-life of the probabilities, in seconds", parse_duration)
-    margin: float = _opt(0.05, "a new state must beat the current one by this much probability",
-                         _number(0.0, 0.99))
-    dwell: float = _opt(0.5, "... continuously for this many seconds before it is reported", parse_duration)
-    cooldown: float = _opt(0.0, "at most one state event per region per this many seconds (the last change is "
-                                "sent when it ends)", parse_duration)
-    snapshot: bool = _opt(False, "attach a JPEG of the region to its state events", _boolean)
-    motion: MotionSettings = _opt(MotionSettings, "motion gating (level, area, cells, background, hold, refresh)")
+    WHAT: ClassVar[str] = "region setting"
+
+    on: str = option("motion", "when to classify: motion (only when the region changes) or always (every frame)",
+                     choices=watch_schedules("on"), parse=_choice(*watch_schedules("on")))
+    every: float = option(0.0, "classify every this many seconds instead (e.g. 5s; 0: use on)", parse=parse_duration)
+    threshold: float = option(0.0, "report 'unknown' below this smoothed probability (0: never)",
+                              parse=_number(0.0, 1.0))
+    half_life: float = option(0.25, "EMA smoothing half-life of the probabilities, in seconds", parse=parse_duration)
+    margin: float = option(0.05, "a new state must beat the current one by this much probability",
+                           parse=_number(0.0, 0.99))
+    dwell: float = option(0.5, "... continuously for this many seconds before it is reported", parse=parse_duration)
+    cooldown: float = option(0.0, "at most one state event per region per this many seconds (the last change is "
+                                  "sent when it ends)", parse=parse_duration)
+    snapshot: bool = option(False, "attach a JPEG of the region to its state events", parse=_boolean)
+    motion: MotionSettings = _nested(MotionSettings, "motion gating (level, area, cells, background, hold, refresh)")
 
 
-@dataclass
-class WatchOptions:
-    """The job: batching, staleness, threads, reporting. Also settable under ``options:`` in the file."""
-
-    max_batch: int = _opt(16, "most region crops per encoder call (one call per tick covers every due region)",
-                          _number(1, 1024, integer=True))
-    staleness: float = _opt(1.0, "a crop waiting longer than this many seconds is dropped (and counted)",
-                            parse_duration)
-    frame_buffer: int = _opt(2, "frames a camera keeps for the inference thread, and crops a region keeps waiting "
-                                "(the newest win; more absorb jitter, fewer keep latency down)",
-                             _number(1, 64, integer=True))
-    encoder_threads: int = _opt(0, "image encoder threads (0: the thread budget's choice, see docs/watch.md)",
-                                _number(0, 1024, integer=True))
-    decode_threads: int = _opt(1, "threads each source's decoder may use (FFmpeg); cameras x this, plus the "
-                                  "encoder's, is what the budget counts", _number(1, 64, integer=True))
-    decode_nice: int = _opt(0, "how much lower the decoders' CPU priority is than the encoder's (Linux; 0: the "
-                               "same); nicer decoders take only what the encoder leaves", _number(0, 19, integer=True))
-    summary_every: float = _opt(10.0, "seconds between summary events (0: only at the end)", parse_duration)
-    duration: float = _opt(0.0, "stop after this many seconds (0: run until stopped)", parse_duration)
-    reload_poll: float = _opt(1.0, "seconds between checks of the configuration file for changes (0: only on "
-                                   "SIGHUP)", parse_duration)
-    top_k: int = _opt(3, "states listed with scores in each event", _number(1, 100, integer=True))
+_OUTPUTS = "outputs"
 
 
-@dataclass
-class MqttSettings:
+@dataclass(frozen=True)
+class WatchOptions(Settings):
+    """The job: batching, staleness, threads, reporting (the file's ``options:``) and the files it writes (the
+    file's ``outputs.jsonl`` and ``outputs.snapshots``). ``edgeclip watch``'s flags are made from it."""
+
+    WHAT: ClassVar[str] = "watch option"
+
+    max_batch: int = option(16, "most region crops per encoder call (one call per tick covers every due region)",
+                            parse=_number(1, 1024, integer=True))
+    staleness: float = option(1.0, "a crop waiting longer than this many seconds is dropped (and counted)",
+                              parse=parse_duration)
+    frame_buffer: int = option(2, "frames a camera keeps for the inference thread, and crops a region keeps "
+                                  "waiting (the newest win; more absorb jitter, fewer keep latency down)",
+                               parse=_number(1, 64, integer=True))
+    encoder_threads: int = option(0, "image encoder threads (0: the thread budget's choice, see docs/watch.md; "
+                                     "the command's flag is threads)", parse=_number(0, 1024, integer=True), cli=False)
+    decode_threads: int = option(1, "threads each source's decoder may use (FFmpeg; a camera's own decode_threads "
+                                    "wins); cameras x this, plus the encoder's, is what the budget counts",
+                                 parse=_number(1, 64, integer=True))
+    decode_nice: int = option(0, "how much lower the decoders' CPU priority is than the encoder's (Linux; 0: the "
+                                 "same); nicer decoders take only what the encoder leaves",
+                              parse=_number(0, 19, integer=True))
+    summary_every: float = option(10.0, "seconds between summary events (0: only at the end)", parse=parse_duration)
+    duration: float = option(0.0, "stop after this many seconds (0: run until stopped)", parse=parse_duration)
+    reload_poll: float = option(1.0, "seconds between checks of the configuration file for changes (0: only on "
+                                     "SIGHUP)", parse=parse_duration)
+    top_k: int = option(3, "states listed with scores in each event", parse=_number(1, 100, integer=True))
+    jsonl: str | None = option(None, "every event as JSON lines to this file ('-': stdout; the default when the "
+                                     "configuration names no output)", metavar="FILE", group=_OUTPUTS, output="file")
+    snapshots: str | None = option(None, "write the JPEG of each region with a snapshot to this folder (created "
+                                         "if missing)", metavar="DIR", group=_OUTPUTS, output="folder")
+
+    @classmethod
+    def in_section(cls, section: str) -> tuple[str, ...]:
+        """The fields written under ``options:`` or under ``outputs:`` in the file."""
+        return tuple(f.name for f in fields(cls) if (f.metadata["group"] == _OUTPUTS) == (section == _OUTPUTS))
+
+
+@dataclass(frozen=True)
+class MqttSettings(Settings):
     """An MQTT broker: state topics, Home Assistant discovery, availability."""
 
-    host: str = _opt("127.0.0.1", "broker host", _text)
-    port: int = _opt(1883, "broker port", _number(1, 65535, integer=True))
-    prefix: str = _opt("edgeclip", "topic prefix: PREFIX/CAMERA/REGION/state, PREFIX/availability", _text)
-    discovery: str = _opt("homeassistant", "Home Assistant discovery prefix ('' or false: no discovery)")
-    client_id: str = _opt("", "MQTT client id (default: edgeclip-watch-HOSTNAME)")
-    username: str = _opt("", "user name, if the broker wants one")
-    password: str = _opt("", "password (prefer password_file)")
-    password_file: str = _opt("", "file holding the password")
-    keepalive: int = _opt(30, "seconds between keep-alive pings", _number(5, 3600, integer=True))
-    queue: int = _opt(1000, "messages kept while the broker is away; more are counted as overflow",
-                      _number(1, 10**6, integer=True))
+    WHAT: ClassVar[str] = "MQTT setting"
+
+    host: str = option("127.0.0.1", "broker host", parse=_text)
+    port: int = option(1883, "broker port", parse=_number(1, 65535, integer=True))
+    prefix: str = option("edgeclip", "topic prefix: PREFIX/CAMERA/REGION/state, PREFIX/availability", parse=_text)
+    discovery: str = option("homeassistant", "Home Assistant discovery prefix ('' or false: no discovery)")
+    client_id: str = option("", "MQTT client id (default: edgeclip-watch-HOSTNAME)")
+    username: str = option("", "user name, if the broker wants one")
+    password: str = option("", "password (prefer password_file)")
+    password_file: str = option("", "file holding the password")
+    keepalive: int = option(30, "seconds between keep-alive pings", parse=_number(5, 3600, integer=True))
+    queue: int = option(1000, "messages kept while the broker is away; more are counted as overflow",
+                        parse=_number(1, 10**6, integer=True))
 
 
-@dataclass
-class WebhookSettings:
+@dataclass(frozen=True)
+class WebhookSettings(Settings):
     """An HTTP endpoint that receives each state event as a JSON POST."""
 
-    url: str = _opt("", "http(s) URL to POST to", _text)
-    timeout: float = _opt(5.0, "seconds per attempt", parse_duration)
-    retries: int = _opt(5, "attempts after the first, with exponential backoff", _number(0, 100, integer=True))
-    backoff: float = _opt(0.5, "first wait between attempts in seconds (doubles, at most 30 s)", parse_duration)
-    queue: int = _opt(1000, "events kept while the endpoint is away; more are counted as overflow",
-                      _number(1, 10**6, integer=True))
-    headers: dict = _opt(dict, "extra request headers (e.g. Authorization)")
+    WHAT: ClassVar[str] = "webhook setting"
+
+    url: str = option("", "http(s) URL to POST to", parse=_text)
+    timeout: float = option(5.0, "seconds per attempt", parse=parse_duration)
+    retries: int = option(5, "attempts after the first, with exponential backoff", parse=_number(0, 100, integer=True))
+    backoff: float = option(0.5, "first wait between attempts in seconds (doubles, at most 30 s)", parse=parse_duration)
+    queue: int = option(1000, "events kept while the endpoint is away; more are counted as overflow",
+                        parse=_number(1, 10**6, integer=True))
+    headers: dict = _nested(dict, "extra request headers (e.g. Authorization)")
 
 
 @dataclass
 class Outputs:
-    """Where events go: JSON lines, MQTT, webhooks; JPEG snapshots of regions."""
+    """Where events go besides JSON lines (``WatchOptions.jsonl``): MQTT, webhooks."""
 
-    jsonl: str | None = None
     mqtt: MqttSettings | None = None
     webhooks: list[WebhookSettings] = field(default_factory=list)
-    snapshots: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,22 +293,19 @@ class RegionConfig:
 
 @dataclass
 class CameraConfig:
-    """A named source with its regions."""
+    """A named source with its regions; ``options`` are how the source is read (the camera's keys besides
+    ``source`` and ``regions``: ``edgeclip.sources.SourceOptions``, each kind taking its own)."""
 
     name: str
     source: str
     regions: list[RegionConfig]
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    loop: bool = False
-    realtime: bool = False
-    timeout: float = 10.0
+    options: SourceOptions = field(default_factory=SourceOptions)
     line: int = 0
+    file: str | None = None
 
     def source_key(self) -> tuple:
         """What identifies the stream: a reload keeps a camera's stream when this is unchanged."""
-        return (self.source, self.fps, self.width, self.height, self.loop, self.realtime, self.timeout)
+        return (self.source, self.options)
 
 
 @dataclass
@@ -326,10 +378,11 @@ class _Reader:
             return "a list"
         return repr(self.value(node, ""))
 
-    def settings(self, node: Any, key: str, cls: type, base: Any = None) -> Any:
-        """A settings dataclass from a mapping node: each key parsed by its field's ``parse``; the rest from
-        ``base`` (or the defaults)."""
-        names = [f.name for f in fields(cls)]
+    def settings(self, node: Any, key: str, cls: type, base: Any = None,
+                 names: typing.Sequence[str] | None = None) -> Any:
+        """A settings object from a mapping node (``names``: the fields that may be written there, default all):
+        each key parsed by its field's ``parse``; the rest from ``base`` (or the defaults)."""
+        names = list(names) if names is not None else [f.name for f in fields(cls)]
         items = self.mapping(node, key, names)
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -371,10 +424,11 @@ def _default(f: Any) -> Any:
 # the document
 # ---------------------------------------------------------------------------------------------------------
 TOP_KEYS = ["bundle", "templates", "defaults", "options", "cameras", "outputs"]
-CAMERA_KEYS = ["source", "fps", "width", "height", "loop", "realtime", "timeout", "regions"]
+CAMERA_KEYS = ["source", "regions", *SourceOptions.names()]
 SHAPE_KEYS = ["rect", "polygon"]
 REGION_KEYS = SHAPE_KEYS + ["states"] + [f.name for f in fields(RegionSettings)]
-OUTPUT_KEYS = ["jsonl", "mqtt", "webhooks", "snapshots"]
+OUTPUT_KEYS = [*(k.key for k in WATCH_SINKS.values()), *(n for n in WatchOptions.in_section(_OUTPUTS)
+                                                          if n not in (k.key for k in WATCH_SINKS.values()))]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
 
@@ -418,10 +472,14 @@ def parse_config(text: str, file: str = "<config>") -> WatchConfig:
         raise r.fail(root, "cameras", "missing: name at least one camera with a source and regions")
     bundle = _optional_text(r, top, "bundle")
     templates = _optional_text(r, top, "templates")
-    options = r.settings(top["options"][1], "options", WatchOptions) if "options" in top else WatchOptions()
+    options = WatchOptions()
+    if "options" in top:
+        options = r.settings(top["options"][1], "options", WatchOptions, options, WatchOptions.in_section("options"))
     defaults = r.settings(top["defaults"][1], "defaults", RegionSettings) if "defaults" in top else RegionSettings()
     cameras = _cameras(r, top["cameras"][1], defaults)
-    outputs = _outputs(r, top["outputs"][1]) if "outputs" in top else Outputs()
+    outputs = Outputs()
+    if "outputs" in top:
+        outputs, options = _outputs(r, top["outputs"][1], options)
     return WatchConfig(None, cameras, outputs, options, bundle, templates)
 
 
@@ -462,16 +520,8 @@ def _camera(r: _Reader, name: str, knode: Any, node: Any, key: str, defaults: Re
     source = r.value(items["source"][1], f"{key}.source")
     if source is None or str(source).strip() == "":
         raise r.fail(items["source"][1], f"{key}.source", "empty source")
-    cam = CameraConfig(name, str(source).strip(), [], line=knode.start_mark.line + 1)
-    convs = {"fps": _number(0.001, 1000.0), "width": _number(1, 1 << 16, integer=True),
-             "height": _number(1, 1 << 16, integer=True), "loop": _boolean, "realtime": _boolean,
-             "timeout": parse_duration}
-    for k, conv in convs.items():
-        if k in items:
-            try:
-                setattr(cam, k, conv(r.value(items[k][1], f"{key}.{k}")))
-            except ValueError as exc:
-                raise r.fail(items[k][1], f"{key}.{k}", str(exc)) from None
+    cam = CameraConfig(name, str(source).strip(), [], _source_options(r, items, key, knode),
+                       knode.start_mark.line + 1, r.file)
     if "regions" not in items:
         raise r.fail(knode, f"{key}.regions", "missing: name at least one region with a rect or polygon and states")
     regions = r.mapping(items["regions"][1], f"{key}.regions")
@@ -570,15 +620,23 @@ def _states(r: _Reader, node: Any, key: str) -> list[State]:
     return states
 
 
-def _outputs(r: _Reader, node: Any) -> Outputs:
+def _outputs(r: _Reader, node: Any, options: WatchOptions) -> tuple[Outputs, WatchOptions]:
+    """The ``outputs:`` section: the sinks' settings, and the files written (into the options), each output
+    checked as every command's outputs are (``edgeclip.options.check_output``)."""
     items = r.mapping(node, "outputs", OUTPUT_KEYS)
     out = Outputs()
-    for k in ("jsonl", "snapshots"):
-        if k in items:
+    for name in WatchOptions.in_section(_OUTPUTS):
+        if name in items:
+            vnode, where = items[name][1], f"outputs.{name}"
             try:
-                setattr(out, k, _text(r.value(items[k][1], f"outputs.{k}")))
+                path = _text(r.value(vnode, where))
             except ValueError as exc:
-                raise r.fail(items[k][1], f"outputs.{k}", str(exc)) from None
+                raise r.fail(vnode, where, str(exc)) from None
+            kind = next(f.metadata["output"] for f in fields(WatchOptions) if f.name == name)
+            problem = check_output(path, where, kind)
+            if problem:
+                raise r.fail(vnode, where, problem.replace(f"`{where}` ", ""))
+            options = replace(options, **{name: path})
     if "mqtt" in items:
         out.mqtt = r.settings(items["mqtt"][1], "outputs.mqtt", MqttSettings)
     if "webhooks" in items:
@@ -587,16 +645,38 @@ def _outputs(r: _Reader, node: Any) -> Outputs:
             if not hook.url.lower().startswith(("http://", "https://")):
                 raise r.fail(wnode, f"outputs.webhooks[{i}].url", f"expected an http(s):// URL, got {hook.url!r}")
             out.webhooks.append(hook)
-    return out
+    return out, options
 
 
-def check_options(options: WatchOptions) -> WatchOptions:
-    """Validate a WatchOptions built in code (the file's are checked while parsing)."""
-    for f in fields(WatchOptions):
-        parse = f.metadata.get("parse")
-        if parse is not None:
+def _source_options(r: _Reader, items: dict, key: str, knode: Any) -> SourceOptions:
+    """How a camera's source is read: its keys that are ``SourceOptions`` fields, checked as a whole (a kind
+    that does not take one of them is refused when the source is opened, naming the camera)."""
+    hints = typing.get_type_hints(SourceOptions)
+    values: dict[str, Any] = {}
+    for f in fields(SourceOptions):
+        if f.name in items:
+            vnode, where = items[f.name][1], f"{key}.{f.name}"
             try:
-                parse(getattr(options, f.name))
-            except ValueError as exc:
-                raise OptionError(f"`{f.name}`: {exc}") from None
-    return options
+                values[f.name] = _source_value(f, hints[f.name], r.value(vnode, where))
+            except (ValueError, EdgeclipError) as exc:
+                raise r.fail(vnode, where, str(exc)) from None
+    try:
+        return SourceOptions.build(**values)
+    except OptionError as exc:
+        name = next((n for n in values if f"`{n}`" in str(exc)), None)
+        node, where = (items[name][1], f"{key}.{name}") if name else (knode, key)
+        raise r.fail(node, where, str(exc).replace("`", "")) from None
+
+
+def _source_value(f: Field, hint: Any, raw: Any) -> Any:
+    """A camera key's value as its SourceOptions field wants it (a duration text for seconds)."""
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if raw is None:
+        return None
+    if base is bool:
+        return _boolean(raw)
+    if f.metadata.get("parse") is not None and isinstance(raw, str):
+        return f.metadata["parse"](raw)
+    if base is int:
+        return _number(integer=True)(raw)
+    return parse_duration(raw) if isinstance(raw, str) else _number()(raw)

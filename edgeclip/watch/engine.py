@@ -11,7 +11,7 @@ Threads and data flow::
 
 * **One encoder call per tick.** Crops of every due region of every camera are batched together (at most
   ``max_batch``); each crop is then scored against its own region's state matrix
-  (``Classifier.probabilities(embeddings, matrix)``), so one bundle serves every region.
+  (``Classifier.probabilities(embeddings, label_matrix=)``), so one bundle serves every region.
 * **Fair and fresh.** Each camera keeps at most ``frame_buffer`` frames for the inference thread and each
   region at most ``frame_buffer`` crops waiting (the newest win, so a burst is absorbed and a slow encoder
   classifies the present); a batch takes crops round-robin across cameras, starting one camera further on
@@ -42,12 +42,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import EdgeclipError, ImageReadError, OptionError, SourceError
+from ..errors import ConfigError, EdgeclipError, ImageReadError, OptionError, SourceError
 from ..runtime.classifier import Classifier
 from ..runtime.labels import Label
 from ..sources import SourceSpec, parse_source
-from ..stream.loop import CaptureWorker, Frame, FrameMailbox, ReconnectPolicy
+from ..stream.loop import CaptureWorker, Frame, FrameMailbox
 from ..stream.outputs import LatencyStats, iso_time, rss_bytes
+from ..tables import WATCH_EVENTS
 from .config import CameraConfig, RegionConfig, WatchConfig, WatchOptions, load_config
 from .decide import RegionState
 from .geometry import Geometry
@@ -213,8 +214,7 @@ class Camera:
     """One source: its capture thread, newest frame, regions and counters."""
 
     def __init__(self, config: CameraConfig, regions: list[Region], arrived: threading.Event,
-                 emit: Callable[..., Any], decode_threads: int, reconnect: ReconnectPolicy,
-                 buffer: int = 1, nice: int = 0) -> None:
+                 emit: Callable[..., Any], decode_threads: int, buffer: int = 1, nice: int = 0) -> None:
         self.config, self.name, self.regions = config, config.name, regions
         self.spec = camera_spec(config, decode_threads)
         self.mailbox = _Mailbox(arrived, buffer)
@@ -235,8 +235,8 @@ class Camera:
             except SourceError as exc:  # down at start: reconnect like a lost source, the others go on
                 reader = _Down(str(exc))
                 self.up = False
-        self.capture = CaptureWorker(self.spec, self.mailbox, on_event, loop=config.loop, policy=reconnect,
-                                     reader=reader, name=f"edgeclip-capture-{self.name}", nice=nice)
+        self.capture = CaptureWorker(self.spec, self.mailbox, on_event, reader=reader,
+                                     name=f"edgeclip-capture-{self.name}", nice=nice)
         self.last: Frame | None = None
         self.frames = 0
         self.times: deque[float] = deque(maxlen=64)
@@ -284,14 +284,16 @@ class Camera:
                 "regions": [r.status() for r in self.regions]}
 
 
-def camera_spec(config: CameraConfig, decode_threads: int = 1) -> SourceSpec:
-    """The source of a camera entry (parsed like ``edgeclip stream``'s source); errors name the camera."""
+def camera_spec(config: CameraConfig, decode_threads: int | None = None) -> SourceSpec:
+    """The source of a camera entry, parsed with its options as ``edgeclip stream`` parses a source (the same
+    kinds, the same rules); a ConfigError names the file, line and camera. ``decode_threads`` holds the FFmpeg
+    decoder of the kinds that have one, unless the camera sets its own."""
     try:
-        spec = parse_source(config.source, config.width, config.height, config.fps, config.timeout,
-                            config.realtime)
+        spec = parse_source(config.source, config.options)
     except SourceError as exc:
-        raise SourceError(f"cameras.{config.name}.source (line {config.line}): {exc}") from None
-    spec.decode_threads = decode_threads
+        raise ConfigError(str(exc).replace("`", ""), config.file, config.line, f"cameras.{config.name}") from None
+    if decode_threads and "decode_threads" in spec.row.options and spec.options.decode_threads is None:
+        spec.options = spec.options.replace(decode_threads=decode_threads)
     return spec
 
 
@@ -394,11 +396,10 @@ class Watcher:
     thread (for ``edgeclip serve``); ``stop()``, ``request_reload()`` and the readers are thread-safe."""
 
     def __init__(self, classifier: Classifier, config: WatchConfig, options: WatchOptions | None = None,
-                 sinks: Sequence[QueuedSink] | None = None, reconnect: ReconnectPolicy | None = None) -> None:
+                 sinks: Sequence[QueuedSink] | None = None) -> None:
         self._lock = threading.RLock()  # guards self.cameras against readers on other threads
         self.clf, self.config = classifier, config
-        self.options = options or config.options
-        self.reconnect = reconnect or ReconnectPolicy()
+        self.options = WatchOptions.build(options or config.options)  # checked: values and outputs
         self.budget = plan_threads(len(config.cameras), self.options)
         self._embeddings: dict[tuple, np.ndarray] = {}
         self.arrived = threading.Event()
@@ -431,22 +432,20 @@ class Watcher:
     def _make_sinks(self, config: WatchConfig) -> list[QueuedSink]:
         out: list[QueuedSink] = []
         o = config.outputs
-        if o.jsonl:
-            out.append(JsonLinesOutput(o.jsonl))
+        if self.options.jsonl:
+            out.append(JsonLinesOutput(self.options.jsonl))
         if o.mqtt is not None:
             out.append(MqttOutput(o.mqtt, self.describe))
         out += [WebhookOutput(w) for w in o.webhooks]
-        if o.snapshots:
-            folder = Path(o.snapshots)
-            if not folder.is_dir():
-                raise OptionError(f"outputs.snapshots {folder}: no such folder; create it first")
+        if self.options.snapshots:
+            Path(self.options.snapshots).mkdir(exist_ok=True)  # its parent exists (checked with the options)
         return out
 
     def _camera(self, cam: CameraConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Camera:
         regions = [self._region(cam.name, r, matrices, keep) for r in cam.regions]
-        return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.reconnect,
-                      self.options.frame_buffer, self.budget.decode_nice)
+        return Camera(cam, regions, self.arrived, self.emit, self.budget.decode_threads, self.options.frame_buffer,
+                      self.budget.decode_nice)
 
     def _region(self, camera: str, config: RegionConfig, matrices: dict[tuple[str, str], np.ndarray],
                 keep: dict[tuple, Region] | None = None) -> Region:
@@ -517,7 +516,9 @@ class Watcher:
         return self.thread is not None and self.thread.is_alive()
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Send one event to every sink (non-blocking); returns it."""
+        """Send one event (a row of ``edgeclip.tables.WATCH_EVENTS``) to every sink (non-blocking); returns it."""
+        if event not in WATCH_EVENTS:
+            raise ValueError(f"{event!r} is not a watch event; add a row to edgeclip.tables.WATCH_EVENTS")
         record = {"event": event, **fields}
         for sink in self.sinks:
             sink.publish(record)
@@ -666,7 +667,7 @@ class Watcher:
             region = crop.region
             if region.retired:
                 continue
-            probs = region.last_probs = clf.probabilities(e[None, :], region.matrix)[0]
+            probs = region.last_probs = clf.probabilities(e[None, :], label_matrix=region.matrix)[0]
             decision = region.state.update(probs, crop.frame.t_media)
             latency = now - crop.frame.t_capture
             region.classified += 1
@@ -687,7 +688,7 @@ class Watcher:
         if region.config.settings.snapshot:
             jpeg = encode_jpeg(region.geometry.crop(crop.frame.image))
             event["_jpeg"] = jpeg
-            folder = self.config.outputs.snapshots
+            folder = self.options.snapshots
             if folder:
                 name = f"{region.camera}-{region.name}-{crop.frame.index:08d}-{decision.label}.jpg".replace(" ", "_")
                 path = Path(folder) / name
@@ -796,8 +797,8 @@ class Watcher:
         with self._lock:
             self.cameras = new
             self.config = replace(config, outputs=self.config.outputs)  # outputs are opened once, at start
-        self.options = replace(config.options, encoder_threads=self.options.encoder_threads,
-                               decode_threads=self.options.decode_threads, duration=self.options.duration)
+        keep = ("encoder_threads", "decode_threads", "duration", *WatchOptions.in_section("outputs"))
+        self.options = replace(config.options, **{k: getattr(self.options, k) for k in keep})
         self._grow_plan_cache()
         self.reloads += 1
         log.info("reloaded (%s): %d cameras, %d regions", reason, len(new), config.regions)

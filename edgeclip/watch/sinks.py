@@ -31,8 +31,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import OptionError
+from ..errors import ConfigError
 from ..stream.outputs import JsonLinesSink, _clean
+from ..tables import WATCH_SINKS
 from .config import MqttSettings, WebhookSettings
 
 log = logging.getLogger("edgeclip.watch")
@@ -42,7 +43,8 @@ class QueuedSink:
     """A bounded queue drained by one thread through ``deliver``; subclasses say how to deliver.
 
     ``deliver(event)`` returns True when the event is done (sent, or given up on and counted in
-    ``failed``), False to keep it and retry after ``wait_retry`` (the endpoint is away).
+    ``failed``), False to keep it and retry after ``wait_retry`` (the endpoint is away). ``kind`` is a row of
+    ``edgeclip.tables.WATCH_SINKS``, which says the events it takes.
     """
 
     kind = "sink"
@@ -72,8 +74,9 @@ class QueuedSink:
             self._cond.notify()
 
     def wants(self, event: dict[str, Any]) -> bool:
-        """Whether this sink takes the event (default: all)."""
-        return True
+        """Whether this sink takes the event (its row's ``events``; all for a sink without a row)."""
+        row = WATCH_SINKS.get(self.kind)
+        return row is None or row.events is None or event.get("event") in row.events
 
     @property
     def depth(self) -> int:
@@ -141,7 +144,7 @@ def _wire(event: dict[str, Any]) -> dict[str, Any]:
 class JsonLinesOutput(QueuedSink):
     """Every event as one JSON line (a file, or stdout for ``-``)."""
 
-    kind = "jsonl"
+    kind = WATCH_SINKS["jsonl"].name
 
     def __init__(self, target: str, capacity: int = 10000) -> None:
         super().__init__(str(target), capacity)
@@ -165,7 +168,7 @@ class JsonLinesOutput(QueuedSink):
 class WebhookOutput(QueuedSink):
     """State events as JSON POSTs to one URL; failed attempts are retried with exponential backoff."""
 
-    kind = "webhook"
+    kind = WATCH_SINKS["webhook"].name
 
     def __init__(self, settings: WebhookSettings) -> None:
         super().__init__(settings.url, settings.queue)
@@ -173,9 +176,6 @@ class WebhookOutput(QueuedSink):
         self._attempt = 0
         self._retry_at = 0.0
         self.connected = True
-
-    def wants(self, event: dict[str, Any]) -> bool:
-        return event.get("event") == "state"
 
     def deliver(self, event: dict[str, Any]) -> bool:
         s = self.settings
@@ -231,7 +231,7 @@ class MqttOutput(QueuedSink):
     "model": ...}``; from it the sink publishes discovery, availability and the retained states.
     """
 
-    kind = "mqtt"
+    kind = WATCH_SINKS["mqtt"].name
 
     def __init__(self, settings: MqttSettings, describe: Callable[[], dict[str, Any]]) -> None:
         from ..extras import require
@@ -252,8 +252,8 @@ class MqttOutput(QueuedSink):
                 try:
                     password = Path(settings.password_file).read_text(encoding="utf-8").strip()
                 except OSError as exc:
-                    raise OptionError(f"outputs.mqtt.password_file {settings.password_file}: cannot read it "
-                                      f"({exc.strerror})") from None
+                    raise ConfigError(f"{settings.password_file}: cannot read it ({exc.strerror})",
+                                      key="outputs.mqtt.password_file") from None
             self.client.username_pw_set(settings.username, password or None)
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -292,9 +292,6 @@ class MqttOutput(QueuedSink):
         log.warning("MQTT %s: disconnected (%s); reconnecting", self.name, reason)
 
     # -- publishing (the sink's thread) -------------------------------------------------------------------
-    def wants(self, event: dict[str, Any]) -> bool:
-        return event.get("event") in ("state", "source_lost", "reconnect", "source_gone")
-
     def _publish(self, topic: str, payload: Any, retain: bool = True) -> bool:
         if isinstance(payload, (dict, list)):
             payload = json.dumps(_clean(payload), separators=(",", ":"))
