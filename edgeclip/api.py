@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -142,13 +143,14 @@ def quantize(bundle: str | os.PathLike[str], options: QuantizeOptions | None = N
     """
     from .quant.quantize import quantize_bundle
 
+    started = time.monotonic()  # ``time_budget`` bounds the whole job, choosing the target included
     opts = QuantizeOptions.build(options, **values)
     if opts.target == "auto":
         target, why = best_int8_recipe()
         opts = opts.replace(target=target)
         if step is not None:
             step(f"target {target}: {why}")
-    return quantize_bundle(bundle, opts, progress=progress, step=step)
+    return quantize_bundle(bundle, opts, progress=progress, step=step, started=started)
 
 
 def best_int8_recipe(device: str | DeviceProfile = "auto") -> tuple[str, str]:

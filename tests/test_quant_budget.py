@@ -11,9 +11,9 @@ import pytest
 from edgeclip.bundle import load_bundle
 from edgeclip.cli import main
 from edgeclip.errors import OptionError, QuantizationError
-from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_precision, ladders, plan_batch, spread,
-                                   summary)
-from edgeclip.quant.calibration import text_targets
+from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_precision, describe_plan, ladders,
+                                   plan_batch, spread, summary)
+from edgeclip.quant.calibration import MIN_SYNTHESIS_SECONDS, text_targets
 from edgeclip.quant.resolution import COARSER, at_resolution, ladder
 from edgeclip.quant.synthesis import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
                                       synthesis_threads, synthesise, text_cosine, text_guided_objective,
@@ -113,6 +113,37 @@ def test_budget_plans_measures_step_times_and_cuts_visibly(vit_tower) -> None:
     np.testing.assert_array_equal(roomy.images, plain.images)
 
 
+def test_the_plan_and_its_cut_are_announced_before_the_first_step_and_the_bar_follows_the_plan(vit_tower) -> None:
+    objective = text_guided_objective(vit_tower, np.eye(16, dtype=np.float32)[:8])
+    events: list[tuple[str, dict]] = []
+    r = synthesise(vit_tower, 8, objective, config=SynthesisConfig(batch_size=4, steps=20_000), time_budget=1.5,
+                   progress=lambda k: events.append(("step", {"k": k})), report=lambda e: events.append(("report", e)))
+    plan = events[0][1]
+    assert events[0][0] == "report" and plan["event"] == "plan", "the plan comes before any step"
+    assert plan["cut"] and plan["steps"] < 20_000 and plan["seconds"] <= 1.5 and plan["full_seconds"] > 1.5
+    line = describe_plan(plan)
+    assert line.startswith(f"plan: 2 batches x {plan['steps']} steps") and "CUT from 20000 steps" in line, line
+    lefts = [e for kind, e in events if kind == "report" and e["event"] == "left"]
+    steps = sum(e["k"] for kind, e in events if kind == "step")
+    assert steps == sum(r.info["steps_planned"]) == lefts[-1]["steps"], "the bar ends at the planned steps"
+    assert lefts[0]["seconds"] <= 1.5 and lefts[-1]["seconds"] < lefts[0]["seconds"]
+
+
+def test_the_time_budget_bounds_the_whole_job_synthesis_gets_what_the_rest_leaves(tmp_path: Path,
+                                                                                   tiny_vit_bundle: Path) -> None:
+    from edgeclip.api import quantize
+
+    vit = tmp_path / "vit"
+    shutil.copytree(tiny_vit_bundle, vit)
+    said: list[str] = []
+    record = quantize(vit, target="cpu", images=8, steps=20, time_budget=120, step=said.append)
+    calib = record["calibration"]
+    assert calib["time_budget"] == 120 and 0 < calib["plan"]["budget"] < 120, "loading and quantizing come off"
+    split = next(s for s in said if s.startswith("time budget 120 s:"))
+    assert "spent loading" in split and "kept to quantize and check" in split, split
+    assert said.index(split) < next(i for i, s in enumerate(said) if s.startswith("plan: "))
+
+
 def test_autocast_path_of_cuda_runs_on_cpu_and_precision_choice(vit_tower) -> None:
     """bf16 autocast is what ``--device cuda`` uses on a GPU with bf16; the same code path runs here on the CPU."""
     targets = np.eye(16, dtype=np.float32)[:4]
@@ -151,7 +182,8 @@ def test_cut_plan_shows_in_final_line_manifest_and_inspect(tmp_path: Path, tiny_
     calib = json.loads((vit / "manifest.json").read_text())["quantization"]["cpu"]["calibration"]
     assert calib["plan_cut"] and calib["steps"] == 50_000 and len(calib["steps_planned"]) == 1  # 8 images: one batch
     assert all(r <= p < 50_000 for r, p in zip(calib["steps_run"], calib["steps_planned"]))
-    assert calib["schedule"][0][-1][:2] == [32, 32] and calib["plan"]["budget"] == 1.0
+    assert calib["schedule"][0][-1][:2] == [32, 32] and calib["time_budget"] == 1.0
+    assert calib["plan"]["budget"] == MIN_SYNTHESIS_SECONDS  # a 1 s job leaves synthesis nothing: it gets its least
     assert main(["inspect", str(vit)]) == 0
     out = capsys.readouterr().out
     assert "synthesis " in out and "PLAN CUT from 50000 steps" in out, out

@@ -383,3 +383,29 @@ def test_a_built_rknn_file_is_found_for_its_chip_and_left_alone_by_tensorrt(bund
     with pytest.raises(BackendError, match="no TensorRT engine for this machine") as err:
         find_engine(bundle, tensorrt="10.3.0", sm="8.7")
     assert "not usable" not in str(err.value)  # not a rejected engine: another backend's file
+
+
+@pytest.mark.slow
+def test_edgeclip_build_writes_the_rknn_file_into_the_bundle_for_the_board_to_find(tmp_path: Path,
+                                                                                  tiny_vit_bundle: Path) -> None:
+    """`edgeclip build --device rk3588` with the real converter: the file goes into the bundle (verified), and
+    on the board (a fixture tree) the rknn backend's finder picks it; a second chip's file sits beside it."""
+    import shutil
+
+    from edgeclip.cli import main
+    from edgeclip.devices.rknn import bundle_file, find_file
+
+    converter = converter_or_skip()
+    path = tmp_path / "b"
+    shutil.copytree(tiny_vit_bundle, path)
+    assert main(["-q", "quantize", str(path), "--target", "cpu", "--images", "8", "--steps", "4"]) == 0
+    assert main(["-q", "build", str(path), "--device", "rk3588", "--algorithm", "normal",
+                 "--converter-python", str(converter.python)]) == 0
+    assert main(["-q", "build", str(path), "--device", "rk3566", "--algorithm", "normal",
+                 "--converter-python", str(converter.python)]) == 0
+    bundle = load_bundle(path)  # hashes verified
+    entry = bundle.manifest["files"][bundle_file("rk3588")]
+    assert entry["role"] == "engine" and entry["format"] == "rknn" and entry["precision"] == "int8"
+    assert entry["calibration"]["source"] == "text-guided" and entry["toolkit"]["version"] == converter.toolkit
+    assert find_file(bundle, root=str(DEVICES / "rk3588-orangepi-5"), lite="2.5.0") == path / bundle_file("rk3588")
+    assert bundle_file("rk3566") in bundle.manifest["files"]

@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,8 @@ def test_live_source_status_events_and_preview(server) -> None:
     frames = [d["frame"] for d in decisions]
     assert frames == sorted(frames) and frames[-1] > frames[0]
     assert all(d["label"] in CIFAR and len(d["top"]) == 5 and 0 <= d["score"] <= 1 for d in decisions)
+    times = [datetime.fromisoformat(d["time"]) for _, d in events]  # ISO-8601 UTC, as in stream's JSON lines
+    assert all(t.utcoffset() == timedelta(0) for t in times) and times == sorted(times)
     parts = read_mjpeg_parts(f"{base}/v1/preview.mjpg", AUTH, 3)
     shapes = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR).shape for p in parts]
     assert shapes == [(120, 160, 3)] * 3

@@ -125,3 +125,27 @@ def test_page_shows_live_frames_and_renames_a_label_for_the_next_predictions(
         print(f"\nscreenshot of the edgeclip serve page: {kept}")
         page.close()
     assert not [c for c in console if c.startswith("pageerror")], console
+
+
+def test_page_asks_for_nothing_missing_and_shows_every_label_of_a_ten_label_bundle(
+        browser_context, tiny_vit_bundle: Path) -> None:
+    """No request of the page ends in an error (the favicon included), and all ten labels of the bundle are in
+    view in the labels editor, none clipped at the bottom of its list."""
+    app = create_app(edgeclip.load(tiny_vit_bundle), token=TOKEN)
+    failed: list[str] = []
+    with running_server(app) as base:
+        page = browser_context.new_page()
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
+        page.goto(f"{base}/?token={TOKEN}")
+        wait_until(page, "document.querySelectorAll('#labels li').length === 10")
+        page.wait_for_load_state("networkidle")
+        clipped = page.evaluate("""() => {
+            const list = document.getElementById('labels'), box = list.getBoundingClientRect();
+            return [...list.querySelectorAll('li')].map((li, i) => [i + 1, li.getBoundingClientRect()])
+                .filter(([, r]) => r.bottom > box.bottom + 0.5 || r.height < 20).map(([i]) => i)
+                .concat(list.scrollHeight > list.clientHeight + 1 ? ['scrolls'] : []);
+        }""")
+        page.close()
+    assert clipped == [], f"labels not fully shown: {clipped}"
+    assert failed == [], failed

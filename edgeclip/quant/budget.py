@@ -158,6 +158,44 @@ def plan_batch(mode: str, full_size: tuple[int, int], ladder: Ladder, steps: int
     return BatchPlan(name, phases, steps, round(times.cost(phases), 2))
 
 
+def steps_left(phases: list[Phase], done: int) -> list[Phase]:
+    """The phases still to run after the first ``done`` steps of ``phases``."""
+    out = []
+    for p in phases:
+        if done >= p.steps:
+            done -= p.steps
+            continue
+        out.append(Phase(p.size, p.steps - done))
+        done = 0
+    return out
+
+
+def plan_event(plan: BatchPlan, batches: int, configured: int, budget: float | None,
+               full_seconds: float | None) -> dict[str, Any]:
+    """What synthesis announces before its first step: the first batch's plan, for all ``batches``.
+
+    ``full_seconds``: what every configured step at full size would take (None without a budget).
+    """
+    each = plan.estimated_seconds
+    return {"event": "plan", "batches": batches, "mode": plan.mode, "steps": plan.steps, "configured": configured,
+            "schedule": [p.record() for p in plan.phases], "cut": plan.cut, "budget": budget,
+            "seconds": round(batches * each, 1) if each is not None else None,
+            "full_seconds": round(full_seconds, 1) if full_seconds else None}
+
+
+def describe_plan(event: dict[str, Any]) -> str:
+    """One line for a ``plan_event``: the ladder, the steps, the estimate and whether it was cut."""
+    phases = " -> ".join(f"{h}px x{s}" for h, _w, s in event["schedule"])
+    text = f"plan: {event['batches']} batches x {event['steps']} steps, {event['mode']} ({phases})"
+    if event.get("seconds") is not None:
+        text += f", about {event['seconds']:.0f} s of the {event['budget']:.0f} s synthesis budget"
+    if event.get("cut"):
+        text += f"; CUT from {event['configured']} steps to fit the budget"
+    if event.get("full_seconds") and (event["cut"] or event["mode"] != "full"):
+        text += f" (every step at full size would need about {event['full_seconds']:.0f} s)"
+    return text
+
+
 def schedule_record(plans: list[BatchPlan]) -> list[list[list[int]]]:
     """Per batch, its phases as [height, width, steps] (the manifest's ``schedule``)."""
     return [[p.record() for p in plan.phases] for plan in plans]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import EdgeclipError, OptionError, QuantizationError
-from .budget import summary
+from .budget import describe_plan, summary
 from .synthesis import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
 log = logging.getLogger("edgeclip.quant")
@@ -39,6 +39,8 @@ log = logging.getLogger("edgeclip.quant")
 WORK_DIR = ".work"
 #: Bumped whenever synthesis changes what it makes for the same parameters (invalidates caches).
 SYNTH_VERSION = 1
+#: The least a time budget leaves synthesis, however little the rest of the job leaves it (seconds).
+MIN_SYNTHESIS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class CalibrationSet:
         rec = {"source": str(self.source), "images": int(len(self.images)), "seed": self.seed,
                "key": self.key, "seconds": self.seconds, "cached": self.cached}
         for k in ("objective", "terms", "steps", "steps_planned", "steps_run", "plan_cut", "truncated", "schedule",
-                  "plan", "summary", "start", "end", "files"):
+                  "plan", "time_budget", "summary", "start", "end", "files"):
             if k in self.info:
                 rec[k] = self.info[k]
         return rec
@@ -193,8 +195,14 @@ def _load_cached(path: Path, n: int, size: tuple[int, int]) -> tuple[np.ndarray,
 def calibration_set(bundle: Bundle, source: CalibSource | str, images: int = 64, seed: int = 0,
                     time_budget: float | None = 180.0, config: SynthesisConfig | None = None,
                     cache: bool = True, progress: bool = True,
-                    step: Callable[[str], None] | None = None) -> CalibrationSet:
-    """Make (or load from the cache) the calibration images of ``source`` for ``bundle``."""
+                    step: Callable[[str], None] | None = None, *, started: float | None = None,
+                    reserve: Callable[[], float] | None = None) -> CalibrationSet:
+    """Make (or load from the cache) the calibration images of ``source`` for ``bundle``.
+
+    ``time_budget`` bounds the caller's whole job, which began at ``started`` (``time.monotonic()``;
+    default: now) and needs ``reserve()`` seconds after the images are made (asked only when they are
+    synthesised): synthesis gets what is left (at least :data:`MIN_SYNTHESIS_SECONDS`).
+    """
     src = CalibSource.parse(source) if isinstance(source, str) else source
     cfg = config or SynthesisConfig()
     say = step or (lambda m: log.info(m))
@@ -222,7 +230,8 @@ def calibration_set(bundle: Bundle, source: CalibSource | str, images: int = 64,
     if src.kind == "real":
         x, info = real_images(files, bundle.preprocess, progress)
     else:
-        x, info = _synthetic_images(bundle, src, images, seed, time_budget, cfg, progress, say)
+        job = Deadline(time_budget, started if started is not None else t0, reserve) if time_budget else None
+        x, info = _synthetic_images(bundle, src, images, seed, job, cfg, progress, say)
     seconds = round(time.monotonic() - t0, 2)
     info["seconds"] = seconds
     if cache:
@@ -252,7 +261,30 @@ def real_images(files: list[Path], preprocess: dict[str, Any], progress: bool = 
     return np.stack(out).astype(np.float32), {"objective": "real", "files": len(out), "unreadable": len(bad)}
 
 
-def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_budget: float | None,
+@dataclass
+class Deadline:
+    """A job's time budget: ``seconds`` from ``started``, of which ``reserve()`` are needed after synthesis."""
+
+    seconds: float
+    started: float
+    reserve: Callable[[], float] | None = None
+
+    def for_synthesis(self, say: Callable[[str], None]) -> float:
+        """The seconds synthesis may take from now, said in one line with how the budget is split."""
+        spent = time.monotonic() - self.started
+        after = self.reserve() if self.reserve is not None else 0.0
+        left = self.seconds - spent - after
+        split = f"{spent:.0f} s spent loading, about {after:.0f} s kept to quantize and check"
+        if left < MIN_SYNTHESIS_SECONDS:
+            say(f"time budget {self.seconds:.0f} s: {split}, which leaves too little to synthesise; synthesis "
+                f"gets {MIN_SYNTHESIS_SECONDS:.0f} s and the job will take about "
+                f"{spent + after + MIN_SYNTHESIS_SECONDS:.0f} s (a larger `time_budget` makes better images)")
+            return MIN_SYNTHESIS_SECONDS
+        say(f"time budget {self.seconds:.0f} s: {split}, {left:.0f} s to synthesise")
+        return left
+
+
+def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, job: Deadline | None,
                       cfg: SynthesisConfig, progress: bool, say: Callable[[str], None]) -> tuple[np.ndarray, dict]:
     from .synthesis import bn_stats_objective, load_torch_tower, text_guided_objective
 
@@ -264,32 +296,70 @@ def _synthetic_images(bundle: Bundle, src: CalibSource, n: int, seed: int, time_
     else:
         targets, prompts = text_targets(bundle, n, seed, cfg.generic_fraction)
         objective = text_guided_objective(tower, targets)
-    return synthesise_images(tower, objective, n, seed, time_budget, cfg, progress, say, prompts)
+    time_budget = job.for_synthesis(say) if job is not None else None
+    x, info = synthesise_images(tower, objective, n, seed, time_budget, cfg, progress, say, prompts)
+    if job is not None:
+        info["time_budget"] = job.seconds  # the whole job's; info["plan"]["budget"] is synthesis's share
+    return x, info
 
 
 def synthesise_images(tower: Any, objective: Any, n: int, seed: int, time_budget: float | None,
                       cfg: SynthesisConfig, progress: bool, say: Callable[[str], None],
                       prompts: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """``synthesise`` with a progress bar and a log line; returns (images, info for the record)."""
-    from tqdm import tqdm
-
     from .synthesis import synthesise
 
     src = objective.name
-    batches = -(-n // cfg.batch_size)
-    budget = f", budget {time_budget:.0f} s" if time_budget else ""
-    say(f"synthesising {n} {src} images ({objective.name}: {', '.join(objective.terms)}; "
-        f"{batches} batches x {cfg.steps} steps{budget})")
-    with tqdm(total=batches * cfg.steps, desc=f"calib {src}", unit="step", disable=not progress,
-              dynamic_ncols=True, mininterval=0.5) as bar:
-        result = synthesise(tower, n, objective, seed, cfg, time_budget, bar.update)
+    say(f"synthesising {n} {src} images ({objective.name}: {', '.join(objective.terms)})")
+    with _PlanBar(f"calib {src}", progress, say) as bar:
+        result = synthesise(tower, n, objective, seed, cfg, time_budget, bar.update, bar.report)
     info = dict(result.info)
     info["summary"] = summary(info)
-    say(f"synthesis: {info['summary']}")
+    if info.get("plan_cut") or info.get("truncated"):  # after the bar, so the line is not torn by it
+        log.warning("synthesis: %s; a larger `time_budget` or fewer `images` make better images", info["summary"])
+    else:
+        say(f"synthesis: {info['summary']}")
     info["config"] = cfg.as_dict()
     if prompts:
         info["prompts"] = prompts
     return result.images, info
+
+
+class _PlanBar:
+    """Synthesis events to the user: the plan as a line before the work, then a bar whose total follows the
+    plan and whose time left is the plan's own estimate (step times measured per size, bounded by the
+    budget), not a rate of steps whose cost differs many-fold between the coarse and the full size."""
+
+    def __init__(self, desc: str, enabled: bool, say: Callable[[str], None]) -> None:
+        self.desc, self.enabled, self.say = desc, enabled, say
+        self.bar: Any = None
+        self.shown = 0.0
+
+    def __enter__(self) -> "_PlanBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, k: int) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
+
+    def report(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if event["event"] == "plan":
+            self.say(describe_plan(event))
+            timed = event.get("seconds") is not None
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]" if timed else None
+            self.bar = tqdm(total=event["batches"] * event["steps"], desc=self.desc, unit="step", bar_format=fmt,
+                            disable=not self.enabled, dynamic_ncols=True, mininterval=0.5)
+        elif event["event"] == "left" and self.bar is not None and time.monotonic() - self.shown >= 0.5:
+            self.shown = time.monotonic()
+            self.bar.total = event["steps"]
+            left = int(event["seconds"])
+            self.bar.set_postfix_str(f"about {left // 60}:{left % 60:02d} left", refresh=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

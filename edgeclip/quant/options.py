@@ -34,8 +34,9 @@ class QuantizeOptions(Options):
     max_drop: float | None = option(None, "keep the most sensitive layers in fp32 until at most POINTS %% of the "
                                           "calibration images change zero-shot label vs fp32 (default: quantize "
                                           "every weighted layer)", metavar="POINTS")
-    time_budget: float = option(DEFAULT_TIME_BUDGET, "seconds allowed for synthesising the calibration images",
-                                metavar="SEC")
+    time_budget: float = option(DEFAULT_TIME_BUDGET, "seconds the whole job may take: synthesis gets what loading "
+                                                     "and the estimated quantizing and checking leave, its plan "
+                                                     "said before it starts", metavar="SEC")
     steps: int | None = option(None, "optimisation steps per synthetic batch (default 200; fewer is faster, "
                                      "rougher)")
     device: str = option("cpu", "torch device for synthesis: cpu or cuda")

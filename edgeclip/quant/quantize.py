@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bundle import load_bundle, now_iso, update_bundle
-from ..errors import OptionError
 from .agreement import LabelScoring
 from .calibration import CalibSource, calibration_set, work_dir, write_contact_sheet
-from .quantizer import quantize_images
+from .quantizer import quantize_images, seconds_after_calibration
 from .options import QuantizeOptions
 from .recipes import int8_file_name, ranges_cache_name, recipe_for
 from .synthesis import SynthesisConfig
@@ -45,19 +44,21 @@ def check(opts: QuantizeOptions) -> CalibSource:
 
 
 def quantize_bundle(path: str | Path, opts: QuantizeOptions, progress: bool = True,
-                    step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Quantize the bundle's image encoder for ``opts.target``; returns the manifest record."""
+                    step: Callable[[str], None] | None = None, started: float | None = None) -> dict[str, Any]:
+    """Quantize the bundle's image encoder for ``opts.target``; returns the manifest record. ``started``: the
+    ``time.monotonic()`` the job began (default: now); ``opts.time_budget`` counts from it."""
+    t0 = time.monotonic() if started is None else started
     say = step or (lambda m: log.info(m))
     source = check(opts)
     recipe = recipe_for(opts.target)
     method = opts.calib_method or recipe.calib_method
     bundle = load_bundle(path)
-    t0 = time.monotonic()
     config = synthesis_config(opts)
-    calib = calibration_set(bundle, source, opts.images, opts.seed, opts.time_budget, config, opts.cache,
-                            progress, say)
-    _, labels = bundle.labels()
     source_fp32 = bundle.encoder("image", "fp32")
+    calib = calibration_set(bundle, source, opts.images, opts.seed, opts.time_budget, config, opts.cache,
+                            progress, say, started=t0,
+                            reserve=lambda: seconds_after_calibration(source_fp32, opts.images, opts.max_drop))
+    _, labels = bundle.labels()
     fp32_sha = bundle.manifest["files"][source_fp32.name]["sha256"]
     ranges = (work_dir(bundle) / ranges_cache_name(calib.key, fp32_sha, recipe, method) if opts.cache else None)
     name = int8_file_name(opts.target)

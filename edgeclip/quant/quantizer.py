@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import OptionError, QuantizationError
 from .agreement import Scoring, compare, drop_points, run_onnx
-from .calibration import CalibrationSet, CalibSource, real_images, synthesise_images
+from .calibration import CalibrationSet, CalibSource, Deadline, real_images, synthesise_images
 from .recipes import (CALIB_METHODS, Recipe, kept_fp32, prepare_fp32, quantize_onnx, recipe_for,
                       weighted_nodes)
 from .synthesis import SynthesisConfig, noise_images
@@ -34,6 +34,14 @@ log = logging.getLogger("edgeclip.quant")
 #: Calibration images used to rank layer sensitivity for ``max_drop`` (each layer costs one probe pass).
 SENSITIVITY_IMAGES = 16
 AGREEMENT_KEYS = ("top1_agreement", "mean_cosine", "min_cosine", "mean_kl", "images")
+#: What the work after calibration costs, for a time budget: seconds per MB of the fp32 file (preparing it,
+#: rewriting it with Q/DQ, writing it) and fp32 inferences per calibration image (the calibration pass runs
+#: an augmented model; agreement runs fp32 and INT8), measured on ViT-B/32 and proxy-vit with the openvino and
+#: cpu recipes (docs/quantization.md, "Time budget"); with ``max_drop``, each weighted layer's probe pass
+#: and up to three rebuilds come on top.
+SECONDS_PER_MB = 0.05
+INFERENCES_PER_IMAGE = 6.0
+FIXED_SECONDS = 1.5
 
 
 @dataclass
@@ -68,8 +76,11 @@ def make_calibration(source: CalibSource | str, preprocess: Any, images: int = 6
                      torch_model: Any = None, fp32_onnx: str | Path | None = None,
                      time_budget: float | None = None, config: SynthesisConfig | None = None,
                      files: Sequence[str | Path] | None = None, progress: bool = True,
-                     step: Callable[[str], None] | None = None) -> CalibrationSet:
+                     step: Callable[[str], None] | None = None, started: float | None = None) -> CalibrationSet:
     """Calibration images of ``source`` for any image model (no bundle, no cache).
+
+    ``time_budget`` bounds the whole job begun at ``started`` (``time.monotonic()``, default now): with
+    ``fp32_onnx``, synthesis leaves the time quantizing it will take.
 
     ``noise`` / ``noise:uniform`` need only ``preprocess``; ``bn-stats`` and ``bn-stats:priors`` synthesise
     from ``torch_model`` (the fp32 model's torch twin, with BatchNorm layers; when ``fp32_onnx`` is given
@@ -105,6 +116,9 @@ def make_calibration(source: CalibSource | str, preprocess: Any, images: int = 6
     if fp32_onnx is not None:
         check_twin(tower, Path(fp32_onnx))
     objective = bn_stats_objective(tower, priors=src.arg == "priors")
+    if time_budget:
+        after = (lambda: seconds_after_calibration(fp32_onnx, images)) if fp32_onnx is not None else None
+        time_budget = Deadline(time_budget, started if started is not None else t0, after).for_synthesis(say)
     x, info = synthesise_images(tower, objective, images, seed, time_budget, cfg, progress, say)
     seconds = round(time.monotonic() - t0, 2)
     info["seconds"] = seconds
@@ -129,6 +143,30 @@ def check_twin(tower: Any, fp32_onnx: Path, min_cosine: float = 0.999) -> None:
         raise QuantizationError(f"the torch model does not match {fp32_onnx.name} (output cosine "
                                 f"{float(cos.min()):.4f} < {min_cosine}): pass the torch twin of this ONNX model "
                                 f"(same weights, eval mode)")
+
+
+def seconds_after_calibration(fp32_onnx: str | Path, images: int, max_drop: float | None = None) -> float:
+    """About how long quantizing ``fp32_onnx`` on ``images`` calibration images takes once they exist: one
+    fp32 inference is timed here on ONNX Runtime's CPU provider, the rest follows from the file's size."""
+    import onnxruntime as ort
+
+    path = Path(fp32_onnx)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.zeros([2, *shape[1:]], dtype=np.float32)
+    sess.run(None, {inp.name: x})  # the first run pays for allocations
+    t = time.monotonic()
+    sess.run(None, {inp.name: x})
+    per_image = (time.monotonic() - t) / 2
+    size_mb = path.stat().st_size / 2 ** 20
+    seconds = FIXED_SECONDS + SECONDS_PER_MB * size_mb + INFERENCES_PER_IMAGE * images * per_image
+    if max_drop is not None:
+        layers = len(weighted_nodes(_load(path)))
+        seconds += 2 * layers * min(images, SENSITIVITY_IMAGES) * per_image + 3 * seconds
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,7 +264,7 @@ def quantize_model(fp32_onnx: str | Path, out_path: str | Path, recipe: Recipe |
     else:
         _recipe(recipe)  # reject an unknown recipe before any synthesis
         calib = make_calibration(calibration, preprocess, images, seed, torch_model, fp32_onnx, time_budget,
-                                 synthesis, progress=progress, step=step)
+                                 synthesis, progress=progress, step=step, started=t0)
     return quantize_images(fp32_onnx, out_path, recipe, calib, calib_method, max_drop, labels, logit_scale,
                            progress=progress, step=step, started=t0)
 

@@ -21,7 +21,6 @@ one optimisation step.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import time
@@ -31,8 +30,6 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import BundleError, EdgeclipError, OptionError, ParityError, QuantizationError
-
-log = logging.getLogger("edgeclip.quant")
 
 #: Scene-level prompts mixed with the label prompts so calibration also covers images of no label.
 GENERIC_PROMPTS = (
@@ -330,17 +327,21 @@ def _init_batch(torch: Any, count: int, size: tuple[int, int], std: float, gen: 
 
 def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
                config: SynthesisConfig | None = None, time_budget: float | None = None,
-               progress: Callable[[int], None] | None = None) -> SynthResult:
+               progress: Callable[[int], None] | None = None,
+               report: Callable[[dict[str, Any]], None] | None = None) -> SynthResult:
     """Optimise ``n`` images for ``objective``, batch by batch; deterministic given ``seed``.
 
-    ``progress(k)`` is called after every ``k`` optimisation steps (for a progress bar of
-    ``ceil(n / batch_size) * steps`` steps). Returns the images and ``info`` with the loss terms at the
-    start and the end (measured on the images themselves, without random views), steps run and whether
-    the time budget cut the optimisation short.
+    ``progress(k)`` is called after every ``k`` optimisation steps. ``report(event)`` hears the plan before
+    the first step (``{"event": "plan", ...}``: see :func:`edgeclip.quant.budget.plan_event`) and, with a
+    time budget, after every step how many steps are planned in all and about how many seconds are left
+    (``{"event": "left", "steps": ..., "seconds": ...}``). Returns the images and ``info`` with the loss
+    terms at the start and the end (measured on the images themselves, without random views), steps run
+    and whether the time budget cut the optimisation short.
     """
     import torch
 
-    from .budget import StepTimes, choose_precision, ladder_of, plan_batch, schedule_record, spread
+    from .budget import (StepTimes, choose_precision, ladder_of, plan_batch, plan_event, schedule_record, spread,
+                         steps_left)
     from .priors import BatchNormStats, PatchDiversity, ViewSampler, l2_prior, total_variation, vit_blocks
     from .resolution import COARSER, at_resolution, ladder
 
@@ -466,6 +467,11 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
             plan = plan_batch(cfg.resolution, full_size, phases_of, cfg.steps, times if time_budget else None,
                               max(0.0, left) if left is not None else None, coarser_of)
             plans.append(plan)
+            if report is not None:
+                if b == 0:
+                    full_cost = times.cost(spread(ladder_of("full", full_size, phases_of)[1], cfg.steps))
+                    report(plan_event(plan, batches, cfg.steps, time_budget, batches * full_cost or None))
+                planned_total = sum(p.steps for p in plans[:-1]) + plan.steps * (batches - b)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
             x = _init_batch(torch, count, plan.phases[0].size, cfg.init_std, gen).to(device)
             x = torch.max(torch.min(x, hi), lo).requires_grad_(True)
@@ -502,13 +508,17 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
                         done += 1
                         if progress:
                             progress(1)
+                        if report is not None and time_budget:
+                            eta = times.cost(steps_left(plan.phases, done)) + (batches - b - 1) * times.cost(plan.phases)
+                            report({"event": "left", "steps": planned_total,
+                                    "seconds": max(0.0, min(eta, start + time_budget - time.monotonic()))})
                 if stopped:
                     break
             if tuple(x.shape[-2:]) != full_size:  # cut inside a coarse phase: the image still leaves at full size
                 with torch.no_grad():
                     x = torch.max(torch.min(_resize(x.detach(), full_size), hi), lo)
-            if progress and done < cfg.steps:
-                progress(cfg.steps - done)
+            if progress and done < plan.steps:
+                progress(plan.steps - done)
             steps_run.append(done)
             last.append(measure(x, tgt))
             out[sl] = x.detach().cpu().numpy()
@@ -533,12 +543,6 @@ def synthesise(tower: TorchTower, n: int, objective: Objective, seed: int = 0,
             "threads_per_batch": threads_used,
             "busy_elsewhere": [None if v is None else round(v, 2) for v in busy],
             "start": mean_of(first), "end": mean_of(last), "terms": objective.terms}
-    if info["plan_cut"] or info["truncated"]:
-        need = info["plan"]["needed_seconds"]
-        log.warning("the time budget (%.0f s) %s the synthesis: %d of %d steps per batch on average%s; pass a "
-                    "larger `time_budget` or fewer `images` for better images", time_budget or 0,
-                    "cut the plan of" if info["plan_cut"] else "stopped", int(np.mean(steps_run)), cfg.steps,
-                    f" (the full plan needs about {need:.0f} s)" if need else "")
     return SynthResult(out, info)
 
 

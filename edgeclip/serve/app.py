@@ -58,6 +58,7 @@ from ..runtime.labels import embed_labels
 from ..runtime.process import configure_threads, usable_cpus
 from ..sources import SourceOptions, SourceSpec, parse_source
 from ..stream.options import StreamOptions
+from ..stream.outputs import iso_time
 from ..runtime.text import write_labels
 from .batcher import MicroBatcher, QueueFull
 from .guard import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, Guard, is_loopback
@@ -661,7 +662,8 @@ async def _event_stream(service: Service, live: LiveSource, since: int | None) -
     yield b"retry: 2000\n\n"
     if since is None:  # a new client: the current state first, then what happens from now on
         since = live.last_event_id
-        yield _sse(None, "state", {"decision": live.latest_decision(), "labels": service.labels.names,
+        yield _sse(None, "state", {"time": iso_time(time.time()), "decision": live.latest_decision(),
+                                   "labels": service.labels.names,
                                    "labels_version": service.labels.version})
     quiet = 0.0
     while not service.closing:

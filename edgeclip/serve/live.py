@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.classifier import Classifier
-from ..stream.outputs import annotate
+from ..stream.outputs import annotate, iso_time
 from ..stream.loop import FrameResult, StreamPipeline
 from ..stream.options import StreamOptions
 from ..sources import SourceSpec
@@ -139,7 +139,7 @@ class LiveSource:
     # -- the pipeline's sink and observer --------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record one event (the pipeline's sink interface); returns it."""
-        record = {"event": event, "time": time.time(), **_plain(fields)}
+        record = {"event": event, "time": iso_time(time.time()), **_plain(fields)}
         with self._lock:
             self._seq += 1
             self._events.append((self._seq, event, record))
