@@ -49,6 +49,7 @@ def test_watch_endpoints_and_metrics(app) -> None:
         assert call("GET", f"{base}/v1/watch").status == 401  # the token guards it like every route
         wait_for(lambda: all(r.state.label and r.fps() is not None and c.fps() is not None
                              for c in watcher.cameras.values() for r in c.regions), 30, "states and rates")
+        assert call("GET", f"{base}/v1/status", headers=auth).json()["watch"] is True  # the page asks this first
         status = call("GET", f"{base}/v1/watch", headers=auth).json()
         assert [c["name"] for c in status["cameras"]] == ["front", "yard"] and status["regions"] == 3
         front = status["cameras"][0]

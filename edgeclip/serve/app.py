@@ -481,6 +481,7 @@ class Service:
                          "images": self.batcher.items},
             "token_required": self.options.token is not None,
             "stream": self.live.status() if self.live is not None else None,
+            "watch": self.options.watch is not None,  # GET /v1/watch answers (a watch configuration runs)
         }
 
 

@@ -1,5 +1,6 @@
 // edgeclip serve --watch: every camera's newest frame with its regions drawn over it and their states.
-// Plain JavaScript, no build step; polls v1/watch once a second (the section stays hidden without --watch).
+// Plain JavaScript, no build step; polls v1/watch once a second when v1/status says a watch configuration
+// runs (the section stays hidden, and v1/watch is never asked for, without --watch).
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -111,5 +112,11 @@ async function pollWatch() {
 }
 
 (async function startWatch() {
+  try {
+    const response = await fetch("v1/status", { credentials: "same-origin" });
+    if (!response.ok || !(await response.json()).watch) return;
+  } catch (e) {
+    return;
+  }
   if (await pollWatch()) setInterval(pollWatch, 1000);
 })();
