@@ -98,3 +98,17 @@ def test_cli_load_options_reach_the_ray_actors(local_ray, tiny_vit_bundle: Path,
                        for line in ran), err
     assert list(cache.rglob("*.blob"))  # the actors compiled into the folder asked for
     assert len(_csv(out)) == 10
+
+
+def test_ray_with_q_prints_nothing(tiny_vit_bundle: Path, cifar_test: Path, tmp_path: Path) -> None:
+    """``-q`` is quiet with ``--ray`` too: no token banner, no worker log lines (a fresh process, its own Ray)."""
+    import os
+    import sys
+
+    out = tmp_path / "rows.csv"
+    run = subprocess.run([sys.executable, "-m", "edgeclip", "-q", "classify", str(tiny_vit_bundle),
+                          str(cifar_test / "ship" / "000[0-9].jpg"), "-o", str(out), "--ray", "--workers", "1"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "" and run.stdout == "", (run.stdout, run.stderr)
+    assert len(_csv(out)) == 10
