@@ -210,7 +210,6 @@ def builder(device: str | DeviceProfile = "auto") -> Any:
     """The backend row (``edgeclip.tables.BACKENDS``) whose files a device's profile builds from a bundle: the
     first of its order that runs a file of its own (a TensorRT engine, an ``.rknn`` file); DeviceError where
     the device runs the bundle's ONNX files as they are."""
-    from .devices.catalog import DeviceProfile as Profile  # noqa: F401  (the type of ``device``)
     from .errors import DeviceError
     from .tables import split_entry
 

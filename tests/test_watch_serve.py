@@ -72,6 +72,12 @@ def test_watch_endpoints_and_metrics(app) -> None:
         assert re.search(r'edgeclip_watch_region_latency_seconds\{camera="yard",region="gate",quantile="0.95"\}', text)
         states = re.findall(r'edgeclip_watch_region_state\{camera="front",region="door",state="(\w+)"\} 1', text)
         assert len(states) == 1 and states[0] in ("open", "closed")
+        call("GET", f"{base}/no-such-page", headers=auth)
+        counted = set(re.findall(r'edgeclip_http_requests_total\{route="([^"]+)",method="GET",code="(\d+)"\}', text))
+        assert {("/v1/watch/{camera}/frame.jpg", "200"), ("/v1/watch/{camera}", "200"),
+                ("/v1/watch/{camera}", "404")} <= counted, counted
+        later = call("GET", f"{base}/metrics", headers=auth).body.decode()  # one route table: the app's
+        assert re.search(r'edgeclip_http_requests_total\{route="other",method="GET",code="404"\} 1$', later, re.M)
     assert not watcher.running  # the service's shutdown stops the watcher
 
 

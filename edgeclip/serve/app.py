@@ -34,9 +34,9 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 import numpy as np
 from starlette.applications import Starlette
@@ -49,7 +49,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._version import __version__
 from ..bundle import update_bundle
-from ..errors import EdgeclipError, ImageReadError, OptionError, RequestError
+from ..errors import EdgeclipError, ImageReadError, RequestError
 from ..options import Options, option, parse_size, positive_int
 from ..runtime import images
 from ..extras import require
@@ -752,7 +752,7 @@ def create_app(classifier: Classifier, source: str | SourceSpec | None = None, *
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.service, app.state.watcher = service, watch
-    app.add_middleware(Guard, service=service)
+    app.add_middleware(Guard, service=service, routes=routes)  # one route table: the app's, named in metrics
     return app
 
 

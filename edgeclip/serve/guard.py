@@ -18,20 +18,18 @@ import logging
 import re
 import time
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
 
 from ..errors import BackendError, BundleBusyError, BundleError, EdgeclipError, LabelsError, RequestError
 
 COOKIE = "edgeclip_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-#: Route templates for metrics (anything else is counted as "other").
-ROUTES = ("/", "/healthz", "/metrics", "/v1/classify", "/v1/labels", "/v1/status", "/v1/stream",
-          "/v1/preview.mjpg", "/v1/preview.jpg")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,12 +106,14 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------------------------------------------
 # the guard: host, token, body size, metrics
 # ---------------------------------------------------------------------------------------------------------
-def _route_of(path: str) -> str:
-    if path in ROUTES:
-        return path
-    if path.startswith("/static/"):
-        return "/static/*"
-    return "other"
+def route_table(routes: Sequence[Any]) -> list[tuple[re.Pattern[str], str]]:
+    """(pattern, metrics name) of each of the app's routes: its path template (``/v1/watch/{camera}``), a
+    mount's with ``/*`` (``/static/*``). Anything else is counted as ``other``."""
+    return [(r.path_regex, r.path + "/*" if isinstance(r, Mount) else r.path) for r in routes]
+
+
+def _route_of(path: str, table: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    return next((name for pattern, name in table if pattern.match(path)), "other")
 
 
 _HOST = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?))(?::(?P<port>[0-9]{1,5}))?",
@@ -133,8 +133,9 @@ def parse_host(value: str) -> str | None:
 class Guard:
     """Pure ASGI middleware: Host and token checks, body limits and budget, security headers, metrics."""
 
-    def __init__(self, app: Any, service: Any) -> None:
+    def __init__(self, app: Any, service: Any, routes: Sequence[Any] = ()) -> None:
         self.app, self.service = app, service
+        self.routes = route_table(routes)
         opts = service.options
         self.token = opts.token.encode() if opts.token else None
         self.hosts = {h.lower().strip("[]") for h in opts.allowed_hosts} if opts.allowed_hosts else None
@@ -156,7 +157,7 @@ class Guard:
         service.start()  # also when mounted inside another app, whose lifespan does not reach this one
         root = scope.get("root_path", "")
         path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
-        route, method, t0 = _route_of(path or "/"), scope["method"], time.perf_counter()
+        route, method, t0 = _route_of(path or "/", self.routes), scope["method"], time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         state = {"code": 500, "started": False}

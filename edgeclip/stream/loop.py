@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import EdgeclipError, FrameError, ImageReadError, OptionError, SourceError
 from ..runtime.classifier import Classifier
 from ..runtime.cpu import lower_thread_priority
-from .decisions import Decision, EmaSmoother, HalfLife, LabelDecider, Roi
+from .decisions import Decision, EmaSmoother, LabelDecider
 from .options import StreamOptions
 from .relabel import LabelReloader, Relabel
 from ..sources import FrameReader, SourceOptions, SourceSpec
