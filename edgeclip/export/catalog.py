@@ -4,7 +4,7 @@ parameters, input size, GMAC per image and the measured ms/img on this machine.
 Sizes and speed do not depend on the weights, so each model is measured with random weights: its image tower
 is exported to ONNX as ``edgeclip export`` exports it (reparameterized where the family needs it), its
 multiply-accumulates are counted on that graph (Conv, MatMul and Gemm, attention included, at batch 1), and
-ONNX Runtime's CPU provider times it (batch 1, median). Measurements are kept per machine in
+ONNX Runtime's CPU provider times it (batch 1: the lowest of five per-round medians). Measurements are kept per machine in
 ``$EDGECLIP_CACHE_DIR/models.json`` (else ``~/.cache/edgeclip``), keyed by the CPU model and the versions
 that matter, so listing them needs neither torch nor time. Accuracy needs real weights: not measured here.
 """
@@ -147,8 +147,11 @@ def count_macs(path: Path, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, threads: int = 0) -> float:
-    """Median ms per run of the ONNX model at ``path`` (ONNX Runtime, CPU provider) over about ``seconds``."""
+def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, threads: int = 0,
+              rounds: int = 5) -> float:
+    """ms per run of the ONNX model at ``path`` (ONNX Runtime, CPU provider) over about ``seconds``: the lowest
+    of the per-round medians of ``rounds`` rounds, so a burst of load from another process on a shared machine
+    does not count as the model's cost."""
     import numpy as np
     import onnxruntime as ort
 
@@ -160,13 +163,16 @@ def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, th
     feed = {sess.get_inputs()[0].name: x}
     for _ in range(3):
         sess.run(None, feed)
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    medians = []
+    for _ in range(rounds):
+        times: list[float] = []
+        end = time.perf_counter() + seconds / rounds
+        while time.perf_counter() < end or len(times) < 3:
+            t = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t)
+        medians.append(float(np.median(times)))
+    return 1000.0 * min(medians)
 
 
 def measure(name: str, seconds: float = 2.0, threads: int = 0, tokenizer: str | None = None,
