@@ -86,7 +86,7 @@ for entry in $FAMILIES; do
     [ "$(wc -l < "fam-$fam.csv")" -eq 21 ] || fail "$fam: classify wrote $(wc -l < "fam-$fam.csv") lines, expected 21"
     "$EC" -q labels "fam-$fam" --labels cat dog ship truck airplane
 done
-"$EC" -q classify packed photos/ship -o packed.csv
+"$EC" -q classify packed photos/ship -o packed.csv --precision auto
 "$EC" -q labels packed --labels cat dog ship truck airplane
 "$EC" inspect packed | grep -q "^packed " || fail "inspect does not show the packed bundle's pack section"
 "$RT/bin/python" -c "import importlib.util, sys; sys.exit(bool(importlib.util.find_spec('torch')))" \

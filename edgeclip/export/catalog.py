@@ -10,6 +10,7 @@ that matter, so listing them needs neither torch nor time. Accuracy needs real w
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -124,10 +125,16 @@ def count_macs(path: Path, input_shape: tuple[int, ...]) -> int:
         g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     with tempfile.TemporaryDirectory(prefix="edgeclip-macs-") as tmp:
         onnx.save(model, str(Path(tmp) / "all.onnx"))
-        sess = ort.InferenceSession(str(Path(tmp) / "all.onnx"), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()  # one thread, never spinning: it must not slow what is timed after it
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(Path(tmp) / "all.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
         x = np.zeros(input_shape, np.float32)
         outs = sess.run(None, {sess.get_inputs()[0].name: x})
-    shapes = {o.name: v.shape for o, v in zip(sess.get_outputs(), outs)}
+        names = [o.name for o in sess.get_outputs()]
+        del sess
+        gc.collect()
+    shapes = {n: v.shape for n, v in zip(names, outs)}
     shapes.update(inits)
     shapes[g.input[0].name] = tuple(input_shape)
     total = 0
