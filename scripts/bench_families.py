@@ -117,16 +117,22 @@ def variants(info: dict[str, Any], folder: Path, threads: int, cache: Path) -> l
     return out
 
 
+#: an INT8 file counts for "best INT8" only when its embeddings keep this mean cosine to fp32 (calibration images)
+MIN_COSINE = 0.99
+
+
 def table(info: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:
-    """The Markdown speed table: per model, fp32 and the best INT8 file on each backend (ms/img, batch 1)."""
+    """The Markdown speed table: per model, fp32 and the fastest INT8 file on each backend among those within
+    ``MIN_COSINE`` of fp32 (ms/img, batch 1)."""
     by = {r["variant"]: r["ms_per_image"] for r in rows}
     out = ["| family | model | input | GMAC | ORT fp32 | ORT best INT8 | OpenVINO fp32 | OpenVINO best INT8 |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, i in info.items():
         cells = []
+        good = [r for r in RECIPES if i["agreement"][r]["mean_cosine"] >= MIN_COSINE] or list(RECIPES)
         for backend in ("onnxruntime", "openvino"):
             fp32 = by[f"{name} | {backend} fp32"]
-            best = min(RECIPES, key=lambda r: by[f"{name} | {backend} int8/{r}"])
+            best = min(good, key=lambda r: by[f"{name} | {backend} int8/{r}"])
             int8 = by[f"{name} | {backend} int8/{best}"]
             cells += [f"{fp32:.1f}", f"{int8:.1f} (`{best}`, x{fp32 / int8:.2f})"]
         out.append(f"| {i['family']} | `{name}` | {i['size'][0]} | {i['gmac']:.2f} | " + " | ".join(cells) + " |")
@@ -142,8 +148,14 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, default=0.5, help="time per variant and round")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--from-json", type=Path, help="print the tables of an earlier run's --json, measure nothing")
     args = ap.parse_args()
     from edgeclip.bench import machine_facts, measure
+
+    if args.from_json:
+        rep = json.loads(args.from_json.read_text())
+        print(table(rep["models"], rep["results"]))
+        return 0
 
     say = lambda m: print(f"[families] {m}", file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CI: the device runtime on its own. Installs '.[cpu,tokenizers]' into a fresh venv (no torch, no onnx, no
-# OpenCV), runs classify, labels, inspect, eval and stream there on a bundle made by the full install (.venv,
+# CI: the device runtime on its own. Installs '.[cpu]' into a fresh venv (no torch, no onnx, no OpenCV; then
+# the tokenizers extra), runs classify, labels, inspect, eval and stream there on a bundle made by the full install (.venv,
 # from scripts/install.sh), then classify and relabel on the tiny model of every family (SigLIP's with a
 # tokenizer trained here) and on a packed bundle, checks that export, quantize and a video source exit 2 with
 # the pip line, prints the venv's size, and dry-runs the README's Jetson install and every install line of the
@@ -19,7 +19,7 @@ fail() { echo "[runtime-install] FAILED: $*" >&2; exit 1; }
 PY=$(.venv/bin/python -c "import sys; print(sys.base_prefix)")/bin/python3
 rm -rf "$RT"
 "$PY" -m venv "$RT"
-"$RT/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[cpu,tokenizers]"
+"$RT/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[cpu]"
 "$RT/bin/python" - <<'EOF' || fail "the runtime install pulled in an export-side or optional package"
 import importlib.util
 heavy = [m for m in ("torch", "torchvision", "open_clip", "onnx", "cv2", "matplotlib", "transformers", "edgeclip_models")
@@ -30,6 +30,13 @@ SITE=$("$RT/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purel
 KB=$(du -sk --exclude='pip' --exclude='pip-*' --exclude='setuptools' --exclude='setuptools-*' "$SITE" | cut -f1)
 say "runtime venv site-packages (minus pip/setuptools): $((KB / 1024)) MB"
 [ "$KB" -le $((200 * 1024)) ] || fail "runtime install is $((KB / 1024)) MB (limit 200 MB)"
+# the tokenizers extra (SigLIP bundles): tokenizers brings huggingface_hub and its dependencies along, which the
+# runtime never imports (`pip install --no-deps tokenizers` leaves them out on a small device)
+"$RT/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[cpu,tokenizers]"
+KB2=$(du -sk --exclude='pip' --exclude='pip-*' --exclude='setuptools' --exclude='setuptools-*' "$SITE" | cut -f1)
+TOK=$(du -sk "$SITE/tokenizers" | cut -f1)
+say "with the tokenizers extra: $((KB2 / 1024)) MB (tokenizers itself $((TOK / 1024)) MB)"
+[ "$KB2" -le $((250 * 1024)) ] || fail "runtime install with tokenizers is $((KB2 / 1024)) MB (limit 250 MB)"
 
 # a bundle from the full install, and real photos
 .venv/bin/edgeclip -q export --model edgeclip-tiny-vit --labels cat dog ship truck --out "$WORK/bundle"
@@ -80,7 +87,7 @@ for entry in $FAMILIES; do
     [ "$(wc -l < "fam-$fam.csv")" -eq 21 ] || fail "$fam: classify wrote $(wc -l < "fam-$fam.csv") lines, expected 21"
     "$EC" -q labels "fam-$fam" --labels cat dog ship truck airplane
 done
-"$EC" -q classify packed photos/ship -o packed.csv
+"$EC" -q classify packed photos/ship -o packed.csv --precision auto
 "$EC" -q labels packed --labels cat dog ship truck airplane
 "$EC" inspect packed | grep -q "^packed " || fail "inspect does not show the packed bundle's pack section"
 "$RT/bin/python" -c "import importlib.util, sys; sys.exit(bool(importlib.util.find_spec('torch')))" \

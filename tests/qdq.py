@@ -101,9 +101,12 @@ def assert_tensorrt_qdq(path: Path | str, expected: Iterable[str]) -> Graph:
     return g
 
 
-def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int = 7) -> Graph:
+def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int = 7,
+                   per_channel: Iterable[str] = ()) -> Graph:
     """The ``cpu`` recipe: uint8 activations, int8 weights of ``weight_bits`` bits, Conv weights per channel
-    with the Conv output quantized (QLinearConv), MatMul/Gemm weights per tensor with a float output."""
+    with the Conv output quantized (QLinearConv), MatMul/Gemm weights per tensor with a float output, except
+    the MatMul/Gemm nodes ``per_channel`` (weights with outlier channels), per channel."""
+    per_channel = set(per_channel)
     g = Graph(path)
     assert_quantized_exactly(g, expected)
     limit = 2 ** (weight_bits - 1)
@@ -117,6 +120,8 @@ def assert_cpu_qdq(path: Path | str, expected: Iterable[str], weight_bits: int =
         if node.op_type == "Conv":
             assert scale.ndim == 1 and scale.shape[0] == w.shape[0], "Conv weights per channel"
             assert any(r.op_type == "QuantizeLinear" for r in readers), "Conv output quantized (QLinearConv)"
+        elif node.name in per_channel:
+            assert scale.ndim == 1 and scale.size > 1, f"{node.name}: outlier weights per channel"
         else:
             assert scale.ndim == 0 or scale.size == 1, "MatMul/Gemm weights per tensor"
             assert not any(r.op_type == "QuantizeLinear" for r in readers), "MatMul output float"

@@ -13,8 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeclip.quant.recipes import (activation_nodes, attention_nodes, constant_query_nodes, identity_folded_convs,
-                                    is_convolutional, kept_fp32, prepare_fp32, weighted_nodes)
+from edgeclip.quant.recipes import (RECIPES as RECIPE_SETTINGS, activation_nodes, attention_nodes,
+                                    constant_query_nodes, identity_folded_convs, is_convolutional, kept_fp32,
+                                    outlier_weights, prepare_fp32, quantize_onnx, weighted_nodes)
 from edgeclip.tables import FAMILIES
 from qdq import Graph, assert_cpu_qdq, assert_openvino_qdq, assert_tensorrt_qdq
 
@@ -66,7 +67,7 @@ def test_every_family_quantizes_with_each_recipe(family: str, calib: str, quanti
         if target == "tensorrt":
             assert_tensorrt_qdq(path, expected)
         elif target == "cpu":
-            assert_cpu_qdq(path, expected, weight_bits=7)
+            assert_cpu_qdq(path, expected, weight_bits=7, per_channel=outlier_weights(fp32, expected))
         else:
             attention = attention_nodes(fp32) if convolutional else ()
             relus = any(n.op_type == "Relu" for n in fp32.graph.node)
@@ -153,3 +154,26 @@ def test_constant_query_is_told_from_activations() -> None:
     model = helper.make_model(graph)
     assert constant_query_nodes(model) == ["query"]
     assert weighted_nodes(model) == ["keys"]
+
+
+def test_weights_with_an_outlier_channel_get_per_channel_scales_in_the_cpu_recipe(tmp_path: Path) -> None:
+    """One weight far outside the others (SigLIP's random-weight attention-pool MLP has one at 2.0 among values
+    below 0.1) sets a per-tensor scale that rounds the other channels to a few levels: that MatMul gets
+    per-channel scales; an ordinary one stays per tensor."""
+    rng = np.random.default_rng(0)
+    plain = rng.standard_normal((16, 32)).astype(np.float32) * 0.05
+    outlier = plain.copy()
+    outlier[3, 7] = 2.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y1"], name="plain"),
+             helper.make_node("MatMul", ["x", "w2"], ["y2"], name="outlier")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 16])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["n", 4, 32]) for y in ("y1", "y2")],
+                              [numpy_helper.from_array(plain[:16], "w1"), numpy_helper.from_array(outlier[:16], "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert outlier_weights(model, ["plain", "outlier"]) == {"outlier": 1}
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    fp32 = prepare_fp32(src, tmp_path / "prep.onnx")
+    images = rng.standard_normal((8, 4, 16)).astype(np.float32)
+    out = quantize_onnx(RECIPE_SETTINGS["cpu"], fp32, tmp_path / "int8.onnx", images)
+    assert_cpu_qdq(out, ["plain", "outlier"], weight_bits=7, per_channel=["outlier"])

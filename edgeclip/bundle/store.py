@@ -87,8 +87,10 @@ class Bundle:
             pack = self.manifest.get("pack")
             if isinstance(pack, dict):  # `edgeclip pack` left it out on purpose
                 hint = (f"the bundle was packed for device profile {pack.get('profile')} without it "
-                        f"(`edgeclip inspect` lists what was left out); use the full bundle "
-                        f"{(pack.get('source') or {}).get('path', '')}, or pack it again")
+                        f"(`edgeclip inspect` lists what was left out)"
+                        + (f": run it at the precision it was packed for (`precision` auto or {pack.get('precision')})"
+                           if tower == "image" and pack.get("precision") != precision else "")
+                        + f"; or use the full bundle {(pack.get('source') or {}).get('path', '')}")
             raise BundleError(f"{self.path}: no {tower} encoder at precision {precision}"
                               + (f" for target {target}" if target else "")
                               + f" (have: {', '.join(have) or 'none'}); {hint}")

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="store_true",
                    help="measure the names given (default: one per family and size class) here and keep the "
                         "numbers (needs the export extra; a minute or two per full-size model)")
-    p.add_argument("--seconds", type=float, default=2.0, help="timing per model, seconds (default 2)")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="timing per model, seconds (default 5; the lowest of 5 per-round medians is kept)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="tokenizer folder for the tiny SigLIP models (only their loading needs one)")

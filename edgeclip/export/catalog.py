@@ -4,12 +4,13 @@ parameters, input size, GMAC per image and the measured ms/img on this machine.
 Sizes and speed do not depend on the weights, so each model is measured with random weights: its image tower
 is exported to ONNX as ``edgeclip export`` exports it (reparameterized where the family needs it), its
 multiply-accumulates are counted on that graph (Conv, MatMul and Gemm, attention included, at batch 1), and
-ONNX Runtime's CPU provider times it (batch 1, median). Measurements are kept per machine in
+ONNX Runtime's CPU provider times it (batch 1: the lowest of five per-round medians). Measurements are kept per machine in
 ``$EDGECLIP_CACHE_DIR/models.json`` (else ``~/.cache/edgeclip``), keyed by the CPU model and the versions
 that matter, so listing them needs neither torch nor time. Accuracy needs real weights: not measured here.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -124,10 +125,16 @@ def count_macs(path: Path, input_shape: tuple[int, ...]) -> int:
         g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     with tempfile.TemporaryDirectory(prefix="edgeclip-macs-") as tmp:
         onnx.save(model, str(Path(tmp) / "all.onnx"))
-        sess = ort.InferenceSession(str(Path(tmp) / "all.onnx"), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()  # one thread, never spinning: it must not slow what is timed after it
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(Path(tmp) / "all.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
         x = np.zeros(input_shape, np.float32)
         outs = sess.run(None, {sess.get_inputs()[0].name: x})
-    shapes = {o.name: v.shape for o, v in zip(sess.get_outputs(), outs)}
+        names = [o.name for o in sess.get_outputs()]
+        del sess
+        gc.collect()
+    shapes = {n: v.shape for n, v in zip(names, outs)}
     shapes.update(inits)
     shapes[g.input[0].name] = tuple(input_shape)
     total = 0
@@ -147,8 +154,11 @@ def count_macs(path: Path, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, threads: int = 0) -> float:
-    """Median ms per run of the ONNX model at ``path`` (ONNX Runtime, CPU provider) over about ``seconds``."""
+def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, threads: int = 0,
+              rounds: int = 5) -> float:
+    """ms per run of the ONNX model at ``path`` (ONNX Runtime, CPU provider) over about ``seconds``: the lowest
+    of the per-round medians of ``rounds`` rounds, so a burst of load from another process on a shared machine
+    does not count as the model's cost."""
     import numpy as np
     import onnxruntime as ort
 
@@ -160,13 +170,16 @@ def time_onnx(path: Path, input_shape: tuple[int, ...], seconds: float = 2.0, th
     feed = {sess.get_inputs()[0].name: x}
     for _ in range(3):
         sess.run(None, feed)
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    medians = []
+    for _ in range(rounds):
+        times: list[float] = []
+        end = time.perf_counter() + seconds / rounds
+        while time.perf_counter() < end or len(times) < 3:
+            t = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t)
+        medians.append(float(np.median(times)))
+    return 1000.0 * min(medians)
 
 
 def measure(name: str, seconds: float = 2.0, threads: int = 0, tokenizer: str | None = None,
