@@ -67,3 +67,30 @@ def test_a_backend_whose_extra_is_not_installed_is_no_warning(tiny_vit_bundle: P
                          capture_output=True, text=True, timeout=300, env={**os.environ, **env}, cwd=ROOT)
     assert api.returncode == 0 and api.stderr == "", api.stderr
     assert "onnxruntime" in api.stdout and "10 labels" in api.stdout, "the repr says what runs and why"
+
+
+def test_every_command_explains_itself_with_only_the_base_install(tiny_vit_bundle: Path, tmp_path: Path) -> None:
+    """A device with '.[cpu]' alone: every optional package blocked, ``--help`` of every command still works, and
+    a command whose extra is absent exits 2 with the pip line, before any work."""
+    from edgeclip.cli import build_parser
+    from edgeclip.extras import EXTRAS
+
+    optional = sorted({m for extra, (mods, _) in EXTRAS.items() if extra not in ("cpu", "gpu") for m in mods})
+    blocked = tmp_path / "site"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in optional))
+    env = {"PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")])}
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    commands = sorted(sub.choices)
+    assert {"classify", "serve", "watch", "stream", "export", "quantize"} <= set(commands)
+    for command in [[], *([c] for c in commands)]:
+        run = edgeclip(*command, "--help", env=env)
+        assert run.returncode == 0 and run.stderr == "", (command, run.stderr[-2000:])
+    config = tmp_path / "watch.yaml"
+    config.write_text("cameras: {}\n")
+    for args, extra in ((["serve", str(tiny_vit_bundle)], "serve"),
+                        (["watch", str(config), "--bundle", str(tiny_vit_bundle)], "watch")):
+        run = edgeclip(*args, env=env)
+        assert run.returncode == 2 and run.stdout == "", (args, run.stderr)
+        assert f"[{extra}]" in run.stderr and "pip install" in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -85,7 +85,7 @@ def test_inspect_shows_what_was_left_out_and_what_it_can_do(three_recipes: Path,
     with pytest.raises(BundleError, match="packed for device profile x86-avx512-vnni without it .*: run it at the "
                                           "precision it was packed for \\(`precision` auto or int8\\)"):
         edgeclip.load(out, device=X86, precision="fp32")
-    assert main(["-q", "classify", str(out), str(Path(__file__)), "--device", X86]) == 2  # the CLI's default: fp32
+    assert main(["-q", "classify", str(out), str(Path(__file__)), "--device", X86, "--precision", "fp32"]) == 2
     assert "run it at the precision it was packed for (--precision auto or int8)" in capsys.readouterr().err
     assert main(["quantize", str(out), "--calib", "noise"]) == 2
     assert "packed for device profile" in capsys.readouterr().err

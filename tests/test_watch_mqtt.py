@@ -107,7 +107,9 @@ class Listener:
 
 def test_discovery_states_and_a_broker_restart(broker: Broker, tiny_vit_bundle: Path, videos: dict) -> None:
     clf = edgeclip.load(tiny_vit_bundle, threads=1)
-    text = (f"options: {{summary_every: 0, reload_poll: 0}}\ndefaults: {{on: always, half_life: 0s, dwell: 0s}}\n"
+    # a dwell of an hour: each region reports its first state and no change after it, so the only events queued
+    # while the broker is away are the test's own (a real change could push them out of the bounded queue)
+    text = (f"options: {{summary_every: 0, reload_poll: 0}}\ndefaults: {{on: always, half_life: 0s, dwell: 1h}}\n"
             f"cameras:\n  front:\n    source: {videos['front']}\n    fps: 15\n    loop: true\n    regions:\n"
             f"      door: {{rect: {list(DOOR)}, states: {{open: an open door, closed: a closed door}}}}\n"
             f"      shelf: {{rect: [0.6, 0.5, 0.35, 0.4], states: [a full shelf, an empty shelf]}}\n"

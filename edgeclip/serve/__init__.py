@@ -14,6 +14,20 @@ python-multipart). This package never imports torch.
 """
 from __future__ import annotations
 
-from .app import LOOPBACK_HOSTS, ServeOptions, Service, create_app, is_loopback, prepare_source
+import importlib
+from typing import Any
+
+from .options import ServeOptions
+
+#: the names that need Starlette, by the module that defines them: imported on first use, so that this package
+#: (``ServeOptions``, ``edgeclip serve --help``) imports where the serve extra is not installed
+_LAZY = {"LOOPBACK_HOSTS": "guard", "is_loopback": "guard", "Service": "app", "create_app": "app",
+         "prepare_source": "app"}
 
 __all__ = ["LOOPBACK_HOSTS", "ServeOptions", "Service", "create_app", "is_loopback", "prepare_source"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
