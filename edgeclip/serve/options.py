@@ -1,5 +1,5 @@
-"""``ServeOptions``: how the service behaves, its limits and its connection limits (importable without Starlette,
-so ``edgeclip serve --help`` and the options' validation work before the serve extra is installed)."""
+"""``ServeOptions``: how the service behaves, its limits and its connection limits. Importable without Starlette,
+so the command's help and the options' validation work before the serve extra is installed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
