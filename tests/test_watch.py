@@ -132,7 +132,7 @@ def test_motion_gating_skips_still_regions_and_catches_a_change_at_once(clf: Cla
 
 
 def crop_at(region: Region, index: int, t: float) -> Crop:
-    return Crop(region, np.zeros((3, 4, 4), np.float32), Frame(np.zeros((1, 1, 3), np.uint8), index, t, t, 0.0))
+    return Crop(region, Frame(np.zeros((1, 1, 3), np.uint8), index, t, t, 0.0))
 
 
 def make_region(camera: str, name: str = "r") -> Region:

@@ -113,7 +113,7 @@ def test_discovery_states_and_a_broker_restart(broker: Broker, tiny_vit_bundle: 
             f"cameras:\n  front:\n    source: {videos['front']}\n    fps: 15\n    loop: true\n    regions:\n"
             f"      door: {{rect: {list(DOOR)}, states: {{open: an open door, closed: a closed door}}}}\n"
             f"      shelf: {{rect: [0.6, 0.5, 0.35, 0.4], states: [a full shelf, an empty shelf]}}\n"
-            f"outputs:\n  mqtt: {{host: 127.0.0.1, port: {broker.port}, prefix: edgeclip, queue: 5, keepalive: 5}}\n")
+            f"outputs:\n  mqtt: {{host: 127.0.0.1, port: {broker.port}, prefix: edgeclip, queue: 2, keepalive: 5}}\n")
     listener = Listener(broker.port)
     watcher = Watcher(clf, parse_config(text, "t.yaml"))
     sink = watcher.sinks[0]
@@ -140,12 +140,13 @@ def test_discovery_states_and_a_broker_restart(broker: Broker, tiny_vit_bundle: 
                           "previous": None, "score": 0.9, "scores": {"open": 0.9, "closed": 0.1}, "frame": 1000 + k})
         time.sleep(1.0)
         assert watcher.crops > crops + 10, (crops, watcher.crops)  # ~30 crops a second without a broker
-        assert sink.depth <= 5 and sink.overflow >= 7, sink.stats()
+        assert sink.depth <= 2 and sink.overflow >= 10, sink.stats()
 
         # the broker comes back on the same port: availability, discovery and states again, then the queue
         mark = len(listener.topics())
         broker.start()
-        # discovery and the retained states come back at once, before any new event
+        # discovery and the retained states come back at once, before any new event (six messages at once, more
+        # than the queue of two: paho's own queue of unacknowledged messages must hold the whole announcement)
         wait_for(lambda: "edgeclip/front/shelf/state" in listener.topics(mark), 40, "the announcement")
         wait_for(lambda: sink.connected and sink.depth == 0, 40, "the sink reconnecting and draining its queue")
         wait_for(lambda: state_topic in listener.topics(mark) and config_topic in listener.topics(mark), 20,
@@ -158,4 +159,4 @@ def test_discovery_states_and_a_broker_restart(broker: Broker, tiny_vit_bundle: 
         watcher.stop()
         listener.close()
     end = watcher.end
-    assert end["sinks"][f"mqtt:127.0.0.1:{broker.port}"]["overflow"] >= 7
+    assert end["sinks"][f"mqtt:127.0.0.1:{broker.port}"]["overflow"] >= 10

@@ -452,8 +452,12 @@ class Preprocessor:
         h) is cropped first."""
         th, tw = self.config.size
         out = np.empty((3, th, tw), dtype=np.float32)
-        self._normalize(self.pixels(image_bgr, roi), out)
+        self.into(out, image_bgr, roi)
         return out
+
+    def into(self, out: np.ndarray, image_bgr: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> None:
+        """As calling the preprocessor, written into ``out`` (float32 [3, H, W], e.g. one row of a batch)."""
+        self._normalize(self.pixels(image_bgr, roi), out)
 
     def _normalize(self, px: np.ndarray, out: np.ndarray) -> None:
         for c in range(3):  # output channel c (RGB) comes from BGR channel 2 - c

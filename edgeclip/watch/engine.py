@@ -4,10 +4,10 @@ Threads and data flow::
 
     one capture thread per camera            the inference thread (Watcher.run)                 one thread per sink
     read + decode -> mailbox (2 frames, ->   newest frame per camera -> per region: due?      ->  JSON lines,
-    newest wins; lost live sources           (schedule, motion gate) -> crop, then resize         MQTT, webhooks
-    reconnect with backoff, alone)           -> fair queue -> ONE encoder call for every due      (bounded queues)
-                                             crop -> per-region scores -> EMA, margin, dwell
-                                             -> state events (on change, with cooldown)
+    newest wins; lost live sources           (schedule, motion gate) -> fair queue -> a batch:    MQTT, webhooks
+    reconnect with backoff, alone)           crop, then resize (+1 helper thread) -> ONE encoder  (bounded queues)
+                                             call for every due crop -> per-region scores ->
+                                             EMA, margin, dwell -> state events (on change)
 
 * **One encoder call per tick.** Crops of every due region of every camera are batched together (at most
   ``max_batch``); each crop is then scored against its own region's state matrix
@@ -19,8 +19,9 @@ Threads and data flow::
   its region before its turn, is dropped and counted.
   Sources read as fast as possible (unpaced files) are not read ahead: every frame is classified.
 * **Threads budgeted against the cores** (:func:`plan_threads`): the encoder gets the cores; motion gating,
-  cropping and preprocessing run on the inference thread *between* encoder calls (never beside them); each
-  decoder is held to ``decode_threads`` threads (FFmpeg's default is one per core per source).
+  cropping and preprocessing run *between* encoder calls (never beside them), preprocessing only for the crops
+  taken into the batch, split with one helper thread where there are two cores or more; each decoder is held
+  to ``decode_threads`` threads (FFmpeg's default is one per core per source).
 * **Isolation.** A lost camera reconnects on its own thread with exponential backoff; the others go on. A
   live source that is down at start starts lost. A region that does not fit a camera's frames is reported
   once (``region_error``) and skipped.
@@ -36,6 +37,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -75,8 +77,8 @@ def available_cores() -> int:
 @dataclass(frozen=True)
 class ThreadBudget:
     """How the cores are shared: ``encoder`` intra-op threads; ``decoders`` sources each decoding on at most
-    ``decode_threads`` threads, ``decode_nice`` steps below the encoder's priority; preprocessing runs on the
-    inference thread between encoder calls."""
+    ``decode_threads`` threads, ``decode_nice`` steps below the encoder's priority; preprocessing runs between
+    encoder calls, on the inference thread and, with two cores or more, one helper thread."""
 
     cores: int
     encoder: int
@@ -322,11 +324,13 @@ def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
 # ---------------------------------------------------------------------------------------------------------
 @dataclass
 class Crop:
-    """One region's model input from one frame."""
+    """One region of one frame, waiting for the encoder; its pixels are made when it is taken into a batch
+    (a crop replaced or gone stale before its turn costs no preprocessing). ``geometry``: the region's place
+    when the frame was queued."""
 
     region: Region
-    pixels: np.ndarray
     frame: Frame
+    geometry: Any = None
 
 
 class CropQueue:
@@ -416,6 +420,7 @@ class Watcher:
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.infer_times: deque[float] = deque(maxlen=512)
         self.reloads = 0
+        self._helper: ThreadPoolExecutor | None = None  # the second preprocessing thread, while run() runs
         self._stop: str | None = None
         self._reload_requested: str | None = None
         self._reload_thread: threading.Thread | None = None
@@ -534,6 +539,8 @@ class Watcher:
         except ImportError:
             pass
         warm = self.warm_up()
+        if self.budget.cores >= 2:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="edgeclip-watch-prep")
         for sink in self.sinks:
             sink.start()
         self.started_at = t0 = time.monotonic()
@@ -575,6 +582,9 @@ class Watcher:
                 cam.stop()
             for cam in list(self.cameras.values()):
                 cam.capture.join(3.0)
+            if self._helper is not None:
+                self._helper.shutdown()
+                self._helper = None
         self.end = {"reason": reason, **self.totals()}
         self.emit("end", wall=time.time(), **self.end)
         for sink in self.sinks:
@@ -617,15 +627,8 @@ class Watcher:
                 region.motion_skipped += 1
                 self._unchanged(region, frame)
                 continue
-            geo = region.geometry
-            try:  # crop first, then resize: only the region is preprocessed
-                pixels = (self.clf.preprocessor(frame.image, roi=geo.box) if geo.mask is None
-                          else self.clf.preprocessor(geo.crop(frame.image)))
-            except ImageReadError as exc:
-                log.warning("%s: frame %d skipped: %s", region.key, frame.index, exc)
-                continue
             region.last_classified = frame.t_media
-            self.queue.put(Crop(region, pixels, frame))
+            self.queue.put(Crop(region, frame, region.geometry))
 
     def _unchanged(self, region: Region, frame: Frame) -> None:
         """A frame the region skipped counts as seeing its last probabilities again, so smoothing and dwell
@@ -635,7 +638,7 @@ class Watcher:
         decision = region.state.update(region.last_probs, frame.t_media)
         if decision.changed:
             now = time.monotonic()
-            self._state_event(region, Crop(region, region.last_probs, frame), decision, now - frame.t_capture, now)
+            self._state_event(region, Crop(region, frame), decision, now - frame.t_capture, now)
 
     def _fits(self, region: Region, w: int, h: int) -> bool:
         try:
@@ -651,9 +654,43 @@ class Watcher:
                           error=str(exc))
             return False
 
+    def _prepare(self, batch: list[Crop]) -> tuple[list[Crop], np.ndarray]:
+        """The batch's model input: crop first, then resize (only the region is preprocessed), written into one
+        array; with a second core, half the crops are made on the helper thread meanwhile. A crop that cannot be
+        made is skipped with a warning."""
+        th, tw = self.clf.preprocessor.config.size
+        pixels = np.empty((len(batch), 3, th, tw), np.float32)
+
+        def make(rows: range) -> list[int]:
+            failed = []
+            for i in rows:
+                crop, geo = batch[i], batch[i].geometry
+                try:
+                    if geo.mask is None:
+                        self.clf.preprocessor.into(pixels[i], crop.frame.image, geo.box)
+                    else:
+                        self.clf.preprocessor.into(pixels[i], geo.crop(crop.frame.image))
+                except ImageReadError as exc:
+                    log.warning("%s: frame %d skipped: %s", crop.region.key, crop.frame.index, exc)
+                    failed.append(i)
+            return failed
+
+        half = len(batch) // 2
+        if self._helper is not None and half:
+            other = self._helper.submit(make, range(half, len(batch)))
+            failed = make(range(half)) + other.result()
+        else:
+            failed = make(range(len(batch)))
+        if not failed:
+            return batch, pixels
+        keep = [i for i in range(len(batch)) if i not in set(failed)]
+        return [batch[i] for i in keep], pixels[keep]
+
     def _infer(self, batch: list[Crop]) -> None:
         clf = self.clf
-        pixels = np.stack([c.pixels for c in batch])
+        batch, pixels = self._prepare(batch)
+        if not batch:
+            return
         t = time.perf_counter()
         emb = clf.embed_pixels(pixels)
         seconds = time.perf_counter() - t

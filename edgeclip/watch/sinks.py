@@ -295,14 +295,19 @@ class MqttOutput(QueuedSink):
     def _publish(self, topic: str, payload: Any, retain: bool = True) -> bool:
         if isinstance(payload, (dict, list)):
             payload = json.dumps(_clean(payload), separators=(",", ":"))
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        return info.rc == self._mqtt.MQTT_ERR_SUCCESS
+        deadline = time.monotonic() + self.settings.keepalive
+        while True:  # paho's queue of unacknowledged messages is full (an announcement is a burst): wait for acks
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != self._mqtt.MQTT_ERR_QUEUE_SIZE or not self.connected or time.monotonic() > deadline:
+                return info.rc == self._mqtt.MQTT_ERR_SUCCESS
+            time.sleep(0.01)
 
     def _announce(self) -> bool:
         """Availability, discovery and current states (after every connection)."""
         picture = self.describe()
+        cams = picture.get("cameras", {})
         ok = self._publish(self.availability, "online")
-        for cam, c in picture.get("cameras", {}).items():
+        for cam, c in cams.items():
             ok &= self._publish(f"{self.prefix}/{cam}/availability", "online" if c.get("up") else "offline")
             for region, r in c.get("regions", {}).items():
                 if self.settings.discovery:
