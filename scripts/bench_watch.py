@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--on", default="always", choices=("always", "motion"))
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--frame-buffer", type=int, default=None, help="frames a camera keeps (default: the option's)")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--target", default=None)
@@ -120,7 +121,8 @@ def main() -> int:
     if not all(v.is_file() for v in videos):
         videos = make_videos(folder, args.sources, frames, args.fps, args.regions)
     config = parse_config(config_text(videos, args.regions, args.fps, args.on), "bench")
-    options = WatchOptions(max_batch=args.max_batch, summary_every=0, reload_poll=0)
+    extra = {} if args.frame_buffer is None else {"frame_buffer": args.frame_buffer}
+    options = WatchOptions(max_batch=args.max_batch, summary_every=0, reload_poll=0, **extra)
     budget = plan_threads(args.sources, options)
     clf = edgeclip.load(args.bundle, precision=args.precision, backend=args.backend, target=args.target,
                         threads=budget.encoder)
