@@ -2,7 +2,7 @@
 
 Makes N camera-like 640x480 videos from real photos (``../shared/data``, OpenCV VideoWriter, in a temporary
 folder), plays each in real time at ``--fps`` (looped) as one camera with ``--regions`` regions, and runs the
-watch engine (capture threads, motion gate or schedule, crop + preprocess, one encoder call per tick,
+watcher (capture threads, motion gate or schedule, crop + preprocess, one encoder call per tick,
 decisions, a JSON-lines sink) for ``--seconds``, in ``--rounds`` segments. After each segment the bare image
 encoder is timed on already-preprocessed crops at exactly the batch sizes that segment used, so both sides
 see the same machine load (interleaved). Printed and written (``--json``):
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import edgeclip  # noqa: E402
 from edgeclip.watch import Watcher, WatchOptions, parse_config, plan_threads  # noqa: E402
-from edgeclip.watch.engine import camera_spec  # noqa: E402
+from edgeclip.watch.watcher import camera_spec  # noqa: E402
 from watch_scenes import Patch, photos, unpack_imagenette, write_scene  # noqa: E402
 
 DATA = Path(os.environ.get("EDGECLIP_DATA", REPO.parent / "shared" / "data"))

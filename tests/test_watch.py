@@ -27,7 +27,7 @@ from edgeclip.runtime.classifier import Classifier  # noqa: E402
 from edgeclip.stream.loop import Frame  # noqa: E402
 from edgeclip.watch import Watcher, WatchOptions, load_config, parse_config, plan_threads  # noqa: E402
 from edgeclip.watch.config import RegionConfig, RegionSettings, Shape, State, WebhookSettings  # noqa: E402
-from edgeclip.watch.engine import Crop, CropQueue, Region  # noqa: E402
+from edgeclip.watch.watcher import Crop, CropQueue, Region  # noqa: E402
 from edgeclip.watch.sinks import JsonLinesOutput, WebhookOutput  # noqa: E402
 from watch_scenes import Patch, photos, write_scene  # noqa: E402
 

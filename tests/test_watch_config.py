@@ -176,7 +176,7 @@ def test_schedules_events_and_sinks_are_the_tables_rows() -> None:
 
 
 def test_a_camera_takes_the_source_options_of_its_kind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from edgeclip.watch.engine import camera_spec
+    from edgeclip.watch.watcher import camera_spec
 
     text = GOOD.replace("    fps: 15\n", "    fps: 15\n    loop: true\n", 1)
     cam = parse_config(text, "w.yaml").cameras[0]

@@ -62,7 +62,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from ..extras import require, require_onnxruntime
     from ..options import resolve
     from ..watch import CLEAN_END, Watcher, WatchOptions, load_config, plan_threads
-    from ..watch.engine import camera_spec
+    from ..watch.watcher import camera_spec
 
     flags = options_from_args(WatchOptions, args)  # the flags' outputs are checked before anything is read
     require("watch", ["yaml"], what="edgeclip watch (its YAML configuration)")

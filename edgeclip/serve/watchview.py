@@ -1,4 +1,4 @@
-"""``edgeclip serve`` with a watch configuration (the ``watch`` serve option): the watch engine's cameras, regions
+"""``edgeclip serve`` with a watch configuration (the ``watch`` serve option): the watcher's cameras, regions
 and states over HTTP.
 
 Routes (token as for every other route)::

@@ -1,4 +1,4 @@
-"""The ``edgeclip watch`` engine: many sources, their regions, one encoder call per tick.
+"""The ``edgeclip watch`` loop: many sources, their regions, one encoder call per tick.
 
 Threads and data flow::
 
