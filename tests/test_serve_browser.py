@@ -40,6 +40,16 @@ def wait_until(page, expression: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def keep_screenshot(page, tmp_path: Path, name: str, what: str) -> None:  # noqa: ANN001
+    """A full-page screenshot kept under ARTIFACTS (for a person to look at), its path printed."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kept = ARTIFACTS / name
+    shutil.copyfile(shot, kept)
+    print(f"\nscreenshot of {what}: {kept}")
+
+
 def chromium_path() -> str | None:
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
@@ -117,12 +127,7 @@ def test_page_shows_live_frames_and_renames_a_label_for_the_next_predictions(
         assert "not a JPEG, PNG or WebP" in page.inner_text("#classify-msg")
 
         time.sleep(0.3)  # let the bars settle for the screenshot
-        shot = tmp_path / "serve_page.png"
-        page.screenshot(path=str(shot), full_page=True)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        kept = ARTIFACTS / "serve_page.png"
-        shutil.copyfile(shot, kept)
-        print(f"\nscreenshot of the edgeclip serve page: {kept}")
+        keep_screenshot(page, tmp_path, "serve_page.png", "the edgeclip serve page")
         page.close()
     assert not [c for c in console if c.startswith("pageerror")], console
 

@@ -3,7 +3,6 @@ in a real headless Chromium showing every camera with its regions drawn and thei
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ cv2 = pytest.importorskip("cv2")
 import edgeclip  # noqa: E402
 from edgeclip.serve import create_app  # noqa: E402
 from serve_helpers import call, running_server  # noqa: E402
-from test_serve_browser import ARTIFACTS, browser_context, wait_until  # noqa: E402,F401  (the fixture)
+from test_serve_browser import browser_context, keep_screenshot, wait_until  # noqa: E402,F401  (the fixture)
 from test_watch import DOOR, videos, wait_for  # noqa: E402,F401  (the fixture)
 
 TOKEN = "watch-token-7f3e"
@@ -108,12 +107,7 @@ def test_page_shows_every_camera_with_regions_and_states(browser_context, app, t
         first = page.get_attribute(".cam[data-camera=yard] img", "src")
         time.sleep(1.5)
         assert page.get_attribute(".cam[data-camera=yard] img", "src") != first
-        shot = tmp_path / "watch_page.png"
-        page.screenshot(path=str(shot), full_page=True)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        kept = ARTIFACTS / "watch_page.png"
-        shutil.copyfile(shot, kept)
-        print(f"\nscreenshot of the watch page: {kept}")
+        keep_screenshot(page, tmp_path, "watch_page.png", "the watch page")
         page.close()
     assert not [c for c in console if c.startswith("pageerror")], console
 

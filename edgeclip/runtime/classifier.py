@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -247,6 +248,16 @@ class Classifier:
         self.label_matrix = matrix
 
     # -- numeric core ----------------------------------------------------------------------------------
+    def warm_up(self, max_batch: int) -> float:
+        """Run the encoder once at every batch size up to ``max_batch`` (backends compile and allocate per
+        shape), so no later call pays for it and memory is at its plateau from the start; returns seconds."""
+        t = time.perf_counter()
+        th, tw = self.preprocessor.config.size
+        pixels = np.zeros((max_batch, 3, th, tw), np.float32)
+        for n in range(1, max_batch + 1):
+            self.embed_pixels(pixels[:n])
+        return time.perf_counter() - t
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """L2-normalised image embeddings for a preprocessed float32 [B, 3, H, W] batch."""
         step = self.max_batch or len(pixels)

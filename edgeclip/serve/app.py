@@ -199,14 +199,9 @@ class Service:
             self.live.start()
 
     def warm_up(self) -> float:
-        """Run the encoder once at every batch size up to ``max_batch`` (backends compile and allocate per
-        shape), so the first requests do not pay for it and memory is at its plateau; returns seconds."""
-        t0 = time.perf_counter()
-        th, tw = self.clf.preprocessor.config.size
-        pixels = np.zeros((self.options.max_batch, 3, th, tw), np.float32)
-        for n in range(1, self.options.max_batch + 1):
-            self.clf.embed_pixels(pixels[:n])
-        return time.perf_counter() - t0
+        """The encoder run once at every batch size up to ``max_batch`` (``Classifier.warm_up``), so the first
+        requests do not pay for it; seconds."""
+        return self.clf.warm_up(self.options.max_batch)
 
     def begin_shutdown(self) -> None:
         """Stop taking work: waiting requests answer 503 at once, a label update stops before its next batch

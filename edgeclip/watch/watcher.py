@@ -592,14 +592,8 @@ class Watcher:
         return self.end
 
     def warm_up(self) -> float:
-        """Run the encoder once at every batch size up to ``max_batch`` (backends compile and allocate per
-        shape), so no tick pays for it later and memory is at its plateau from the start; returns seconds."""
-        t = time.perf_counter()
-        th, tw = self.clf.preprocessor.config.size
-        pixels = np.zeros((self.options.max_batch, 3, th, tw), np.float32)
-        for n in range(1, self.options.max_batch + 1):
-            self.clf.embed_pixels(pixels[:n])
-        return time.perf_counter() - t
+        """The encoder run once at every batch size up to ``max_batch`` (``Classifier.warm_up``); seconds."""
+        return self.clf.warm_up(self.options.max_batch)
 
     def _collect(self) -> bool:
         """Take the newest frame of each camera and queue the crops of its due regions; True if any frame."""
