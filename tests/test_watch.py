@@ -172,6 +172,29 @@ def test_the_queue_is_fair_across_cameras_and_drops_stale_and_replaced_crops() -
     assert max(served.values()) - min(served.values()) <= 1
 
 
+@pytest.mark.parametrize("helper", [False, True], ids=["one thread", "with the helper thread"])
+def test_a_batch_is_preprocessed_when_taken_and_a_crop_that_cannot_be_made_is_skipped(
+        clf: Classifier, videos: dict, helper: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = Watcher(clf, parse_config(config_for(videos), "t.yaml"), WatchOptions(summary_every=0, reload_poll=0),
+                sinks=[])
+    door, shelf = w.cameras["front"].regions
+    img = last_frame(videos["front"])
+    frame, broken = Frame(img, 1, 0.0, 0.0, 0.0), Frame(img.astype(np.float32), 2, 0.0, 0.0, 0.0)
+    batch = [Crop(door, frame, door.resolve(640, 480)), Crop(door, broken, door.geometry),
+             Crop(shelf, frame, shelf.resolve(640, 480))]
+    w._helper = ThreadPoolExecutor(1) if helper else None
+    try:
+        kept, pixels = w._prepare(batch)
+    finally:
+        if w._helper is not None:
+            w._helper.shutdown()
+    assert kept == [batch[0], batch[2]] and pixels.shape[0] == 2  # the float frame is skipped, not fatal
+    np.testing.assert_array_equal(pixels[0], clf.preprocessor(img, roi=door.geometry.box))
+    np.testing.assert_array_equal(pixels[1], clf.preprocessor(shelf.geometry.crop(img)))  # the polygon, masked
+
+
 def test_thread_budget_gives_the_encoder_the_cores_and_each_decoder_one_thread() -> None:
     b = plan_threads(16, WatchOptions(), cores=2)
     assert (b.encoder, b.decoders, b.decode_threads) == (2, 16, 1)

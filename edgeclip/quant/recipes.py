@@ -224,10 +224,10 @@ def outlier_weights(model: Any, nodes: Sequence[str], ratio: float = OUTLIER_RAT
     """MatMul/Gemm nodes among ``nodes`` whose constant weight has outlier output channels: node -> the weight's
     output-channel axis. One per-tensor scale would be set by the outlier and round the other channels coarsely
     (SigLIP's attention-pool MLP: a mean cosine of 0.914 to fp32 with per-tensor weights, 0.999 per channel)."""
-    consts = _constants(model)
+    consts, wanted = _constants(model), set(nodes)
     out = {}
     for n in model.graph.node:
-        if n.name not in set(nodes) or n.op_type not in ("MatMul", "Gemm") or n.input[1] not in consts:
+        if n.name not in wanted or n.op_type not in ("MatMul", "Gemm") or n.input[1] not in consts:
             continue
         w = np.abs(np.asarray(consts[n.input[1]], dtype=np.float64))
         if w.ndim != 2:

@@ -20,7 +20,7 @@ from typing import Any
 from .options import ServeOptions
 
 #: the names that need Starlette, by the module that defines them: imported on first use, so that this package
-#: (``ServeOptions``, ``edgeclip serve --help``) imports where the serve extra is not installed
+#: (``ServeOptions``, the command's help) imports where the serve extra is not installed
 _LAZY = {"LOOPBACK_HOSTS": "guard", "is_loopback": "guard", "Service": "app", "create_app": "app",
          "prepare_source": "app"}
 

@@ -330,7 +330,7 @@ class Crop:
 
     region: Region
     frame: Frame
-    geometry: Any = None
+    geometry: Geometry | None = None
 
 
 class CropQueue:
@@ -677,7 +677,8 @@ class Watcher:
             failed = make(range(len(batch)))
         if not failed:
             return batch, pixels
-        keep = [i for i in range(len(batch)) if i not in set(failed)]
+        gone = set(failed)
+        keep = [i for i in range(len(batch)) if i not in gone]
         return [batch[i] for i in keep], pixels[keep]
 
     def _infer(self, batch: list[Crop]) -> None:
