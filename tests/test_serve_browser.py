@@ -40,6 +40,16 @@ def wait_until(page, expression: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def open_page(browser_context, url: str) -> tuple[object, list[str]]:  # noqa: ANN001
+    """A new page at ``url``, and the list its console messages and page errors are collected into."""
+    console: list[str] = []
+    page = browser_context.new_page()
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.goto(url)
+    return page, console
+
+
 def keep_screenshot(page, tmp_path: Path, name: str, what: str) -> None:  # noqa: ANN001
     """A full-page screenshot kept under ARTIFACTS (for a person to look at), its path printed."""
     shot = tmp_path / name
@@ -83,12 +93,8 @@ def test_page_shows_live_frames_and_renames_a_label_for_the_next_predictions(
                      stream_options=StreamOptions(fps_limit=10, summary_every=0))
     app.state.service.set_labels(["cat", "dog", "truck"])
     photo = sorted((cifar_test / "dog").glob("*.jpg"))[0]
-    console: list[str] = []
     with running_server(app) as base:
-        page = browser_context.new_page()
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.goto(f"{base}/?token={TOKEN}")
+        page, console = open_page(browser_context, f"{base}/?token={TOKEN}")
         assert "token" not in page.url  # the page drops the token from the address bar (the cookie holds it)
 
         # live preview: the MJPEG <img> shows frames, and they change

@@ -17,7 +17,7 @@ cv2 = pytest.importorskip("cv2")
 import edgeclip  # noqa: E402
 from edgeclip.serve import create_app  # noqa: E402
 from serve_helpers import call, running_server  # noqa: E402
-from test_serve_browser import browser_context, keep_screenshot, wait_until  # noqa: E402,F401  (the fixture)
+from test_serve_browser import browser_context, keep_screenshot, open_page, wait_until  # noqa: E402,F401  (the fixture)
 from test_watch import DOOR, videos, wait_for  # noqa: E402,F401  (the fixture)
 
 TOKEN = "watch-token-7f3e"
@@ -82,12 +82,8 @@ def test_watch_endpoints_and_metrics(app) -> None:
 
 def test_page_shows_every_camera_with_regions_and_states(browser_context, app, tmp_path: Path) -> None:
     app, watcher = app
-    console: list[str] = []
     with running_server(app) as base:
-        page = browser_context.new_page()
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.goto(f"{base}/?token={TOKEN}")
+        page, console = open_page(browser_context, f"{base}/?token={TOKEN}")
         page.wait_for_selector("#cameras:not([hidden])", timeout=30_000)
         wait_until(page, "document.querySelectorAll('#camera-list .cam').length === 2")
         # each camera's frame arrives and the regions are drawn over it, one polygon per region

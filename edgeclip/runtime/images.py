@@ -299,3 +299,31 @@ def iter_batches(items: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 80, max_side: int | None = None) -> bytes:
+    """A BGR (or gray) uint8 image as JPEG bytes (OpenCV when installed, else Pillow), scaled down first so its
+    longer side is at most ``max_side`` where given."""
+    h, w = image.shape[:2]
+    scale = 1.0 if not max_side else max_side / max(h, w)
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if ok:
+            return buf.tobytes()
+    import io
+
+    from PIL import Image
+
+    rgb = image[:, :, ::-1] if image.ndim == 3 else image
+    pil = Image.fromarray(np.ascontiguousarray(rgb))
+    if scale < 1:
+        pil = pil.resize(size)
+    out = io.BytesIO()
+    pil.save(out, format="JPEG", quality=int(quality))
+    return out.getvalue()

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..runtime.classifier import Classifier
-from ..stream.outputs import annotate, iso_time
+from ..runtime.images import encode_jpeg
+from ..stream.outputs import annotate, iso_time, rate
 from ..stream.loop import FrameResult, StreamPipeline
 from ..stream.options import StreamOptions
 from ..sources import SourceSpec
@@ -42,34 +43,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
-    """A BGR (or gray) uint8 frame as JPEG bytes (OpenCV when installed, else Pillow)."""
-    h, w = image.shape[:2]
-    scale = PREVIEW_MAX_SIDE / max(h, w)
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        if scale < 1:
-            image = cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise ValueError("OpenCV could not encode the preview frame")
-        return buf.tobytes()
-    import io
-
-    from PIL import Image
-
-    rgb = image[:, :, ::-1] if image.ndim == 3 else image
-    pil = Image.fromarray(np.ascontiguousarray(rgb))
-    if scale < 1:
-        pil = pil.resize((max(1, int(w * scale)), max(1, int(h * scale))))
-    out = io.BytesIO()
-    pil.save(out, format="JPEG", quality=int(quality))
-    return out.getvalue()
 
 
 class LiveSource:
@@ -207,16 +180,14 @@ class LiveSource:
                 image = annotate(image, lines, box)
             except ImportError:  # no OpenCV: the plain frame (the page shows the label beside it)
                 pass
-            self._jpeg = (seq, encode_jpeg(image))
+            self._jpeg = (seq, encode_jpeg(image, max_side=PREVIEW_MAX_SIDE))
             return self._jpeg
 
     def inference_fps(self) -> float | None:
         """Classified frames per second over the recent frames (None before two, or after 5 s of none)."""
         with self._lock:
             times = list(self._times)
-        if len(times) < 2 or time.monotonic() - times[-1] > 5.0:
-            return None if len(times) < 2 else 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+        return rate(times, stale=5.0)
 
     def capture_fps(self) -> float | None:
         caps = list(self._captures)

@@ -13,6 +13,7 @@ import random
 import re
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import IO, Any, Sequence
@@ -243,3 +244,13 @@ class Window:
         except cv2.error:
             pass
 
+
+def rate(times: Sequence[float], stale: float = 10.0) -> float | None:
+    """Events per second over the recent monotonic ``times`` (None: fewer than two; 0.0: none for ``stale``
+    seconds)."""
+    times = list(times)
+    if len(times) < 2:
+        return None
+    if time.monotonic() - times[-1] > stale:
+        return 0.0
+    return (len(times) - 1) / max(times[-1] - times[0], 1e-9)

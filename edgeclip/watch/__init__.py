@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from .config import (MotionSettings, MqttSettings, RegionSettings, WatchConfig, WatchOptions, WebhookSettings,
                      load_config, parse_config, parse_duration)
-from .watcher import CLEAN_END, ThreadBudget, Watcher, available_cores, plan_threads
+from .watcher import CLEAN_END, ThreadBudget, Watcher, plan_threads
 
 __all__ = ["CLEAN_END", "MotionSettings", "MqttSettings", "RegionSettings", "ThreadBudget", "WatchConfig",
-           "WatchOptions", "Watcher", "WebhookSettings", "available_cores", "load_config", "parse_config",
+           "WatchOptions", "Watcher", "WebhookSettings", "load_config", "parse_config",
            "parse_duration", "plan_threads"]

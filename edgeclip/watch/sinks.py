@@ -129,6 +129,9 @@ class QueuedSink:
     def deliver(self, event: dict[str, Any]) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def reconfigured(self) -> None:
+        """The watcher's cameras or regions changed (a reload); a sink that announces them does so again."""
+
     def shutdown(self) -> None:
         """Release connections and files (after the thread stopped)."""
 
@@ -363,6 +366,9 @@ class MqttOutput(QueuedSink):
             "device": {"identifiers": [f"edgeclip_{camera}"], "name": f"edgeclip {camera}",
                        "manufacturer": "edgeclip", "model": model or "CLIP zero-shot"},
         }
+
+    def reconfigured(self) -> None:
+        self._fresh = True  # discovery and states for the new regions before the next event
 
     def shutdown(self) -> None:
         try:

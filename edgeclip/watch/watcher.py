@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -46,10 +45,12 @@ import numpy as np
 
 from ..errors import ConfigError, EdgeclipError, ImageReadError, OptionError, SourceError
 from ..runtime.classifier import Classifier
+from ..runtime.images import encode_jpeg
 from ..runtime.labels import Label
+from ..runtime.process import usable_cpus
 from ..sources import SourceSpec, parse_source
 from ..stream.loop import CaptureWorker, Frame, FrameMailbox
-from ..stream.outputs import LatencyStats, iso_time, rss_bytes
+from ..stream.outputs import LatencyStats, iso_time, rate, rss_bytes
 from ..tables import WATCH_EVENTS
 from .config import CameraConfig, RegionConfig, WatchConfig, WatchOptions, load_config
 from .decide import RegionState
@@ -66,14 +67,6 @@ CLEAN_END = ("eof", "duration", "stopped", "SIGINT", "SIGTERM")
 # ---------------------------------------------------------------------------------------------------------
 # thread budget
 # ---------------------------------------------------------------------------------------------------------
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; the CPU count elsewhere)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class ThreadBudget:
     """How the cores are shared: ``encoder`` intra-op threads; ``decoders`` sources each decoding on at most
@@ -102,7 +95,7 @@ def plan_threads(cameras: int, options: WatchOptions | None = None, cores: int |
     other process on the machine, so it is off unless asked.
     """
     opts = options or WatchOptions()
-    n = cores or available_cores()
+    n = cores or usable_cpus()
     encoder = opts.encoder_threads or n
     return ThreadBudget(n, encoder, cameras, opts.decode_threads, opts.decode_nice)
 
@@ -157,12 +150,7 @@ class Region:
         return bool(s.motion.refresh) and t - self.last_classified >= s.motion.refresh
 
     def fps(self) -> float | None:
-        times = list(self.times)
-        if len(times) < 2:
-            return None
-        if time.monotonic() - times[-1] > 10.0:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+        return rate(self.times)
 
     def status(self) -> dict[str, Any]:
         st = self.state
@@ -261,10 +249,7 @@ class Camera:
         self.mailbox.close()
 
     def fps(self) -> float | None:
-        times = list(self.times)
-        if len(times) < 2:
-            return None
-        return 0.0 if time.monotonic() - times[-1] > 10.0 else (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+        return rate(self.times)
 
     def jpeg(self) -> tuple[int, bytes] | None:
         """(frame number, JPEG) of the newest frame, encoded once per frame however many viewers ask."""
@@ -297,26 +282,6 @@ def camera_spec(config: CameraConfig, decode_threads: int | None = None) -> Sour
     if decode_threads and "decode_threads" in spec.row.options and spec.options.decode_threads is None:
         spec.options = spec.options.replace(decode_threads=decode_threads)
     return spec
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
-    """BGR uint8 -> JPEG bytes (OpenCV when installed, else Pillow)."""
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if ok:
-            return buf.tobytes()
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    rgb = image[:, :, ::-1] if image.ndim == 3 else image
-    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="JPEG", quality=int(quality))
-    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -836,9 +801,8 @@ class Watcher:
         log.info("reloaded (%s): %d cameras, %d regions", reason, len(new), config.regions)
         self.emit("reload", wall=time.time(), reason=reason, cameras=list(new), regions=config.regions,
                   kept=kept, started=started, restarted=restarted, stopped=stopped)
-        for sink in self.sinks:  # MQTT: discovery for new regions
-            if isinstance(sink, MqttOutput):
-                sink._fresh = True
+        for sink in self.sinks:
+            sink.reconfigured()
 
     # -- readers (any thread) --------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
