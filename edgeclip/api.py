@@ -318,7 +318,7 @@ def pack(bundle: str | os.PathLike[str] | Bundle, out: str | os.PathLike[str], o
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     profile = resolve_device(opts.device)
     choice = image_choice(b, profile, opts.image)
-    packed = load_bundle(pack_bundle(b, Path(out), choice.files, choice.record(), opts, step))
+    packed = pack_bundle(b, Path(out), choice.files, choice.record(), opts, step)
     runs_on(packed, profile, choice.precision)  # every backend of the profile finds its file there
     return packed
 

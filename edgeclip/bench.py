@@ -77,14 +77,16 @@ def _files(backend: TableBackend, bundle: Bundle) -> list[tuple[str, Path, str |
     """(precision, file, INT8 recipe) of every file ``backend`` can run from the bundle: its built files,
     or the fp32 ONNX at each float precision it runs and every INT8 ONNX."""
     if backend.files is not None:
-        out = []
-        for precision in (p for p in precisions("load") if p in backend.precisions):
+        out: dict[Path, tuple[str, Path, str | None]] = {}
+        for wanted in (p for p in precisions("load") if p in backend.precisions):
             try:
-                path = load_module(backend.files).find_file(bundle, precision)
+                path = load_module(backend.files).find_file(bundle, wanted)
             except EdgeclipError:
                 continue
-            out.append((precision, path, backend.int8_recipes[0] if precision == "int8" else None))
-        return out
+            # named by the precision it was built at (an FP16 engine answers an fp32 request), each file once
+            built = str(bundle.manifest["files"].get(path.name, {}).get("precision", wanted))
+            out.setdefault(path, (built, path, backend.int8_recipes[0] if built == "int8" else None))
+        return list(out.values())
     fp32 = bundle.encoder("image", "fp32")
     return ([(p, fp32, None) for p in backend.precisions if p != "int8"]
             + [("int8", path, target) for _, path, target in int8_files(bundle)])

@@ -383,6 +383,13 @@ def test_a_built_rknn_file_is_found_for_its_chip_and_left_alone_by_tensorrt(bund
     with pytest.raises(BackendError, match="no TensorRT engine for this machine") as err:
         find_engine(bundle, tensorrt="10.3.0", sm="8.7")
     assert "not usable" not in str(err.value)  # not a rejected engine: another backend's file
+    # built from an fp32 image encoder the bundle no longer has (re-exported since): not run, and the error says why
+    with update_bundle(bundle) as draft:
+        entry = {k: v for k, v in bundle.manifest["files"][bundle_file("rk3588")].items() if k not in ("sha256", "bytes")}
+        draft.add_file(bundle_file("rk3588"), **{**entry, "source_sha256": "0" * 64})
+    with pytest.raises(DeviceError, match="no .rknn file for rk3588 .*built from an image encoder the bundle no "
+                                          "longer has"):
+        find_file(load_bundle(bundle_copy), root=str(board), lite="2.5.0")
 
 
 @pytest.mark.slow

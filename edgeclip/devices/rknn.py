@@ -385,20 +385,24 @@ def find_file(bundle: Bundle, precision: str = "int8", platform: str | None = No
     """The ``.rknn`` file this board runs (``edgeclip.tables.BACKENDS["rknn"].files``): the one built for its
     chip, on an NPU that is ready; DeviceError saying why not (no NPU, no driver, no runtime, no file).
     ``platform``, ``root`` (the filesystem read) and ``lite`` (the runtime's version) default to this board's."""
-    from .detect import detect
+    from .engines import is_stale
     from .rknpu import npu_readiness
 
-    chip = platform or detect(root).profile.rknn_platform
+    ready = npu_readiness(root, lite)
+    chip = platform or ready.soc
     if chip is None:
         raise DeviceError("this machine is not a Rockchip board with an NPU (no rk35xx in "
                           "/proc/device-tree/compatible)")
-    ready = npu_readiness(root, lite)
     if not ready.ready:
         raise DeviceError(f"the {chip} NPU is not usable: {ready.describe()}")
+    stale = []
     for name, entry in bundle.files_with_role("engine").items():
         if entry.get("format") == FORMAT and entry.get("target_platform") == chip:
-            return bundle.path / name
-    raise DeviceError(f"{bundle.path}: no .rknn file for {chip}; build one (`edgeclip build` with "
+            if not is_stale(entry, bundle.manifest["files"]):
+                return bundle.path / name
+            stale.append(name)
+    why = f" ({', '.join(stale)} was built from an image encoder the bundle no longer has)" if stale else ""
+    raise DeviceError(f"{bundle.path}: no .rknn file for {chip}{why}; build one (`edgeclip build` with "
                       f"target_platform='{chip}', on a machine with RKNN-Toolkit2: docs/rknn.md)")
 
 

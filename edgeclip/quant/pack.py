@@ -71,9 +71,9 @@ def _copy(bundle: Bundle, draft: Any, name: str, entry: dict[str, Any]) -> None:
 
 
 def pack_bundle(bundle: Bundle, out: str | Path, image_files: Sequence[str], choice: dict[str, Any],
-                options: PackOptions, step: Callable[[str], None] | None = None) -> Path:
+                options: PackOptions, step: Callable[[str], None] | None = None) -> Bundle:
     """Write the packed bundle ``out`` from ``bundle`` with the image encoder files ``image_files`` (how they
-    were chosen: ``choice``, recorded in ``manifest.pack``); returns its path, verified."""
+    were chosen: ``choice``, recorded in ``manifest.pack``); returns it, loaded and verified."""
     say = step or (lambda m: log.info(m))
     options.check()
     entries = _entries(bundle)
@@ -112,7 +112,7 @@ def pack_bundle(bundle: Bundle, out: str | Path, image_files: Sequence[str], cho
         draft.manifest["pack"] = record
     packed = load_bundle(out)  # verified: hashes, sizes, ONNX inputs and outputs, labels
     say(f"packed {len(packed.info.files)} files, {record['bytes'] / 1e6:.1f} MB (from {record['source']['bytes'] / 1e6:.1f} MB)")
-    return packed.path
+    return packed
 
 
 def _int8_text(bundle: Bundle, draft: Any, options: PackOptions) -> dict[str, Any]:
