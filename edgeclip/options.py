@@ -138,10 +138,24 @@ class Options:
         return [problem for f in dataclasses.fields(self) if f.metadata.get("output") and getattr(self, f.name)
                 for problem in [check_output(getattr(self, f.name), f.name, f.metadata["output"])] if problem]
 
+    def choice_problems(self) -> dict[str, str]:
+        """Field -> problem, for fields declared with ``choices`` whose value is not one of them (None is accepted
+        where it is the default)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed and value not in allowed and not (value is None and f.default is None):
+                out[f.name] = f"unknown {f.name} {value!r}{closest(str(value), allowed)}; use one of {', '.join(allowed)}"
+        return out
+
     def check(self) -> None:
-        """Raise one OptionError listing every problem (the outputs' first, then :meth:`problems`), before any
-        work."""
-        found = self.output_problems() or self.problems()
+        """Raise one OptionError listing every problem before any work: the outputs' first; else
+        :meth:`problems` and every value outside a field's ``choices`` that :meth:`problems` did not word itself."""
+        found = self.output_problems()
+        if not found:
+            found = self.problems()
+            said = " ".join(found)
+            found += [p for name, p in self.choice_problems().items() if name not in said]
         if found:
             raise OptionError("; ".join(found))
 

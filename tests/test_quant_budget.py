@@ -15,9 +15,10 @@ from edgeclip.quant.budget import (MODES, PRECISIONS, Phase, StepTimes, choose_p
                                    plan_batch, spread, summary)
 from edgeclip.quant.calibration import MIN_SYNTHESIS_SECONDS, text_targets
 from edgeclip.quant.resolution import COARSER, at_resolution, ladder
+from edgeclip.runtime.process import usable_cpus
 from edgeclip.quant.synthesis import (OtherCpuUse, SynthesisConfig, busy_elsewhere, cpu_sample, load_torch_tower, pixel_bounds,
                                       synthesis_threads, synthesise, text_cosine, text_guided_objective,
-                                      tower_from_module, usable_cores)
+                                      tower_from_module)
 
 FULL = (224, 224)
 LADDER = [((96, 96), 0.8), ((160, 160), 0.15), (FULL, 0.05)]
@@ -302,7 +303,7 @@ def test_threads_follow_usable_cores_and_what_others_use_now(vit_tower) -> None:
     import torch
 
     big = tower_from_module(torch.nn.Linear(3200, 3200), (1, 1), (0, 0, 0), (1, 1, 1))  # 10.2 M parameters
-    cores = usable_cores()
+    cores = usable_cpus()
     assert synthesis_threads(vit_tower) == 1 and synthesis_threads(vit_tower, 3) == 3
     assert synthesis_threads(big) == cores, "not measured: every usable core (no stale load average)"
     assert synthesis_threads(big, busy=float(cores)) == 1 and synthesis_threads(big, busy=0.0) == cores

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import sys
 import typing
@@ -38,9 +39,15 @@ def parser_type(parse: Any) -> Any:
     return convert
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The options class's evaluated annotations (once per class: evaluating them is most of building the parser)."""
+    return typing.get_type_hints(cls)
+
+
 def _kind(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
     """The field's base type (int, float, str or bool; ``X | None`` -> X) and whether it is a tuple of them."""
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = _hints(cls)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is not tuple else []
     base = args[0] if args else hint
     if typing.get_origin(base) is tuple and not f.metadata["parse"]:

@@ -52,12 +52,10 @@ class ModelCard:
 
 
 def cache_file() -> Path:
-    """``$EDGECLIP_CACHE_DIR/models.json``, else ``$XDG_CACHE_HOME/edgeclip/models.json`` or ``~/.cache/...``."""
-    root = os.environ.get("EDGECLIP_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "models.json"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgeclip" / "models.json"
+    """``models.json`` in edgeclip's user cache (:func:`edgeclip.runtime.cache.cache_root`)."""
+    from ..runtime.cache import cache_root
+
+    return cache_root() / "models.json"
 
 
 def this_cpu() -> str:

@@ -56,10 +56,6 @@ class QuantizeOptions(Options):
     def problems(self) -> list[str]:
         """Every value out of range, each naming the option."""
         out = []
-        if self.target not in ("auto", *INT8_RECIPES):
-            out.append(f"unknown target {self.target!r}; use auto or one of {', '.join(INT8_RECIPES)}")
-        if self.calib_method is not None and self.calib_method not in CALIB_METHODS:
-            out.append(f"unknown calib_method {self.calib_method!r}; use one of {', '.join(CALIB_METHODS)}")
         if self.images < 1:
             out.append(f"`images` must be >= 1, got {self.images}")
         if not self.time_budget > 0:
@@ -71,9 +67,4 @@ class QuantizeOptions(Options):
             out.append(f"`steps` must be >= 1, got {self.steps}")
         if self.synthesis_threads < 0:
             out.append(f"`synthesis_threads` must be >= 0 (0: chosen for the machine), got {self.synthesis_threads}")
-        if self.synthesis_resolution not in MODES:
-            out.append(f"unknown synthesis_resolution {self.synthesis_resolution!r}; use one of {', '.join(MODES)}")
-        if self.synthesis_precision not in ("auto", *precisions("synthesis")):
-            out.append(f"unknown synthesis_precision {self.synthesis_precision!r}; use one of "
-                       f"auto, {', '.join(precisions('synthesis'))}")
         return out

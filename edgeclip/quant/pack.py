@@ -47,8 +47,6 @@ class PackOptions(Options):
     def problems(self) -> list[str]:
         """Values out of range, each naming the option."""
         out = []
-        if self.text not in TEXT_CHOICES:
-            out.append(f"unknown text={self.text!r}; use one of {', '.join(TEXT_CHOICES)}")
         if not 0.0 < self.text_min_cosine <= 1.0:
             out.append(f"`text_min_cosine` must be in (0, 1], got {self.text_min_cosine}")
         return out

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import BundleError, EdgeclipError, OptionError, ParityError, QuantizationError
+from ..runtime.process import usable_cpus
 
 #: Scene-level prompts mixed with the label prompts so calibration also covers images of no label.
 GENERIC_PROMPTS = (
@@ -195,14 +196,6 @@ def load_torch_tower(bundle: Any) -> TorchTower:
     return tower
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``), else ``os.cpu_count``."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class CpuSample:
     """At one moment: busy CPU seconds of the cores this process may use (``/proc/stat``) and its own."""
@@ -261,7 +254,7 @@ class OtherCpuUse:
 
 def synthesis_threads(tower: TorchTower, requested: int = 0, busy: float | None = None) -> int:
     """Torch CPU threads for synthesis: ``requested``, else 1 for small towers, else the usable cores
-    (``usable_cores``) less those that other processes kept busy (``busy``, measured by ``busy_elsewhere``
+    (``usable_cpus``) less those that other processes kept busy (``busy``, measured by ``busy_elsewhere``
     over the last interval; None: not measured, every usable core).
 
     Measured on the 2-core machine while another job trained: a second thread made one forward+backward
@@ -271,7 +264,7 @@ def synthesis_threads(tower: TorchTower, requested: int = 0, busy: float | None 
     """
     if requested > 0:
         return requested
-    cores = usable_cores()
+    cores = usable_cpus()
     params = sum(p.numel() for p in tower.encode.parameters())
     if params < 10_000_000 or cores == 1:
         return 1

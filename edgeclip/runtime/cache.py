@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +49,22 @@ class Entry:
     used: float
 
 
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+def _entry(folder: Path) -> Entry:
+    """One entry: the bytes of its files and the newest time of anything in it (else its own), one stat each."""
+    size, times = 0, []
+    for f in folder.rglob("*"):
+        st = f.stat()
+        times.append(st.st_mtime)
+        if stat.S_ISREG(st.st_mode):
+            size += st.st_size
+    return Entry(folder, size, max(times, default=folder.stat().st_mtime))
 
 
 def entries(folder: Path) -> list[Entry]:
     """The entries of one cache subfolder, least recently used first."""
     if not folder.is_dir():
         return []
-    found = [Entry(p, _size(p), max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime))
-             for p in folder.iterdir() if p.is_dir()]
-    return sorted(found, key=lambda e: e.used)
+    return sorted((_entry(p) for p in folder.iterdir() if p.is_dir()), key=lambda e: e.used)
 
 
 def touch(entry: Path) -> None:

@@ -176,6 +176,7 @@ class Classifier:
                                                          self.options.target), self.options, precision, self.bundle)
         self.precision = precision or "fp32"
         self.encoder = encoder
+        self._warmed = 0  # the largest batch size warm_up ran
         self.choice: Any = None  # how edgeclip.load chose the encoder (devices.backends.EncoderChoice)
         self.preprocessor = Preprocessor(PreprocessConfig.from_manifest(self.bundle.preprocess))
         self.logit_scale = self.bundle.logit_scale
@@ -249,13 +250,16 @@ class Classifier:
 
     # -- numeric core ----------------------------------------------------------------------------------
     def warm_up(self, max_batch: int) -> float:
-        """Run the encoder once at every batch size up to ``max_batch`` (backends compile and allocate per
-        shape), so no later call pays for it and memory is at its plateau from the start; returns seconds."""
+        """Run the encoder once at every batch size up to ``max_batch`` not run this way before (backends compile
+        and allocate per shape), so no later call pays for it and memory is at its plateau from the start (a
+        service and the watcher it runs warm up once); returns seconds."""
         t = time.perf_counter()
         th, tw = self.preprocessor.config.size
+        done = self._warmed
         pixels = np.zeros((max_batch, 3, th, tw), np.float32)
-        for n in range(1, max_batch + 1):
+        for n in range(done + 1, max_batch + 1):
             self.embed_pixels(pixels[:n])
+        self._warmed = max(done, max_batch)
         return time.perf_counter() - t
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:

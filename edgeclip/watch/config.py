@@ -32,6 +32,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from ..bundle.manifest import is_number
 from ..errors import ConfigError, EdgeclipError, OptionError
 from ..options import Options, check_output, option
 from ..sources import SourceOptions
@@ -566,7 +567,7 @@ def _region(r: _Reader, name: str, knode: Any, node: Any, key: str, defaults: Re
 def _shape(r: _Reader, kind: str, node: Any, key: str) -> Shape:
     raw = r.value(node, key)
     if kind == "rect":
-        if not (isinstance(raw, list) and len(raw) == 4 and all(_is_num(v) for v in raw)):
+        if not (isinstance(raw, list) and len(raw) == 4 and all(is_number(v) for v in raw)):
             raise r.fail(node, key, f"a rect is 4 numbers [x, y, w, h] (pixels, or fractions like [0.1, 0.2, 0.3, "
                                     f"0.4]), got {raw!r}")
         x, y, w, h = (float(v) for v in raw)
@@ -576,7 +577,7 @@ def _shape(r: _Reader, kind: str, node: Any, key: str) -> Shape:
         flat = raw
     else:
         if not (isinstance(raw, list) and len(raw) >= 3 and all(
-                isinstance(p, list) and len(p) == 2 and all(_is_num(v) for v in p) for p in raw)):
+                isinstance(p, list) and len(p) == 2 and all(is_number(v) for v in p) for p in raw)):
             raise r.fail(node, key, f"a polygon is a list of at least 3 points [[x, y], [x, y], [x, y], ...], "
                                     f"got {raw!r}")
         points = [(float(p[0]), float(p[1])) for p in raw]
@@ -587,10 +588,6 @@ def _shape(r: _Reader, kind: str, node: Any, key: str) -> Shape:
     if relative and any(v > 1.0 + 1e-9 for p in points for v in p):
         raise r.fail(node, key, "fractions of the frame must stay within 0..1 (write pixels as integers)")
     return Shape(kind, points, relative)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _states(r: _Reader, node: Any, key: str) -> list[State]:

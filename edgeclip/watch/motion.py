@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..stream.decisions import ema_weight
 from .config import MotionSettings
 
 try:  # optional: OpenCV makes the grey conversion and area resize a few times faster
@@ -77,13 +78,11 @@ class MotionGate:
         moved = self.changed >= max(s.area, 1e-9)
         if self._changed(g - self.previous) >= max(s.area, 1e-9):
             self.still_since = t
-        dt = max(0.0, t - (self.last_t if self.last_t is not None else t))
         if moved and t - self.still_since >= s.hold:  # a change that stands still becomes the background
             self.background = g.copy()
             moved = False
         else:
-            alpha = 1.0 if s.background <= 0 else 1.0 - 0.5 ** (dt / s.background)
-            self.background += alpha * (g - self.background)
+            self.background += ema_weight(t - self.last_t, s.background) * (g - self.background)
         self.previous, self.last_t = g, t
         if moved:
             self.last_motion = t
