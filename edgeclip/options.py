@@ -15,6 +15,7 @@ options beside them (``QuantizeOptions`` in ``edgeclip.quant.options``, ``Source
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -53,6 +54,22 @@ def parse_size(text: str | int) -> int:
     if value < 1:
         raise OptionError(f"expected a positive size such as 268435456, 512M or 2G, got {text!r}")
     return value
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string with a unit (``250ms``, ``5s``, ``2m``, ``1h``); >= 0."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 500ms or 2m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(value).lower())
+        if not m:
+            raise ValueError(f"{value!r} is not a duration; write 5s, 500ms, 2m or a number of seconds")
+        seconds = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"a duration must be >= 0, got {value!r}")
+    return seconds
 
 
 def positive_int(text: str | int) -> int:

@@ -190,6 +190,11 @@ def test_a_camera_takes_the_source_options_of_its_kind(tmp_path: Path, capsys: p
     with pytest.raises(ConfigError) as err:
         parse_config(GOOD.replace("    fps: 15\n", "    fps: -3\n", 1), "w.yaml")
     assert err.value.key == "cameras.driveway.fps" and "fps must be > 0" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a rate is no duration: "2m" is not 120 fps
+        parse_config(GOOD.replace("    fps: 15\n", "    fps: 2m\n", 1), "w.yaml")
+    assert err.value.key == "cameras.driveway.fps" and "expected a number, got '2m'" in str(err.value)
+    rtsp = GOOD.replace("synthetic://640x480", "rtsp://cam/1", 1).replace("    fps: 15\n", "    read_timeout: 1.5m\n", 1)
+    assert parse_config(rtsp, "w.yaml").cameras[0].options.read_timeout == 90.0  # seconds keys take durations
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
     cam = parse_config(GOOD.replace("synthetic://640x480", str(video), 1), "w.yaml").cameras[0]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from ..errors import SourceError
-from ..options import Options, option, parse_size
+from ..options import Options, option, parse_duration, parse_size
 from ..tables import SOURCE_KINDS, SourceKind
 
 #: frames per second of a folder played in real time (``realtime``) when no ``fps`` is given
@@ -53,15 +53,16 @@ class SourceOptions(Options):
                                    "as possible")
     loop: bool = option(False, "restart a file or folder at its end")
     read_timeout: float = option(10.0, "seconds before a silent network stream counts as lost; an MJPEG stream must "
-                                       "also deliver each whole frame within it (slow trickles count as lost)")
+                                       "also deliver each whole frame within it (slow trickles count as lost)",
+                                parse=parse_duration)
     max_part_size: int | None = option(None, "largest MJPEG frame accepted from mjpeg+http:// sources, e.g. 64M "
                                              "(default 32M); a bigger one counts as a lost source and is reconnected",
                                        metavar="SIZE", parse=parse_size)
     reconnect_max: float = option(30.0, "longest wait between reconnection attempts, in seconds; waits start at "
-                                        "`reconnect_min` and double")
-    reconnect_min: float = option(0.5, "first reconnection wait in seconds")
+                                        "`reconnect_min` and double", parse=parse_duration)
+    reconnect_min: float = option(0.5, "first reconnection wait in seconds", parse=parse_duration)
     give_up_after: float = option(0.0, "end (exit 1) after this many seconds without frames from a lost source "
-                                       "(0: never)")
+                                       "(0: never)", parse=parse_duration)
     decode_threads: int | None = option(None, "threads OpenCV's FFmpeg decoder may use for a video file or network "
                                               "stream (default: OpenCV's, one per core); a process reading many "
                                               "sources sets 1 so that the decoders do not outnumber the cores")

@@ -34,7 +34,7 @@ from typing import Any, Callable, ClassVar
 
 from ..bundle.manifest import is_number
 from ..errors import ConfigError, EdgeclipError, OptionError
-from ..options import Options, check_output, option
+from ..options import Options, check_output, option, parse_duration
 from ..sources import SourceOptions
 from ..tables import WATCH_SINKS, closest, watch_schedules
 
@@ -43,22 +43,6 @@ from ..tables import WATCH_SINKS, closest, watch_schedules
 # value converters (each takes a value from the file or a flag's text and raises ValueError with what is
 # expected)
 # ---------------------------------------------------------------------------------------------------------
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string with a unit (``250ms``, ``5s``, ``2m``, ``1h``); >= 0."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 5s, 500ms or 2m")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(value).lower())
-        if not m:
-            raise ValueError(f"{value!r} is not a duration; write 5s, 500ms, 2m or a number of seconds")
-        seconds = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"a duration must be >= 0, got {value!r}")
-    return seconds
-
-
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Callable[[Any], Any]:
     def conv(value: Any) -> Any:
         if isinstance(value, str):  # a flag's text
@@ -666,14 +650,12 @@ def _source_options(r: _Reader, items: dict, key: str, knode: Any) -> SourceOpti
 
 
 def _source_value(f: Field, hint: Any, raw: Any) -> Any:
-    """A camera key's value as its SourceOptions field wants it (a duration text for seconds)."""
+    """A camera key's value as its SourceOptions field wants it (a text through the field's own parser)."""
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     if raw is None:
         return None
     if base is bool:
         return _boolean(raw)
     if f.metadata.get("parse") is not None and isinstance(raw, str):
-        return f.metadata["parse"](raw)
-    if base is int:
-        return _number(integer=True)(raw)
-    return parse_duration(raw) if isinstance(raw, str) else _number()(raw)
+        return f.metadata["parse"](raw)  # sizes, and durations for the seconds keys
+    return _number(integer=base is int)(raw)
