@@ -607,10 +607,9 @@ def prepare_source(source: str | SourceSpec, options: SourceOptions | None = Non
     """The service's live source, parsed and checked as ``edgeclip.stream`` does (kind, options, extra);
     a file, folder or synthetic source that sets no rate plays in real time, as a preview should."""
     spec = source if isinstance(source, SourceSpec) else parse_source(source, options)
-    if spec.row.extra:
-        require(spec.row.extra, what=f"a {spec.kind} source")
-    if not spec.live and not spec.fps:
-        spec.options = dataclasses.replace(spec.options, realtime=True)
+    spec.require_extra()
+    if not spec.live and not spec.fps:  # a copy: the caller's spec is left as it was
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, realtime=True))
     return spec
 
 

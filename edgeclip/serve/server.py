@@ -78,7 +78,6 @@ class _Registry:
         self.idle: dict[GuardedProtocol, None] = {}  # insertion order = idle since
         self.limit = LogLimiter(log)
         self.trim_pending = False
-        self.closed = {"head timeout": 0, "body timeout": 0, "send timeout": 0, "evicted": 0, "refused": 0}
 
     def trim_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.trim_pending:
@@ -150,7 +149,6 @@ class GuardedProtocol(H11Protocol):
 
     def _close(self, kind: str, message: str, *args: Any) -> None:
         """Close this connection for ``kind``, logged as one line (rate-limited)."""
-        self.registry.closed[kind] += 1
         self.registry.limit(logging.INFO, kind, message, *args)
         if self.scope is not None and self.cycle is not None and not self.cycle.response_complete:
             self.scope["edgeclip.closed"] = kind  # the app then does not log the disconnect again
@@ -162,7 +160,6 @@ class GuardedProtocol(H11Protocol):
 
     def _refuse(self) -> None:
         reg = self.registry
-        reg.closed["refused"] += 1
         reg.limit(logging.WARNING, "refused", "refused a connection from %s: all %d connections are busy "
                                               "(`max_connections`)", self._peer(), reg.options.max_connections)
         body = (b'{"error": "the service is at its connection limit; retry in a moment", "status": 503}')

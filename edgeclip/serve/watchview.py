@@ -52,13 +52,13 @@ def register_watch_metrics(registry: Registry, watcher: Watcher) -> None:
     def per_region(fn: Callable[[Any], float | None]) -> Callable[[], Rows]:
         return lambda: [((c.name, r.name), fn(r)) for c in cams() for r in c.regions]
 
-    def latency(q: str) -> Callable[[], Rows]:
-        def rows() -> Rows:
-            for c in cams():
-                for r in c.regions:
-                    ms = r.latency.summary_ms(list(r.latency.recent))[q]
-                    yield (c.name, r.name, "0.5" if q == "p50" else "0.95"), None if ms is None else ms / 1000
-        return rows
+    def latency() -> Rows:
+        for c in cams():
+            for r in c.regions:
+                summary = r.latency.summary_ms(list(r.latency.recent))  # once per region and scrape
+                for q, quantile in (("p50", "0.5"), ("p95", "0.95")):
+                    ms = summary[q]
+                    yield (c.name, r.name, quantile), None if ms is None else ms / 1000
 
     def states() -> Rows:
         for c in cams():
@@ -86,7 +86,7 @@ def register_watch_metrics(registry: Registry, watcher: Watcher) -> None:
     add(RowFamily("edgeclip_watch_region_fps", "classifications of the region per second (recent)", "gauge", reg,
                   per_region(lambda r: r.fps())))
     add(RowFamily("edgeclip_watch_region_latency_seconds", "frame captured to state decided (recent)", "gauge",
-                  reg + ("quantile",), lambda: [row for q in ("p50", "p95") for row in latency(q)()]))
+                  reg + ("quantile",), latency))
     add(RowFamily("edgeclip_watch_region_state", "1 for the state the region is in", "gauge",
                   reg + ("state",), states))
     add(RowFamily("edgeclip_watch_encoder_calls_total", "encoder calls (one per tick, every due region)", "counter",

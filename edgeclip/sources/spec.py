@@ -117,6 +117,13 @@ class SourceSpec:
     def live(self) -> bool:
         return self.row.live
 
+    def require_extra(self) -> None:
+        """MissingExtraError (exit 2, with the pip line) where this kind needs an extra that is not installed."""
+        if self.row.extra:
+            from ..extras import require
+
+            require(self.row.extra, what=f"a {self.kind} source")
+
     @property
     def fps(self) -> float | None:
         return self.options.fps

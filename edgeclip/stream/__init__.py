@@ -193,8 +193,7 @@ def open_stream(classifier: Classifier | Bundle | str | os.PathLike[str], source
     stream_values, source_values = split_values(values)
     opts = StreamOptions.build(options, **stream_values)
     spec = source if isinstance(source, SourceSpec) else parse_source(source, source_options, **source_values)
-    if spec.row.extra:
-        require(spec.row.extra, what=f"a {spec.kind} source")
+    spec.require_extra()
     for name in ("video_out", "show"):
         if outputs is not None and getattr(outputs, name):
             require("opencv", what=f"`{name}`")
