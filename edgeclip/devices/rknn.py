@@ -32,6 +32,7 @@ from ..bundle import Bundle, now_iso
 from ..bundle.onnxinfo import read_onnx_info
 from ..bundle.store import sha256_file
 from ..errors import DeviceError, OptionError
+from ..runtime.preprocess import to_pixels
 from ..extras import release
 from ..runtime.backends.rknn import lite_version
 from ..options import Options, option
@@ -240,10 +241,9 @@ def cached_calibration(bundle: Bundle, source: str = DEFAULT_CALIB) -> Calibrati
 
 
 def raw_pixels(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """Normalised float32 [N, 3, H, W] -> raw RGB on the 0-255 scale, rounded to whole levels (float32 NCHW)."""
-    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    return np.clip(np.rint((images.astype(np.float32) * s + m) * np.float32(255.0)), 0, 255).astype(np.float32)
+    """Normalised float32 [N, 3, H, W] -> raw RGB on the 0-255 scale, whole levels (float32 NCHW, as the
+    converter's dataset files hold them): :func:`edgeclip.runtime.preprocess.to_pixels`, channels first."""
+    return to_pixels(np.asarray(images, np.float32), mean, std).transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def write_dataset(raw: np.ndarray, folder: Path) -> Path:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import EdgeclipError, OptionError, QuantizationError
+from ..runtime.preprocess import to_pixels
 from .budget import describe_plan, summary
 from .synthesis import GENERIC_PROMPTS, SynthesisConfig, noise_images
 
@@ -363,14 +364,6 @@ class _PlanBar:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def to_pixels(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """Denormalise float32 [N, 3, H, W] model input to uint8 RGB [N, H, W, 3]."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-    px = np.clip((images * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return px.transpose(0, 2, 3, 1)
-
-
 def contact_sheet(images: np.ndarray, mean: Any, std: Any, columns: int = 8, min_tile: int = 96,
                   gap: int = 2) -> np.ndarray:
     """A grid of the denormalised images (uint8 RGB [H, W, 3]); small images are enlarged (nearest)."""

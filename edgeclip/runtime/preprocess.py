@@ -279,6 +279,21 @@ class _Axis:
         return res.reshape((self.n,) + x.shape[1:])
 
 
+def to_pixels(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised float32 [B, 3, H, W] model input -> the uint8 [B, H, W, 3] RGB pixels it was made from.
+
+    Exact for the preprocessor's output (each value is ``(v / 255 - mean) / std`` of a uint8 ``v``); other
+    input is rounded to the nearest level and clipped to 0..255.
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise OptionError(f"expected a normalised [B, 3, H, W] batch, got shape {x.shape}")
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
+    px = np.rint(x * s + m)
+    np.clip(px, 0, 255, out=px)
+    return np.ascontiguousarray(px.astype(np.uint8).transpose(0, 2, 3, 1))
+
+
 def _center(resized: int, target: int) -> tuple[int, int, int]:
     """(first resized index kept, number kept, offset in the output) for crop-or-pad along one axis."""
     if target > resized:  # pad (d // 2 before, (d + 1) // 2 after), as torchvision/open_clip do

@@ -29,6 +29,7 @@ from ...bundle import Bundle
 from ...errors import BackendError, OptionError
 from ...options import LoadOptions
 from ...tables import RKNN_CORE_MASKS
+from ..preprocess import to_pixels
 
 log = logging.getLogger("edgeclip.runtime")
 
@@ -96,21 +97,6 @@ def check_core_mask(core_mask: str) -> str:
     if core_mask not in CORE_MASKS:
         raise OptionError(f"core_mask={core_mask!r} is not an NPU core mask; use one of {', '.join(CORE_MASKS)}")
     return core_mask
-
-
-def to_pixels(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised float32 [B, 3, H, W] model input -> the uint8 [B, H, W, 3] RGB pixels it was made from.
-
-    Exact for the preprocessor's output (each value is ``(v / 255 - mean) / std`` of a uint8 ``v``); other
-    input is rounded to the nearest level and clipped to 0..255.
-    """
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise OptionError(f"expected a normalised [B, 3, H, W] batch, got shape {x.shape}")
-    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
-    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
-    px = np.rint(x * s + m)
-    np.clip(px, 0, 255, out=px)
-    return np.ascontiguousarray(px.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 def fixed_batches(x: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, int]]:
