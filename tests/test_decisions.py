@@ -97,6 +97,25 @@ def test_first_frame_decides_at_once() -> None:
     assert again.label == "dog" and not again.changed
 
 
+def test_dwell_holds_a_challenger_for_seconds_of_frame_time_and_a_break_starts_it_again() -> None:
+    """What ``edgeclip watch`` regions use: the state changes only after the challenger has led by the margin
+    for ``dwell`` seconds (frame times), however few or many frames came meanwhile."""
+    from edgeclip.watch.config import RegionSettings
+    from edgeclip.watch.decide import RegionState
+
+    d = LabelDecider(NAMES, margin=0.1, dwell=2.0)
+    cat, dog = np.array([0.8, 0.1, 0.1]), np.array([0.1, 0.8, 0.1])
+    assert d.update(cat, 0.0).label == "cat"
+    assert d.update(dog, 1.0).label == "cat" and d.update(dog, 2.9).label == "cat"  # led for 1.9 s
+    assert d.update(cat, 3.0).label == "cat"  # a break
+    assert d.update(dog, 4.0).label == "cat" and d.update(dog, 5.5).label == "cat"  # led for 1.5 s since the break
+    switched = d.update(dog, 6.0)
+    assert switched.label == "dog" and switched.changed and switched.previous == "cat"
+    region = RegionState(NAMES, RegionSettings(half_life=0.0, margin=0.1, dwell=2.0))
+    assert [region.update(p, t).label for p, t in ((cat, 0.0), (dog, 1.0), (dog, 3.0))] == ["cat", "cat", "dog"]
+    assert region.current == 1 and region.smoothed.tolist() == dog.tolist()
+
+
 def test_margin_prevents_flicker() -> None:
     d = LabelDecider(NAMES, margin=0.1, min_frames=1)
     rows = [[0.5, 0.45, 0.05], [0.45, 0.5, 0.05], [0.5, 0.45, 0.05], [0.44, 0.51, 0.05]]

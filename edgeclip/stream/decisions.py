@@ -120,10 +120,11 @@ class Decision:
 
 
 class LabelDecider:
-    """Stable labels from smoothed scores: margin + consecutive-frame hysteresis, and an unknown threshold."""
+    """Stable labels from smoothed scores: margin + hysteresis (``min_frames`` consecutive frames and, with
+    ``dwell``, that many seconds of the frames' times), and an unknown threshold."""
 
     def __init__(self, names: Sequence[str], threshold: float = 0.0, margin: float = 0.0,
-                 min_frames: int = 1, unknown: str = UNKNOWN) -> None:
+                 min_frames: int = 1, unknown: str = UNKNOWN, dwell: float = 0.0) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise OptionError(f"threshold must be in [0, 1] (a probability), got {threshold}")
         if not 0.0 <= margin < 1.0:
@@ -131,7 +132,7 @@ class LabelDecider:
         if int(min_frames) != min_frames or min_frames < 1:
             raise OptionError(f"min-frames must be an integer >= 1, got {min_frames}")
         self.threshold, self.margin, self.min_frames = float(threshold), float(margin), int(min_frames)
-        self.unknown = unknown
+        self.unknown, self.dwell = unknown, float(dwell)
         self.set_names(names)
 
     def set_names(self, names: Sequence[str]) -> None:
@@ -143,6 +144,12 @@ class LabelDecider:
         self.current: int | None = None  # label index, -1 = unknown, None = nothing decided yet
         self.candidate: int | None = None
         self.streak = 0
+        self.since = 0.0  # when the candidate first beat the current label
+
+    @property
+    def label(self) -> str | None:
+        """The decided label (None before the first update)."""
+        return self._name(self.current)
 
     def _name(self, index: int | None) -> str | None:
         if index is None:
@@ -152,8 +159,8 @@ class LabelDecider:
     def _score(self, scores: np.ndarray, index: int) -> float:
         return self.threshold if index < 0 else float(scores[index])
 
-    def update(self, scores: np.ndarray) -> Decision:
-        """One frame's (smoothed) scores -> the decided label."""
+    def update(self, scores: np.ndarray, t: float = 0.0) -> Decision:
+        """One frame's (smoothed) scores, at time ``t`` in seconds (used with ``dwell``) -> the decided label."""
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(self.names),):
             raise OptionError(f"expected {len(self.names)} scores, got shape {scores.shape}")
@@ -165,9 +172,11 @@ class LabelDecider:
             self.current, self.candidate, self.streak = proposed, None, 0
         elif proposed != self.current and \
                 self._score(scores, proposed) >= self._score(scores, self.current) + self.margin:
-            self.streak = self.streak + 1 if proposed == self.candidate else 1
+            if proposed != self.candidate:
+                self.streak, self.since = 0, t
+            self.streak += 1
             self.candidate = proposed
-            if self.streak >= self.min_frames:
+            if self.streak >= self.min_frames and t - self.since >= self.dwell:
                 self.current, self.candidate, self.streak = proposed, None, 0
         else:
             self.candidate, self.streak = None, 0

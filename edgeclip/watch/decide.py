@@ -13,52 +13,30 @@ from typing import Sequence
 
 import numpy as np
 
-from ..stream.decisions import UNKNOWN, Decision, EmaSmoother, HalfLife
+from ..stream.decisions import Decision, EmaSmoother, HalfLife, LabelDecider
 from .config import RegionSettings
 
 
 class RegionState:
-    """Decides one region's reported state from its classifications (see the module doc)."""
+    """Decides one region's reported state from its classifications (see the module doc): the stream's EMA and
+    label decider, with the hysteresis held for ``dwell`` seconds instead of a number of frames."""
 
     def __init__(self, names: Sequence[str], settings: RegionSettings) -> None:
         self.names = list(names)
-        self.threshold, self.margin, self.dwell = settings.threshold, settings.margin, settings.dwell
         self.smoother = EmaSmoother(HalfLife(settings.half_life, "s"))
-        self.current: int | None = None  # index, -1 unknown, None: nothing decided yet
-        self.candidate: int | None = None
-        self.since = 0.0
+        self.decider = LabelDecider(self.names, settings.threshold, settings.margin, dwell=settings.dwell)
         self.smoothed: np.ndarray | None = None
-        self.changed_at: float | None = None
+
+    @property
+    def current(self) -> int | None:
+        """The state's index, -1 unknown, None before the first classification."""
+        return self.decider.current
 
     @property
     def label(self) -> str | None:
-        return self._name(self.current)
-
-    def _name(self, index: int | None) -> str | None:
-        if index is None:
-            return None
-        return UNKNOWN if index < 0 else self.names[index]
-
-    def _score(self, scores: np.ndarray, index: int) -> float:
-        return self.threshold if index < 0 else float(scores[index])
+        return self.decider.label
 
     def update(self, probs: np.ndarray, t: float) -> Decision:
         """One classification at time ``t`` -> the state after smoothing, margin and dwell."""
-        scores = self.smoother.update(probs, t)
-        self.smoothed = scores
-        best = int(np.argmax(scores))
-        proposed = best if (self.threshold <= 0 or scores[best] >= self.threshold) else -1
-        previous = self.current
-        if self.current is None:
-            self.current, self.changed_at = proposed, t
-        elif proposed != self.current and \
-                self._score(scores, proposed) >= self._score(scores, self.current) + self.margin:
-            if proposed != self.candidate:
-                self.candidate, self.since = proposed, t
-            if t - self.since >= self.dwell:
-                self.current, self.candidate, self.changed_at = proposed, None, t
-        else:
-            self.candidate = None
-        cur = self.current
-        score = float(scores[best]) if cur < 0 else float(scores[cur])
-        return Decision(self._name(cur), cur, score, changed=cur != previous, previous=self._name(previous))
+        self.smoothed = self.smoother.update(probs, t)
+        return self.decider.update(self.smoothed, t)
