@@ -36,6 +36,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # errors
 # ---------------------------------------------------------------------------------------------------------
 log = logging.getLogger("edgeclip.serve")
+#: Lines of one kind logged per 10 s at most (closings, refusals, uvicorn's warnings); the rest are counted.
+LOG_BURST = 5
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -43,16 +45,38 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+class LogLimiter:
+    """Logs at most ``burst`` lines per key every ``period`` seconds; the rest are counted and summed up (by
+    ``logger``, where there is one, when the key's next window opens)."""
+
+    def __init__(self, logger: logging.Logger | None = None, burst: int = LOG_BURST, period: float = 10.0) -> None:
+        self.logger, self.burst, self.period = logger, burst, period
+        self._windows: dict[str, list[float]] = {}  # key -> [window start, shown, suppressed]
+
+    def allow(self, key: str, level: int = logging.INFO) -> bool:
+        """Whether one more line of ``key`` may be shown now."""
+        now = time.monotonic()
+        w = self._windows.setdefault(key, [now, 0, 0])
+        if now - w[0] >= self.period:
+            if w[2] and self.logger is not None:
+                self.logger.log(level, "%d more like '%s' in the last %.0f s", int(w[2]), key, now - w[0])
+            w[:] = [now, 0, 0]
+        if w[1] < self.burst:
+            w[1] += 1
+            return True
+        w[2] += 1
+        return False
+
+    def __call__(self, level: int, key: str, message: str, *args: Any) -> None:
+        if self.allow(key, level) and self.logger is not None:
+            self.logger.log(level, message, *args)
+
+
+_LIMITER = LogLimiter(log)
+
+
 def _log_limited(kind: str, message: str, *args: Any) -> None:
-    from .server import LogLimiter
-
-    global _LIMITER
-    if _LIMITER is None:
-        _LIMITER = LogLimiter(log)
     _LIMITER(logging.INFO, kind, message, *args)
-
-
-_LIMITER: Any = None
 
 
 class BodyTooLarge(RequestError):

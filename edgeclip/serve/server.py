@@ -17,8 +17,8 @@ adds them, per connection, from the service's ``ServeOptions``:
   (no request in progress) is closed, and only when every connection is busy is the new one answered 503.
   The process's open-file limit is raised to fit the cap at start (an OptionError when it cannot).
 
-Each closing is logged as one line, at most :data:`LOG_BURST` lines per kind every 10 s (then one line
-saying how many were not shown), and so are the event loop's own errors (e.g. ``accept()`` failing):
+Each closing is logged as one line, at most ``guard.LOG_BURST`` lines per kind every 10 s (then one line saying
+how many were not shown), and so are the event loop's own errors (e.g. ``accept()`` failing):
 no tracebacks, no flood. :func:`build_server` returns the uvicorn server the CLI runs (and the tests);
 on SIGTERM/SIGINT it first tells the service to stop (queued work answers 503 at once, label work stops
 between batches) so that the process exits promptly.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import h11
@@ -36,38 +35,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import OptionError
 from ..runtime.process import release_memory
+from .guard import LogLimiter
 
 log = logging.getLogger("edgeclip.serve")
 
 #: Largest request head (request line and headers) in bytes; h11 answers 400 past it.
 MAX_HEAD_BYTES = 16 * 1024
-#: Lines per kind of event logged in 10 s before they are only counted.
-LOG_BURST = 5
 #: A connection that received more than this many bytes triggers a heap trim when it closes.
 _TRIM_AFTER = 1 << 20
 #: File descriptors kept free beside the connection cap (the listening socket, bundle files, logs...).
 _FD_HEADROOM = 64
-
-
-class LogLimiter:
-    """Logs at most ``burst`` lines per key every ``period`` seconds; the rest are counted and summed up."""
-
-    def __init__(self, logger: logging.Logger, burst: int = LOG_BURST, period: float = 10.0) -> None:
-        self.logger, self.burst, self.period = logger, burst, period
-        self._windows: dict[str, list[float]] = {}  # key -> [window start, shown, suppressed]
-
-    def __call__(self, level: int, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        w = self._windows.setdefault(key, [now, 0, 0])
-        if now - w[0] >= self.period:
-            if w[2]:
-                self.logger.log(level, "%d more like '%s' in the last %.0f s", int(w[2]), key, now - w[0])
-            w[:] = [now, 0, 0]
-        if w[1] < self.burst:
-            w[1] += 1
-            self.logger.log(level, message, *args)
-        else:
-            w[2] += 1
 
 
 class _Registry:
@@ -294,18 +271,12 @@ class _RateLimitFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._windows: dict[str, list[float]] = {}
+        self._limiter = LogLimiter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info or record.levelno >= logging.ERROR:
             return True  # errors with tracebacks are bugs: always shown
-        key = str(record.msg)
-        now = time.monotonic()
-        w = self._windows.setdefault(key, [now, 0])
-        if now - w[0] >= 10.0:
-            w[:] = [now, 0]
-        w[1] += 1
-        return w[1] <= LOG_BURST
+        return self._limiter.allow(str(record.msg))
 
 
 _FILTER = _RateLimitFilter()
