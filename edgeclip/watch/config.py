@@ -43,6 +43,13 @@ from ..tables import WATCH_SINKS, closest, watch_schedules
 # value converters (each takes a value from the file or a flag's text and raises ValueError with what is
 # expected)
 # ---------------------------------------------------------------------------------------------------------
+def _discovery(value: Any) -> str:
+    """A discovery prefix: a text, or true (Home Assistant's own, ``homeassistant``) / false or empty (none)."""
+    if isinstance(value, bool):
+        return "homeassistant" if value else ""
+    return "" if value is None else str(value)
+
+
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Callable[[Any], Any]:
     def conv(value: Any) -> Any:
         if isinstance(value, str):  # a flag's text
@@ -199,7 +206,8 @@ class MqttSettings(Settings):
     host: str = option("127.0.0.1", "broker host", parse=_text)
     port: int = option(1883, "broker port", parse=_number(1, 65535, integer=True))
     prefix: str = option("edgeclip", "topic prefix: PREFIX/CAMERA/REGION/state, PREFIX/availability", parse=_text)
-    discovery: str = option("homeassistant", "Home Assistant discovery prefix ('' or false: no discovery)")
+    discovery: str = option("homeassistant", "Home Assistant discovery prefix ('' or false: no discovery)",
+                            parse=_discovery)
     client_id: str = option("", "MQTT client id (default: edgeclip-watch-HOSTNAME)")
     username: str = option("", "user name, if the broker wants one")
     password: str = option("", "password (prefer password_file)")
@@ -388,8 +396,6 @@ class _Reader:
                     if not isinstance(raw, dict):
                         raise ValueError("expected a mapping of names to texts")
                     values[f.name] = {str(k): str(v) for k, v in raw.items()}
-                elif f.name == "discovery" and isinstance(raw, bool):
-                    values[f.name] = "homeassistant" if raw else ""
                 else:
                     values[f.name] = "" if raw is None else str(raw)
             except ValueError as exc:

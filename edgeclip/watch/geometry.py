@@ -34,6 +34,7 @@ class Geometry:
         self.box = (x0, y0, x1 - x0, y1 - y0)
         self.points = [(int(x), int(y)) for x, y in pts]
         self.mask = None if shape.kind == "rect" else polygon_mask(pts - [x0, y0], x1 - x0, y1 - y0)
+        self._outside = None if self.mask is None else self.mask == 0  # made once, used on every crop
 
     def crop(self, frame: np.ndarray) -> np.ndarray:
         """The region's box of ``frame`` (a view for rectangles; a copy with the outside grey for polygons)."""
@@ -42,7 +43,7 @@ class Geometry:
         if self.mask is None:
             return view
         out = view.copy()
-        out[self.mask == 0] = OUTSIDE
+        out[self._outside] = OUTSIDE
         return out
 
 
