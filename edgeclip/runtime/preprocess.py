@@ -11,8 +11,9 @@ was trained and evaluated with exactly that, so the runtime reproduces it on Ope
   per output pixel) and quantised to Pillow's 22-bit fixed point. They are applied in Pillow's pass order
   (horizontal first, unless the height shrinks by more than twice as many pixels as the width: Pillow
   >= 13; older Pillow always went horizontal first), rounding and clipping to uint8 after each pass as
-  Pillow does for 8-bit images. Each output row is one float32 vector-matrix product over exactly its
-  taps; the few outputs whose float32 sum lies within float32's error bound of a rounding boundary are
+  Pillow does for 8-bit images. Each run of neighbouring output rows is one float32 matrix product over
+  the input rows it reads (a few hundred thousand multiply-adds per call, so the calls cost little beside
+  the arithmetic); the few outputs whose float32 sum lies within float32's error bound of a rounding boundary are
   recomputed in float64, where every product and partial sum is exact, so the result is *bit-identical*
   to Pillow, not merely close. ``nearest`` reproduces Pillow's
   affine nearest-neighbour scaling (its accumulated source coordinates included).
@@ -21,7 +22,8 @@ was trained and evaluated with exactly that, so the runtime reproduces it on Ope
   offsets are ``int(round((h - crop) / 2.0))``; padding puts ``(d // 2, (d + 1) // 2)`` before/after.
   Only the output pixels that survive the crop are computed.
 * **Weights are cached** per input size (a small LRU), so frames of a fixed size pay only the matrix
-  products. The preprocessor is safe to share between threads.
+  products, and each thread reuses its work arrays (fresh ones cost page faults on every call). The
+  preprocessor is safe to share between threads.
 
 One open_clip quirk is reproduced on purpose: for ``resize_mode="shortest"`` with a *non-square* size,
 open_clip builds ``ResizeKeepRatio(image_size)`` without passing the interpolation, so it always resizes
@@ -29,7 +31,7 @@ with bicubic. ``bilinear`` therefore also resizes with bicubic in that one case 
 exist in open_clip and is always honoured).
 
 This module must not import torch, torchvision, open_clip or PIL. It uses OpenCV only where installed (a faster
-pixel transpose); without it numpy does the same, bit for bit.
+pixel transpose and table lookup); without it numpy does the same, bit for bit.
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ _PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2
 _FIXED_SCALE = float(1 << _PRECISION_BITS)
 _CACHE_SIZE = 16  # input sizes whose resampling plans are kept (cameras have one, photo folders many)
 _STRIP_ELEMENTS = 1 << 22  # float32 elements converted at once by a resampling pass (16 MB)
+_CALL_WORK = 1 << 17  # multiply-adds per matrix product of a resampling pass, give or take (see _Axis._blocks)
+_WORK_KEPT = 1 << 22  # bytes: work arrays up to this size are kept per thread and reused (see _work)
+_thread = threading.local()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,11 +217,12 @@ class _Axis:
     """How one axis goes from ``in_size`` to the output window ``[o0, o1)`` of an ``out_size`` resize.
 
     ``lo, hi``: the input range read. Then one of: ``identity`` (no resampling along this axis, as Pillow
-    skips a pass whose size does not change), ``index`` (nearest: a gather), or the filter taps of each
-    output: ``taps[i] = (start, stop, weights)`` over inputs ``lo + start .. lo + stop``.
+    skips a pass whose size does not change), ``index`` (nearest: a gather), or the filter weights in
+    ``blocks`` (see ``_blocks``). ``line``: about how many values each input row will hold (the other axis
+    times the channels), which sizes the blocks.
     """
 
-    def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str) -> None:
+    def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str, line: int = 672) -> None:
         self.identity = in_size == out_size
         self.index: np.ndarray | None = None
         self.n = o1 - o0
@@ -235,48 +241,85 @@ class _Axis:
         starts, stops = xmin + first, xmin + last
         self.lo, self.hi = int(starts.min()), int(stops.max())
         w = kk / _FIXED_SCALE  # k * 2**-22: exact in float32 and float64 (|k| < 2**24)
-        self.taps = [(int(a - self.lo), int(b - self.lo), w[i, f:l].astype(np.float32))
-                     for i, (a, b, f, l) in enumerate(zip(starts, stops, first, last))]
-        # Exact (float64) recomputation of the few outputs whose float32 sum lies too close to a rounding
-        # boundary: padded tap windows and weights.
+        # each output's taps, padded to the longest (float64 for the exact recomputation below)
         k = int((last - first).max())
         self._wide = np.zeros((self.n, k), dtype=np.float64)
         for i, (f, l) in enumerate(zip(first, last)):
             self._wide[i, :l - f] = w[i, f:l]
         self._rows = np.minimum((starts - self.lo)[:, None] + np.arange(k), self.hi - self.lo - 1)
+        self.blocks = self._blocks(starts - self.lo, stops - self.lo, line)
         # Bound on |float32 result - exact sum| for pixels <= 255, any summation order, with FMA or not:
         # (taps + 1) * 2**-24 * 255 * sum|w|, doubled for safety, plus the rounding of "+ 0.5" in float32.
+        # (The zero weights of a block add exact zeros: they change no partial sum.)
         taps = (last - first).astype(np.float64)
         bound = (taps + 1) * 2.0 ** -23 * 255 * np.abs(w).sum(axis=1) + 2.0 ** -15
         self._threshold = np.float32(0.5 - bound.max())
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Resample along axis 0 of ``x`` (``hi - lo`` rows, any trailing shape, uint8 values).
+    def _blocks(self, starts: np.ndarray, stops: np.ndarray, line: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """The outputs in runs of ``m``, each run one dense float32 weight matrix over the inputs it reads:
+        ``(first output, end, first input, end, weights)``. One product per run instead of one per output;
+        ``m`` balances the per-call cost against the zeros a run computes (its inputs widen by the step
+        between outputs), for lines of about ``line`` values."""
+        step = max(float(starts[-1] - starts[0]) / max(self.n - 1, 1), 1.0 / 64)
+        line = min(line, _STRIP_ELEMENTS // (self.hi - self.lo))  # large images go in strips
+        m = int(min(64, max(1, round(math.sqrt(_CALL_WORK / (step * max(line, 1)))))))
+        k = self._wide.shape[1]
+        out = []
+        for i0 in range(0, self.n, m):
+            i1 = min(self.n, i0 + m)
+            a, b = int(starts[i0:i1].min()), int(stops[i0:i1].max())
+            w = np.zeros((i1 - i0, b - a + k), dtype=np.float32)  # k spare columns: every row's padded taps fit
+            cols = (starts[i0:i1] - a)[:, None] + np.arange(k)
+            w[np.arange(i1 - i0)[:, None], cols] = self._wide[i0:i1]
+            out.append((i0, i1, a, b, np.ascontiguousarray(w[:, :b - a])))
+        return out
 
-        Returns float32 holding uint8 values (not for nearest: callers gather ``index`` rows). Pillow's 8-bit resampling
-        is integer arithmetic (22-bit fixed-point weights, round half up, clip to 0..255 after each pass);
-        here each output row is one float32 vector-matrix product over exactly its taps (memory-bound, so
-        float32 halves the time), and the outputs whose float32 sum is within the error bound of a
-        rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial sum is
-        exact. The result is bit-identical to Pillow.
+    def apply(self, x: np.ndarray, dst: np.ndarray) -> None:
+        """Resample along axis 0 of ``x`` (``hi - lo`` rows, any trailing shape, uint8 values) into ``dst``
+        (uint8, ``n`` rows, the same trailing shape). Not for nearest (callers gather ``index`` rows).
+
+        Pillow's 8-bit resampling is integer arithmetic (22-bit fixed-point weights, round half up, clip to
+        0..255 after each pass); here each run of outputs is one float32 matrix product over the inputs it
+        reads (memory-bound, so float32 halves the time), and the outputs whose float32 sum is within the error
+        bound of a rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial
+        sum is exact. The result is bit-identical to Pillow. Work arrays are the thread's own and reused.
         """
-        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
-        out = np.empty((self.n, flat.shape[1]), dtype=np.float32)
-        for i, (a, b, w) in enumerate(self.taps):
-            np.dot(w, flat[a:b], out=out[i])
+        line = x.size // x.shape[0]
+        flat = _work("in", (x.shape[0], line), np.float32)
+        np.copyto(flat.reshape(x.shape), x)
+        out = _work("out", (self.n, line), np.float32)
+        for i0, i1, a, b, w in self.blocks:
+            np.matmul(w, flat[a:b], out=out[i0:i1])
         out += np.float32(0.5)
-        res = np.floor(out)
+        res = np.floor(out, out=_work("res", out.shape, np.float32))
         out -= res  # the fraction, exact (Sterbenz)
         out -= np.float32(0.5)
         np.abs(out, out=out)  # 0.5 - distance to the rounding boundary
         near = np.flatnonzero(out > self._threshold)  # (np.modf and 2-D np.nonzero are several x slower)
         if near.size:
-            ii, cc = np.divmod(near, out.shape[1])
+            ii, cc = np.divmod(near, line)
             vals = flat[self._rows[ii], cc[:, None]].astype(np.float64)
             exact = np.einsum("ij,ij->i", vals, self._wide[ii])
             res[ii, cc] = np.floor(exact + 0.5)
         np.clip(res, 0.0, 255.0, out=res)
-        return res.reshape((self.n,) + x.shape[1:])
+        np.copyto(dst, res.reshape(dst.shape), casting="unsafe")
+
+
+def _work(slot: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A work array of this thread's, reused from call to call (contents undefined). Fresh arrays of a few
+    hundred kB come from newly mapped pages each time, and the page faults cost as much as the arithmetic on
+    a camera crop; arrays over ``_WORK_KEPT`` bytes are made afresh, so a thread keeps a few MB at most."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    if n * dtype.itemsize > _WORK_KEPT:
+        return np.empty(shape, dtype)
+    pool = getattr(_thread, "work", None)
+    if pool is None:
+        pool = _thread.work = {}
+    buf = pool.get(slot)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = pool[slot] = np.empty(n, dtype)
+    return buf[:n].reshape(shape)
 
 
 def to_pixels(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -334,22 +377,26 @@ class _Plan:
         # Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
         # pixels as the width (ImagingResampleInner); older Pillow always ran the horizontal pass first.
         self.vertical_first = (h - rh) > 0 and (h - rh) > (w - rw) * 2
-        self.rows = _Axis(h, rh, y0, y0 + ny, interpolation)
-        self.cols = _Axis(w, rw, x0, x0 + nx, interpolation)
+        # values per row of each pass: the other axis (resized already if its pass runs first) x 3 channels
+        rows_line, cols_line = 3 * (nx if not self.vertical_first else w), 3 * (ny if self.vertical_first else h)
+        self.rows = _Axis(h, rh, y0, y0 + ny, interpolation, rows_line)
+        self.cols = _Axis(w, rw, x0, x0 + nx, interpolation, cols_line)
 
     def resample(self, img: np.ndarray) -> np.ndarray:
-        """uint8 [H, W, C] -> the kept part of the resized image, uint8 [ny, nx, C]."""
+        """uint8 [H, W, C] -> the kept part of the resized image, uint8 [ny, nx, C]: a work array of this
+        thread's (or a view of ``img``), valid until its next resample."""
         rows, cols = self.rows, self.cols
         x = img[rows.lo:rows.hi, cols.lo:cols.hi]
         passes = (rows, 0), (cols, 1)
-        for axis, dim in (passes if self.vertical_first else passes[::-1]):
+        for k, (axis, dim) in enumerate(passes if self.vertical_first else passes[::-1]):
             if not axis.identity:
-                x = _resample_axis(axis, x, dim)
+                x = _resample_axis(axis, x, dim, f"pass{k}")
         return x
 
 
-def _resample_axis(axis: _Axis, x: np.ndarray, dim: int) -> np.ndarray:
-    """Resample uint8 [A, B, C] along ``dim`` (0 or 1) into uint8, in strips of the other axis.
+def _resample_axis(axis: _Axis, x: np.ndarray, dim: int, slot: str) -> np.ndarray:
+    """Resample uint8 [A, B, C] along ``dim`` (0 or 1) into uint8, in strips of the other axis; the result is
+    the thread's work array ``slot`` (see ``_work``).
 
     Only one strip (~16 MB of float32) is ever converted at once, and each resampled strip is stored as
     uint8 (its values are whole numbers in 0..255 after Pillow's per-pass rounding and clipping, so nothing
@@ -362,12 +409,15 @@ def _resample_axis(axis: _Axis, x: np.ndarray, dim: int) -> np.ndarray:
     step = max(1, _STRIP_ELEMENTS // (x.shape[dim] * x.shape[2]))
     shape = list(x.shape)
     shape[dim] = axis.n
-    out = np.empty(shape, dtype=np.uint8)
+    out = _work(slot, tuple(shape), np.uint8)
     for s in range(0, x.shape[other], step):
         if dim == 0:
-            out[:, s:s + step] = axis.apply(x[:, s:s + step])
+            axis.apply(x[:, s:s + step], out[:, s:s + step])
         else:  # the contracted axis goes first, so each product reads whole contiguous rows
-            out[s:s + step] = _swap01(axis.apply(_swap01(x[s:s + step])).astype(np.uint8))
+            t = _swap01(x[s:s + step])
+            r = _work("swapped", (axis.n,) + t.shape[1:], np.uint8)
+            axis.apply(t, r)
+            out[s:s + step] = _swap01(r)
     return out
 
 
@@ -476,7 +526,10 @@ class Preprocessor:
 
     def _normalize(self, px: np.ndarray, out: np.ndarray) -> None:
         for c in range(3):  # output channel c (RGB) comes from BGR channel 2 - c
-            np.take(self._lut[c], px[:, :, 2 - c], out=out[c])
+            if cv2 is not None and out[c].flags.c_contiguous:  # the same table lookup, twice as fast
+                cv2.LUT(px[:, :, 2 - c], self._lut[c], dst=out[c])
+            else:
+                np.take(self._lut[c], px[:, :, 2 - c], out=out[c])
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float32 [B, 3, H, W] for a sequence of images."""
