@@ -172,6 +172,28 @@ def test_the_queue_is_fair_across_cameras_and_drops_stale_and_replaced_crops() -
     assert max(served.values()) - min(served.values()) <= 1
 
 
+def test_by_default_a_tick_three_frame_periods_long_loses_no_frame(clf: Classifier, videos: dict) -> None:
+    """Frames that arrive while the encoder runs wait in the camera's mailbox and their crops in the queue: with
+    the default ``frame_buffer`` a tick as long as three frame periods (a slow batch, a late capture thread
+    catching up) loses none of them; a fourth frame replaces the oldest, and that is counted."""
+    paced = config_for(videos).replace("    regions:", "    fps: 15\n    regions:")  # a camera's pace
+    w = Watcher(clf, parse_config(paced, "t.yaml"), WatchOptions(summary_every=0, reload_poll=0), sinks=[])
+    cam = w.cameras["front"]
+    assert not cam.lossless
+    img = last_frame(videos["front"])
+    for i in range(3):
+        cam.mailbox.put(Frame(img, i, 10.0 + i / 15, 0.0, i / 15))
+    assert w._collect() and cam.mailbox.dropped == 0
+    assert sorted((c.region.name, c.frame.index) for c in w.queue.pending["front"]) == [
+        (r.name, i) for r in sorted(cam.regions, key=lambda r: r.name) for i in range(3)]
+    for i in range(3, 7):
+        cam.mailbox.put(Frame(img, i, 10.0 + i / 15, 0.0, i / 15))
+    assert cam.mailbox.dropped == 1  # frame 3 made way for frame 6
+    w._collect()
+    assert w.queue.dropped == 3 * len(cam.regions)  # each region keeps its newest three crops
+    assert sorted({c.frame.index for c in w.queue.pending["front"]}) == [4, 5, 6]
+
+
 @pytest.mark.parametrize("helper", [False, True], ids=["one thread", "with the helper thread"])
 def test_a_batch_is_preprocessed_when_taken_and_a_crop_that_cannot_be_made_is_skipped(
         clf: Classifier, videos: dict, helper: bool) -> None:

@@ -170,7 +170,7 @@ class WatchOptions(Settings):
                             parse=_number(1, 1024, integer=True))
     staleness: float = option(1.0, "a crop waiting longer than this many seconds is dropped (and counted)",
                               parse=parse_duration)
-    frame_buffer: int = option(2, "frames a camera keeps for the inference thread, and crops a region keeps "
+    frame_buffer: int = option(3, "frames a camera keeps for the inference thread, and crops a region keeps "
                                   "waiting (the newest win; more absorb jitter, fewer keep latency down)",
                                parse=_number(1, 64, integer=True))
     encoder_threads: int = option(0, "image encoder threads (0: the thread budget's choice, see docs/watch.md; "
