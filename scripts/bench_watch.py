@@ -130,11 +130,11 @@ def main() -> int:
                         threads=budget.encoder)
     load0 = os.getloadavg()
     print(f"encoder: {clf.choice.describe()}; budget {budget.to_json()}; load average {load0[0]:.2f}", flush=True)
+    decode_cpu, prep_cpu = decode_prep_cpu(videos, clf, args.regions)  # before the encoder's threads ever run
     th, tw = clf.preprocessor.config.size
     pixels = np.random.default_rng(0).standard_normal((args.max_batch, 3, th, tw)).astype(np.float32)
     for b in range(1, args.max_batch + 1):  # every batch size compiled and allocated once
         clf.encoder.run(pixels[:b])
-    decode_cpu, prep_cpu = decode_prep_cpu(videos, clf, args.regions)
 
     if args.warmup:
         Watcher(clf, config, WatchOptions(**{**options.__dict__, "duration": args.warmup}), sinks=[]).run()
