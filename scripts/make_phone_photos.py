@@ -10,6 +10,7 @@ JPEG at phone quality (92, 4:2:0). The layout is an image folder that ``edgeclip
     python scripts/make_phone_photos.py --out /tmp/phone --cifar 1000 --imagenette 1900
     edgeclip eval BUNDLE /tmp/phone/cifar10                 # reduced DCT decoding (the default)
     edgeclip eval BUNDLE /tmp/phone/cifar10 --exact-decode  # full-size decoding
+    python scripts/make_phone_photos.py --out /tmp/noisy --cifar 0 --imagenette 64 --noise 8  # noisy photos
 
 Disk: about 1 MB per photo. Reads ../shared/data (or --data).
 """
@@ -34,11 +35,16 @@ def phone_photo(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.copyMakeBorder(square, 0, 0, extra // 2, extra - extra // 2, cv2.BORDER_REFLECT_101)
 
 
-def convert(data: bytes, out: Path, width: int, height: int, quality: int) -> None:
+def convert(data: bytes, out: Path, width: int, height: int, quality: int, noise: float = 0.0) -> None:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise SystemExit(f"{out.name}: the source image does not decode")
-    _, buf = cv2.imencode(".jpg", phone_photo(img, width, height), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    photo = phone_photo(img, width, height)
+    if noise:  # sensor-like grain: a JPEG full of fine detail, the costly kind to decode
+        rng = np.random.default_rng(int.from_bytes(out.name.encode()[-8:], "little"))
+        grain = rng.normal(0.0, noise, photo.shape).astype(np.float32)
+        photo = np.clip(photo.astype(np.float32) + grain, 0, 255).astype(np.uint8)
+    _, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_bytes(buf.tobytes())
@@ -65,6 +71,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, default=HELDOUT, help="the held-out Imagenette list")
     ap.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT (landscape)")
     ap.add_argument("--quality", type=int, default=92)
+    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian grain, in grey levels (e.g. 8: noisy photos)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -87,7 +94,7 @@ def main() -> None:
         jobs += members(args.data / "imagenette-train.tar", wanted)
     print(f"making {len(jobs)} photos of {width}x{height} in {args.out}", flush=True)
     with ThreadPoolExecutor(args.workers) as pool:
-        for i, _ in enumerate(pool.map(lambda j: convert(j[0], j[1], width, height, args.quality), jobs), 1):
+        for i, _ in enumerate(pool.map(lambda j: convert(j[0], j[1], width, height, args.quality, args.noise), jobs), 1):
             if i % 200 == 0:
                 print(f"  {i}/{len(jobs)}", flush=True)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
