@@ -63,7 +63,8 @@ def config_text(videos: list[Path], regions: int, fps: float | None, on: str) ->
     """The bench's watch configuration; ``fps=None`` reads the files as fast as they decode."""
     lines = ["cameras:"]
     for i, v in enumerate(videos):
-        lines += [f"  cam{i}:", f"    source: {v}"] + ([f"    fps: {fps}"] if fps else []) + ["    loop: true", "    regions:"]
+        lines += [f"  cam{i}:", f"    source: {v}"] + ([f"    fps: {fps}"] if fps else [])
+        lines += ["    loop: true", "    regions:"]
         for r in range(regions):
             lines += [f"      r{r}:", f"        rect: {list(BOXES[r])}", f"        states: {json.dumps(STATES[r])}",
                       f"        on: {on}"]

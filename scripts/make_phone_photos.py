@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, default=HELDOUT, help="the held-out Imagenette list")
     ap.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT (landscape)")
     ap.add_argument("--quality", type=int, default=92)
-    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian grain, in grey levels (e.g. 8: noisy photos)")
+    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian grain in grey levels (8: noisy photos)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -94,7 +94,8 @@ def main() -> None:
         jobs += members(args.data / "imagenette-train.tar", wanted)
     print(f"making {len(jobs)} photos of {width}x{height} in {args.out}", flush=True)
     with ThreadPoolExecutor(args.workers) as pool:
-        for i, _ in enumerate(pool.map(lambda j: convert(j[0], j[1], width, height, args.quality, args.noise), jobs), 1):
+        made = pool.map(lambda j: convert(j[0], j[1], width, height, args.quality, args.noise), jobs)
+        for i, _ in enumerate(made, 1):
             if i % 200 == 0:
                 print(f"  {i}/{len(jobs)}", flush=True)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -45,7 +45,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile

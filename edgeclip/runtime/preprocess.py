@@ -12,9 +12,9 @@ was trained and evaluated with exactly that, so the runtime reproduces it on Ope
   (horizontal first, unless the height shrinks by more than twice as many pixels as the width: Pillow
   >= 13; older Pillow always went horizontal first), rounding and clipping to uint8 after each pass as
   Pillow does for 8-bit images. Each run of neighbouring output rows is one float32 matrix product over
-  the input rows it reads (a few hundred thousand multiply-adds per call, so the calls cost little beside
-  the arithmetic); the few outputs whose float32 sum lies within float32's error bound of a rounding boundary are
-  recomputed in float64, where every product and partial sum is exact, so the result is *bit-identical*
+  the input rows it reads (about a hundred thousand multiply-adds per call, so the calls cost little beside
+  the arithmetic); the few outputs whose float32 sum lies within float32's error bound of a rounding
+  boundary are recomputed in float64, where every product and partial sum is exact, so the result is *bit-identical*
   to Pillow, not merely close. ``nearest`` reproduces Pillow's
   affine nearest-neighbour scaling (its accumulated source coordinates included).
 * **Geometry** follows torchvision and open_clip exactly: ``Resize(int)`` sizes the long side with
@@ -255,7 +255,8 @@ class _Axis:
         bound = (taps + 1) * 2.0 ** -23 * 255 * np.abs(w).sum(axis=1) + 2.0 ** -15
         self._threshold = np.float32(0.5 - bound.max())
 
-    def _blocks(self, starts: np.ndarray, stops: np.ndarray, line: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+    def _blocks(self, starts: np.ndarray, stops: np.ndarray,
+                line: int) -> list[tuple[int, int, int, int, np.ndarray]]:
         """The outputs in runs of ``m``, each run one dense float32 weight matrix over the inputs it reads:
         ``(first output, end, first input, end, weights)``. One product per run instead of one per output;
         ``m`` balances the per-call cost against the zeros a run computes (its inputs widen by the step
@@ -280,8 +281,8 @@ class _Axis:
 
         Pillow's 8-bit resampling is integer arithmetic (22-bit fixed-point weights, round half up, clip to
         0..255 after each pass); here each run of outputs is one float32 matrix product over the inputs it
-        reads (memory-bound, so float32 halves the time), and the outputs whose float32 sum is within the error
-        bound of a rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial
+        reads (memory-bound, so float32 halves the time), and the outputs whose float32 sum is within the
+        error bound of a rounding boundary (about 0.1 %) are recomputed in float64, where every product and partial
         sum is exact. The result is bit-identical to Pillow. Work arrays are the thread's own and reused.
         """
         line = x.size // x.shape[0]
@@ -308,7 +309,8 @@ class _Axis:
 def _work(slot: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """A work array of this thread's, reused from call to call (contents undefined). Fresh arrays of a few
     hundred kB come from newly mapped pages each time, and the page faults cost as much as the arithmetic on
-    a camera crop; arrays over ``_WORK_KEPT`` bytes are made afresh, so a thread keeps a few MB at most."""
+    a camera crop. Arrays over ``_WORK_KEPT`` bytes are made afresh, so a thread keeps at most six of 4 MB
+    (a camera crop's come to about 2 MB)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
     if n * dtype.itemsize > _WORK_KEPT:
