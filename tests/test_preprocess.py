@@ -387,3 +387,36 @@ def test_resampling_memory_does_not_grow_with_the_image() -> None:
         tracemalloc.stop()
     assert peaks[6000] < 32 * 2**20, peaks  # before: 40 MB
     assert peaks[6000] - peaks[1500] < 4 * 2**20, peaks  # 16x the pixels, ~1 MB more (before: +13 MB)
+
+
+def test_a_camera_crop_reuses_its_work_arrays_and_runs_outputs_in_blocks(photos) -> None:
+    """Once a thread has preprocessed a crop of a size, the next one allocates no fresh work arrays (fresh
+    ones cost page faults on every call), each pass takes a few matrix products rather than one per output
+    row, and the result stays Pillow's."""
+    import threading
+    import tracemalloc
+
+    frame = cv2.resize(cv2.imread(str(photos[0])), (640, 480), interpolation=cv2.INTER_AREA)
+    pre = Preprocessor(PreprocessConfig(size=(224, 224)))
+    out = np.empty((3, 224, 224), np.float32)
+    box = (40, 60, 200, 300)
+    pre.into(out, frame, box)
+    plan = pre._plan(300, 200)
+    assert all(len(axis.blocks) <= axis.n // 8 for axis in (plan.rows, plan.cols))
+    tracemalloc.start()
+    try:
+        pre.into(out, frame, box)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 512 * 2 ** 10, f"{peak / 2 ** 10:.0f} kB allocated"  # 255 kB; fresh work arrays: 2.1 MB
+    crop = np.ascontiguousarray(frame[60:360, 40:240, ::-1])
+    ref = np.asarray(Image.fromarray(crop).resize((224, 336), Image.BICUBIC))[56:280]
+    np.testing.assert_array_equal(pre.pixels(frame, box)[:, :, ::-1], ref)
+    other = []  # another thread has arrays of its own: results do not mix
+    t = threading.Thread(target=lambda: other.append(pre.pixels(frame, (380, 240, 220, 200))))
+    t.start()
+    mine = pre.pixels(frame, box)
+    t.join()
+    np.testing.assert_array_equal(mine[:, :, ::-1], ref)
+    np.testing.assert_array_equal(other[0], pre.pixels(frame, (380, 240, 220, 200)))
