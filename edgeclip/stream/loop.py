@@ -109,6 +109,16 @@ class FrameMailbox:
             return self.closed and not self._items
 
 
+def loop_end(stop: str | None, started: float, duration: float | None, now: float) -> str | None:
+    """Why an inference loop ends now, or None: a requested stop (its reason), else ``"duration"`` once
+    ``duration`` seconds (if set) have passed since ``started`` (both ``time.monotonic()``)."""
+    if stop is not None:
+        return stop
+    if duration and now - started >= duration:
+        return "duration"
+    return None
+
+
 @dataclass(frozen=True)
 class ReconnectPolicy:
     """Exponential backoff for lost live sources: ``initial`` doubling up to ``maximum`` seconds between
@@ -367,12 +377,10 @@ class StreamPipeline:
         cap.start()
         try:
             while True:
-                if self._stop_reason is not None:
-                    reason = self._stop_reason
-                    break
                 now = time.monotonic()
-                if opts.duration and now - t_start >= opts.duration:
-                    reason = "duration"
+                ending = loop_end(self._stop_reason, t_start, opts.duration, now)
+                if ending is not None:
+                    reason = ending
                     break
                 if self.reloader is not None:
                     result = self.reloader.poll()

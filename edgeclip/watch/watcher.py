@@ -49,7 +49,7 @@ from ..runtime.images import encode_jpeg
 from ..runtime.labels import Label
 from ..runtime.process import usable_cpus
 from ..sources import SourceSpec, parse_source
-from ..stream.loop import CaptureWorker, Frame, FrameMailbox
+from ..stream.loop import CaptureWorker, Frame, FrameMailbox, loop_end
 from ..stream.outputs import LatencyStats, iso_time, rate, rss_bytes
 from ..tables import WATCH_EVENTS
 from .config import CameraConfig, RegionConfig, WatchConfig, WatchOptions, load_config
@@ -520,12 +520,10 @@ class Watcher:
         reason = "stopped"
         try:
             while True:
-                if self._stop is not None:
-                    reason = self._stop
-                    break
                 now = time.monotonic()
-                if self.options.duration and now - t0 >= self.options.duration:
-                    reason = "duration"
+                ending = loop_end(self._stop, t0, self.options.duration, now)
+                if ending is not None:
+                    reason = ending
                     break
                 self._check_reload(now)
                 took = self._collect()
