@@ -222,7 +222,7 @@ class _Axis:
     times the channels), which sizes the blocks.
     """
 
-    def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str, line: int = 672) -> None:
+    def __init__(self, in_size: int, out_size: int, o0: int, o1: int, interpolation: str, line: int) -> None:
         self.identity = in_size == out_size
         self.index: np.ndarray | None = None
         self.n = o1 - o0
